@@ -1,0 +1,86 @@
+"""Model builders: the embedded tiny Llama (tests, demo) and LLaMA-2-shaped models on the meta device.
+
+The tiny model has real Llama module names (``q_proj`` … ``down_proj``) and deliberately awkward
+shapes: hidden 64 and intermediate 176 are not divisible by the sharing rate 7 used in the paper's
+headline setting, and grouped-query attention makes ``k_proj``/``v_proj`` 32 wide (like LLaMA2-70B's
+1024-wide k/v).  Its tokenizer is a byte-level BPE the project ships (see
+``scripts/build_tiny_assets.py``).
+
+``meta_llama2(name)`` builds LLaMA2-7B/13B/70B from their published configs on the meta device: no
+weights, no memory, seconds; good for exact parameter counts and layer shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+TINY_DIR = ASSETS / "tiny"
+DEMO_DATA_DIR = ASSETS / "demo"
+
+# Published configs (meta-llama/Llama-2-{7b,13b,70b}-hf config.json), the fields that set shapes.
+LLAMA2_CONFIGS: dict[str, dict] = {
+    "llama2_7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
+    "llama2_13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                       num_attention_heads=40, num_key_value_heads=40, vocab_size=32000),
+    "llama2_70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                       num_attention_heads=64, num_key_value_heads=8, vocab_size=32000),
+}
+LLAMA2_COMMON = dict(max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+                     hidden_act="silu", tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+HUB_NAMES = {"llama2_7b": "meta-llama/Llama-2-7b-hf", "llama2_13b": "meta-llama/Llama-2-13b-hf",
+             "llama2_70b": "meta-llama/Llama-2-70b-hf"}
+
+TINY_CONFIG = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
+                   hidden_act="silu", tie_word_embeddings=False)
+
+
+def load_tiny_tokenizer():
+    """The shipped byte-level BPE tokenizer of the tiny model (BOS ``<s>`` added, EOS ``</s>``)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(TINY_DIR))
+    tok.padding_side = "right"
+    return tok
+
+
+def tiny_llama_config(**overrides):
+    from transformers import LlamaConfig
+
+    tok = load_tiny_tokenizer()
+    fields = dict(TINY_CONFIG, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def build_tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A randomly initialised tiny ``LlamaForCausalLM`` (deterministic for a given seed)."""
+    from transformers import LlamaForCausalLM
+
+    config = tiny_llama_config(**overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype).eval()
+
+
+def llama2_config(name: str):
+    from transformers import LlamaConfig
+
+    if name not in LLAMA2_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(LLAMA2_CONFIGS)}")
+    return LlamaConfig(**LLAMA2_CONFIGS[name], **LLAMA2_COMMON)
+
+
+def meta_llama2(name: str):
+    """LLaMA-2 ``name`` (``llama2_7b``/``llama2_13b``/``llama2_70b``) on the meta device: shapes only."""
+    from transformers import LlamaForCausalLM
+
+    config = llama2_config(name)
+    with torch.device("meta"):
+        return LlamaForCausalLM(config)

@@ -1,0 +1,135 @@
+"""Build the assets the project ships for CPU tests and the demo (run once; outputs are committed).
+
+* ``prolora/assets/demo/{train,test}.jsonl``: the demo task (two-digit addition and word reversal),
+  in the harness record shape ``{"dataset", "id", "messages"}``.
+* ``prolora/assets/tiny/corpus.txt``: the text the tiny tokenizer is trained on (the demo task in
+  the open-instruct chat format plus a little English and Python).
+* ``prolora/assets/tiny/tokenizer.json`` + ``tokenizer_config.json``: a byte-level BPE tokenizer
+  (``tokenizers`` library) with LLaMA's special tokens ``<s>``/``</s>``/``<unk>``; ``<|user|>`` and
+  ``<|assistant|>`` are plain text, as they are for LLaMA-2 in open-instruct.
+
+Usage: ``python scripts/build_tiny_assets.py`` (deterministic: same files every time).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "prolora" / "assets" / "tiny"
+DEMO = ROOT / "prolora" / "assets" / "demo"
+
+WORDS = (
+    "red green blue cat dog bird fish tree river stone cloud rain sun moon star lamp door book "
+    "apple pear plum milk bread salt ship road hill lake wind snow fire leaf seed rock sand"
+).split()
+
+ENGLISH = """\
+The following are multiple choice questions (with answers) about general knowledge.
+Answer the question using the passage below. Let's think step by step. So the answer is yes.
+Question: A farmer has 12 cows and buys 7 more. How many cows does the farmer have now?
+Answer: The farmer starts with 12 cows and buys 7 more, so 12 + 7 = 19. The answer is 19.
+Complete the following python function. Here is the completed function:
+Definition: In this task you are given a sentence. Your job is to repeat it word by word.
+Positive Example 1 - Input: the cat sat on the mat. Output: the cat sat on the mat.
+Now complete the following example - Input: the dog ran. Output:
+"""
+
+PYTHON = '''\
+def add(a: int, b: int) -> int:
+    """Return the sum of a and b."""
+    return a + b
+
+
+def reverse_words(text):
+    words = text.split()
+    return " ".join(reversed(words))
+
+
+class Counter:
+    def __init__(self):
+        self.count = 0
+
+    def step(self, n=1):
+        for _ in range(n):
+            self.count += 1
+        if self.count > 10:
+            print("large")
+        return self.count
+'''
+
+
+def demo_examples(n: int, seed: int) -> list[dict]:
+    """The demo task: two-digit addition and reversing a short list of words, as chat records."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if i % 2 == 0:
+            a, b = rng.randint(10, 49), rng.randint(10, 49)
+            prompt, answer = f"What is {a} + {b}?", f"{a + b}"
+        else:
+            words = rng.sample(WORDS, 3)
+            prompt, answer = f"Reverse: {' '.join(words)}", " ".join(reversed(words))
+        out.append({
+            "dataset": "demo",
+            "id": f"demo_{seed}_{i}",
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+        })
+    return out
+
+
+def chat_text(record: dict) -> str:
+    text = ""
+    for m in record["messages"]:
+        if m["role"] == "user":
+            text += "<|user|>\n" + m["content"].strip() + "\n"
+        else:
+            text += "<|assistant|>\n" + m["content"].strip() + "</s>\n"
+    return text
+
+
+def main() -> None:
+    TINY.mkdir(parents=True, exist_ok=True)
+    DEMO.mkdir(parents=True, exist_ok=True)
+    train, test = demo_examples(2000, seed=1), demo_examples(64, seed=2)
+    train_prompts = {r["messages"][0]["content"] for r in train}
+    test = [r for r in test if r["messages"][0]["content"] not in train_prompts]
+    for name, rows in (("train", train), ("test", test)):
+        with open(DEMO / f"{name}.jsonl", "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+    corpus = "".join(chat_text(r) for r in train[:600]) + ENGLISH * 4 + PYTHON * 4
+    corpus += " ".join(str(i) for i in range(200)) + "\n" + " ".join(WORDS) + "\n"
+    (TINY / "corpus.txt").write_text(corpus)
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<s>", "</s>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([corpus], trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    # LLaMA prepends BOS and appends nothing.
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tok.save(str(TINY / "tokenizer.json"))
+    (TINY / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
+        "add_bos_token": True, "add_eos_token": False, "model_max_length": 512,
+        "clean_up_tokenization_spaces": False,
+    }, indent=2) + "\n")
+    (TINY / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>"}, indent=2) + "\n")
+    print(f"vocab={tok.get_vocab_size()} demo train={len(train)} test={len(test)} -> {TINY}, {DEMO}")
+
+
+if __name__ == "__main__":
+    main()
