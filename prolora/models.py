@@ -84,3 +84,66 @@ def meta_llama2(name: str):
     config = llama2_config(name)
     with torch.device("meta"):
         return LlamaForCausalLM(config)
+
+
+def resolve_dtype(name: str | torch.dtype, device: str = "cpu") -> torch.dtype:
+    """``auto`` → bfloat16 on a CUDA device that supports it, float32 elsewhere."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16") from None
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_tokenizer(path: str):
+    """Tokenizer of ``path`` (``tiny`` = the shipped one). LLaMA-2's has no pad token: use EOS's id."""
+    if path == "tiny":
+        return load_tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base_model(path: str, *, quantize: bool = True, load_in_8bit: bool = False, double_quant: bool = True,
+                    compute_dtype: str | torch.dtype = "auto", device: str = "auto", tiny_seed: int = 0):
+    """Load a causal LM the way QLoRA does: 4-bit NF4 with double quantisation (bitsandbytes), or 8-bit
+    (MMLU evaluation), or full precision (``quantize=False``).
+
+    ``path`` is a hub name or a local directory; ``"tiny"`` builds the embedded tiny Llama, writes it to a
+    temporary directory and loads it back through the same ``from_pretrained`` path, so tests exercise
+    the real loading code (bitsandbytes NF4 layers run on the CPU too).
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(compute_dtype, device)
+    if path == "tiny":
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="prolora-tiny-")
+        build_tiny_llama(seed=tiny_seed).save_pretrained(tmp)
+        path = tmp
+    kwargs: dict = {"dtype": dtype}
+    if load_in_8bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif quantize:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, device_map=device, **kwargs)
+    return model.eval()
