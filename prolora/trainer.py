@@ -1,0 +1,323 @@
+"""A small, resumable QLoRA training loop for adapter-only finetuning (the paper's recipe, SPEC §4).
+
+Why not the HF ``Trainer``: its checkpoints hold the full model state (a 7B base for an adapter of a few
+MB), and it cannot guarantee that a half-written checkpoint is never resumed from.  What it does that we
+need is small: paged AdamW (bitsandbytes), the linear schedule with warmup (``transformers.get_scheduler``),
+gradient accumulation, gradient clipping and group-by-length batching.  This loop does exactly that and:
+
+* saves compact adapter checkpoints (only trainable tensors) plus optimizer/scheduler/RNG state every
+  ``save_every`` steps, written to a hidden temporary directory and renamed into place, so a checkpoint
+  directory either is complete or does not exist; ``resume=True`` picks the newest one;
+* is exactly resumable: batches are a pure function of (seed, step) and the RNG state (adapter dropout)
+  is restored, so a run killed and resumed ends with the same adapter as an uninterrupted one;
+* reports progress through a tqdm bar and a ``log_fn(step, metrics)`` callback (W&B lives in the recipe);
+* writes ``metrics.jsonl`` (one line per logged step) next to the checkpoints.
+
+Only the adapter's parameters are optimized; ``shared_lr`` puts the shared PRoLoRA chunks in their own
+optimizer group with their own learning rate (the paper's suggested future work, off by default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_PREFIX = "step_"
+TRAINER_STATE = "trainer_state.pt"
+
+
+@dataclass
+class TrainArgs:
+    max_steps: int = 10_000
+    batch_size: int = 16
+    micro_batch_size: int = 16
+    lr: float = 2e-4
+    shared_lr: float | None = None
+    optimizer: str = "paged_adamw_32bit"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.3
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.03
+    group_by_length: bool = True
+    save_every: int = 1000
+    keep_last: int = 2
+    log_every: int = 10
+    seed: int = 1
+    resume: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"trainer.max_steps={self.max_steps}: must be >= 1")
+        if self.micro_batch_size < 1 or self.batch_size < 1 or self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"trainer.batch_size={self.batch_size} must be a positive multiple of "
+                f"trainer.micro_batch_size={self.micro_batch_size} (gradient accumulation = their ratio)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"optim.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr}: must be > 0")
+
+    @property
+    def grad_accum(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    initial_loss: float
+    final_loss: float
+    wall_time_s: float
+    tokens: int
+    tokens_per_s: float
+    resumed_from: int | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def split_param_groups(model: torch.nn.Module, lr: float, shared_lr: float | None,
+                       weight_decay: float) -> list[dict]:
+    """Trainable parameters as optimizer groups; with ``shared_lr`` the shared chunks get their own group.
+
+    A parameter counts as *shared* when the adapter layer owning it lists it in ``shared_parameter_names()``
+    (PRoLoRA's A_0/B_0 chunks); everything else trainable is *unshared*.
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: attach an adapter (prolora.attach) before training")
+    if shared_lr is None:
+        return [{"params": [p for _, p in params], "lr": lr, "weight_decay": weight_decay, "name": "adapter"}]
+    shared_ids = set()
+    for module in model.modules():
+        names = getattr(module, "shared_parameter_names", None)
+        if callable(names):
+            for pname in names():
+                shared_ids.add(id(getattr(module, pname)))
+    shared = [p for _, p in params if id(p) in shared_ids]
+    unshared = [p for _, p in params if id(p) not in shared_ids]
+    if not shared:
+        raise ValueError("optim.shared_lr is set but the adapter has no shared parameters "
+                         "(only the PRoLoRA family has them); unset optim.shared_lr")
+    groups = [{"params": shared, "lr": shared_lr, "weight_decay": weight_decay, "name": "shared"}]
+    if unshared:
+        groups.append({"params": unshared, "lr": lr, "weight_decay": weight_decay, "name": "unshared"})
+    return groups
+
+
+def make_optimizer(groups: list[dict], args: TrainArgs) -> torch.optim.Optimizer:
+    name = args.optimizer
+    kwargs = dict(betas=tuple(args.betas), eps=args.eps)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, **kwargs)
+    import bitsandbytes as bnb
+
+    if name == "paged_adamw_32bit":
+        return bnb.optim.PagedAdamW(groups, **kwargs)
+    if name == "paged_adamw_8bit":
+        return bnb.optim.PagedAdamW8bit(groups, **kwargs)
+    raise ValueError(f"optim.name={name!r}: use paged_adamw_32bit (the paper's), paged_adamw_8bit or adamw")
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. Half-written ones live under a hidden ``.tmp-`` name."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for d in ckpt_dir.iterdir():
+        if d.is_dir() and d.name.startswith(CHECKPOINT_PREFIX) and (d / TRAINER_STATE).is_file():
+            try:
+                found.append((int(d.name[len(CHECKPOINT_PREFIX):]), d))
+            except ValueError:
+                continue
+    return [d for _, d in sorted(found)]
+
+
+class Trainer:
+    """Adapter-only training loop. ``batches(step)`` must return the micro-batches of optimizer step
+    ``step`` (a pure function of the step, so resuming replays the same data)."""
+
+    def __init__(self, model: torch.nn.Module, batches: Callable[[int], list[dict]], args: TrainArgs,
+                 output_dir: str | os.PathLike, *, save_fn: Callable[[torch.nn.Module, Path], None],
+                 load_fn: Callable[[torch.nn.Module, Path], None],
+                 log_fn: Callable[[int, dict], None] | None = None, device: str | torch.device = "cpu"):
+        self.model, self.batches, self.args = model, batches, args
+        self.output_dir = Path(output_dir)
+        self.ckpt_dir = self.output_dir / "checkpoints"
+        self.save_fn, self.load_fn, self.log_fn = save_fn, load_fn, log_fn
+        self.device = torch.device(device)
+        groups = split_param_groups(model, args.lr, args.shared_lr, args.weight_decay)
+        self.optimizer = make_optimizer(groups, args)
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(args.scheduler, self.optimizer,
+                                       num_warmup_steps=math.ceil(args.warmup_ratio * args.max_steps),
+                                       num_training_steps=args.max_steps)
+        self.step = 0
+        self.tokens = 0
+        self.initial_loss: float | None = None
+        self.last_loss = float("nan")
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        final = self.ckpt_dir / f"{CHECKPOINT_PREFIX}{self.step:07d}"
+        tmp = self.ckpt_dir / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.save_fn(self.model, tmp / "adapter")
+        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "tokens": self.tokens,
+                    "initial_loss": self.initial_loss, "last_loss": self.last_loss,
+                    "args": asdict(self.args)}, tmp / TRAINER_STATE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(self.ckpt_dir)[:-max(self.args.keep_last, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def maybe_resume(self) -> int | None:
+        if not self.args.resume:
+            return None
+        ckpts = list_checkpoints(self.ckpt_dir)
+        if not ckpts:
+            return None
+        last = ckpts[-1]
+        self.load_fn(self.model, last / "adapter")
+        state = torch.load(last / TRAINER_STATE, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.initial_loss, self.last_loss = state["initial_loss"], state["last_loss"]
+        return self.step
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def _micro_step(self, batch: dict, scale: float) -> tuple[float, int]:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = out.logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                 ignore_index=-100)
+        (loss * scale).backward()
+        return loss.item(), int(batch["attention_mask"].sum().item())
+
+    def train(self) -> TrainResult:
+        args = self.args
+        resumed = self.maybe_resume()
+        metrics_path = self.output_dir / "metrics.jsonl"
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resumed is None and metrics_path.exists():
+            metrics_path.unlink()
+        elif resumed is not None and metrics_path.exists():  # drop lines logged after the checkpoint
+            lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln)["step"] <= resumed]
+            metrics_path.write_text("".join(k + "\n" for k in kept))
+        self.model.train()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        start_time = time.time()
+        start_tokens = self.tokens
+        bar = _progress(total=args.max_steps, initial=self.step, enabled=args.progress)
+        try:
+            while self.step < args.max_steps:
+                micro = self.batches(self.step)
+                losses, ntok = [], 0
+                for batch in micro:
+                    loss, n = self._micro_step(batch, 1.0 / len(micro))
+                    losses.append(loss)
+                    ntok += n
+                if not all(math.isfinite(x) for x in losses):
+                    raise FloatingPointError(f"non-finite loss {losses} at step {self.step}: lower optim.lr")
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm).item()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.tokens += ntok
+                self.last_loss = float(np.mean(losses))
+                if self.initial_loss is None:
+                    self.initial_loss = self.last_loss
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.last_loss:.4f}")
+                if self.step == 1 or self.step % args.log_every == 0 or self.step == args.max_steps:
+                    row = {"step": self.step, "loss": self.last_loss, "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": grad_norm, "tokens": self.tokens}
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    if self.log_fn:
+                        self.log_fn(self.step, row)
+                if args.save_every and self.step % args.save_every == 0 and self.step < args.max_steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        wall = time.time() - start_time
+        self.model.eval()
+        return TrainResult(steps=self.step, initial_loss=float(self.initial_loss), final_loss=self.last_loss,
+                           wall_time_s=wall, tokens=self.tokens,
+                           tokens_per_s=(self.tokens - start_tokens) / max(wall, 1e-9), resumed_from=resumed)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+
+
+def cycle_batches(make_epoch: Callable[[int], list[list[int]]], collate: Callable[[list[int]], dict],
+                  micro_per_step: int) -> Callable[[int], list[dict]]:
+    """``batches(step)`` from an epoch plan: ``make_epoch(epoch)`` returns that epoch's micro-batches
+    (lists of example indices, deterministic in the epoch); step ``s`` takes micro-batches
+    ``s*k … s*k+k-1`` of the endless concatenation of epochs."""
+    cache: dict[int, list[list[int]]] = {}
+
+    def epoch_plan(e: int) -> list[list[int]]:
+        if e not in cache:
+            if len(cache) > 1:
+                cache.pop(min(cache))
+            cache[e] = make_epoch(e)
+            if not cache[e]:
+                raise ValueError("the training set produced no batches")
+        return cache[e]
+
+    def batches(step: int) -> list[dict]:
+        out = []
+        per_epoch = len(epoch_plan(0))  # every epoch has the same number of micro-batches
+        for i in range(step * micro_per_step, (step + 1) * micro_per_step):
+            e, j = divmod(i, per_epoch)
+            out.append(collate(epoch_plan(e)[j]))
+        return out
+
+    return batches
