@@ -1,0 +1,120 @@
+"""Find the target linears of a model and swap in the method's adapter layers.
+
+Targets are modules whose dotted name ends with one of ``config.target_modules`` and that have
+``in_features``/``out_features`` (``torch.nn.Linear``, bitsandbytes ``Linear4bit``/``Linear8bitLt``, …).
+Everything is validated before the model is touched, so a bad config leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prolora.config import AdapterConfig, ConfigError
+from prolora.methods import AdapterLayer, get_method
+
+SHARED_ATTR = "prolora_shared"
+CONFIG_ATTR = "prolora_config"
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def find_targets(model: nn.Module, target_modules: list[str]) -> list[tuple[str, nn.Module]]:
+    """``[(path, module)]`` of the linears ``target_modules`` selects; raises if a target matches nothing."""
+    found: list[tuple[str, nn.Module]] = []
+    seen: set[str] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, AdapterLayer) or ".base_layer" in f".{name}":
+            continue
+        hit = next((t for t in target_modules if _matches(name, t)), None)
+        if hit is None:
+            continue
+        if not (hasattr(module, "in_features") and hasattr(module, "out_features")):
+            raise ConfigError(
+                f"target_modules entry {hit!r} selects layer {name} ({type(module).__name__}), which is not a "
+                "linear layer (no in_features/out_features); name the linear projections instead")
+        found.append((name, module))
+        seen.add(hit)
+    missing = [t for t in target_modules if t not in seen]
+    if missing:
+        linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                               if hasattr(m, "in_features") and hasattr(m, "out_features")})
+        raise ConfigError(
+            f"target_modules={list(target_modules)} is invalid: {missing} match no layer of "
+            f"{type(model).__name__} (layer paths end with one of {linear_names}); fix target_modules")
+    return found
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    """``{path of the adapted linear: adapter layer}`` in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def get_config(model: nn.Module) -> AdapterConfig | None:
+    return getattr(model, CONFIG_ATTR, None)
+
+
+def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, new)
+
+
+def attach(model: nn.Module, config: AdapterConfig) -> nn.Module:
+    """Freeze every base parameter and wrap each targeted linear with ``config``'s adapter (in place).
+
+    Model-level shared parameters (VeRA's frozen pairs, Tied LoRA's A/B/u) are created once under
+    ``model.prolora_shared[<method>]``; the config is stored as ``model.prolora_config``.
+    Works on the meta device (no init there), for counting.  Returns ``model``.
+    """
+    if not isinstance(config, AdapterConfig):
+        raise TypeError(f"attach(model, config): config must be an AdapterConfig, got {type(config).__name__}")
+    if get_config(model) is not None or adapter_layers(model):
+        raise ConfigError(
+            f"this model already has an adapter attached ({getattr(get_config(model), 'method', '?')}); "
+            "attach to a fresh base model, or merge(model) first")
+    method = get_method(config.method)
+    targets = find_targets(model, config.target_modules)
+    for path, module in targets:
+        method.check_target(config, path, module)
+    shared = method.create_shared(model, config, targets)
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if shared is not None:
+        if not isinstance(getattr(model, SHARED_ATTR, None), nn.ModuleDict):
+            setattr(model, SHARED_ATTR, nn.ModuleDict())
+        getattr(model, SHARED_ATTR)[config.method] = shared
+    for path, module in targets:
+        _set_module(model, path, method.create_layer(module, config, path, shared))
+    setattr(model, CONFIG_ATTR, config)
+    return model
+
+
+def detach(model: nn.Module) -> nn.Module:
+    """Undo :func:`attach` without merging: put the original linears back, drop shared modules."""
+    for path, layer in adapter_layers(model).items():
+        _set_module(model, path, layer.base_layer)
+    if hasattr(model, SHARED_ATTR):
+        delattr(model, SHARED_ATTR)
+    if hasattr(model, CONFIG_ATTR):
+        delattr(model, CONFIG_ATTR)
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Unique parameters with ``requires_grad``, by their first name (the compact checkpoint's keys)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of unique trainable parameters (each shared tensor counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total

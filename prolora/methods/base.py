@@ -1,0 +1,124 @@
+"""The one interface every adapter method implements (PEFT-tuners style), and the registry.
+
+A method is a :class:`Method` subclass that names its config class and its layer class and may create
+model-level shared modules once (``create_shared``).  Every adapter layer exposes its update as two
+expanded fp32 factors and a scalar::
+
+    ΔW = scaling · B_full @ A_full,      A_full: (r × h),  B_full: (o × r)
+
+The shared :meth:`AdapterLayer.forward`, the PEFT export and ``merge`` all use ``factors()``; a method
+only writes its own parameters and how they expand into (A_full, B_full).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prolora.config import AdapterConfig
+
+
+def kaiming_bound(fan_in: int) -> float:
+    """The bound of ``nn.init.kaiming_uniform_(w, a=√5)`` (PEFT's LoRA A init): g·√(3/fan_in) = 1/√fan_in."""
+    gain = nn.init.calculate_gain("leaky_relu", 5**0.5)
+    return gain * (3.0 / fan_in) ** 0.5
+
+
+def weight_device(module: nn.Module) -> torch.device:
+    w = getattr(module, "weight", None)
+    if w is not None:
+        return w.device
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class AdapterLayer(nn.Module):
+    """Wraps a frozen linear (``nn.Linear`` or bitsandbytes ``Linear4bit``) as ``.base_layer``.
+
+    Adapter parameters are fp32 whatever the base dtype; the forward casts the (dropped-out) adapter
+    input to fp32 and the adapter output back to the base output dtype::
+
+        y = base_layer(x) + scaling · (dropout(x) A_fullᵀ) B_fullᵀ
+    """
+
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig, path: str, shared: nn.Module | None = None):
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features = int(base_layer.in_features)
+        self.out_features = int(base_layer.out_features)
+        self.path = path
+        self.module_type = path.rsplit(".", 1)[-1]
+        self.r = config.r
+        self.scaling = 1.0
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        # Model-level shared parameters live on the model (``prolora_shared``); keep a plain reference
+        # here so they are neither registered nor counted twice.
+        object.__setattr__(self, "shared", shared)
+        self._device = weight_device(base_layer)
+
+    def _param(self, *shape: int) -> nn.Parameter:
+        return nn.Parameter(torch.zeros(*shape, dtype=torch.float32, device=self._device))
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_full (r × h), B_full (o × r)), fp32, differentiable."""
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        a, b = self.factors()
+        return self.scaling * (b @ a)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        a, b = self.factors()
+        out = F.linear(F.linear(self.dropout(x.to(a.dtype)), a), b)
+        if self.scaling != 1.0:
+            out = out * self.scaling
+        return result + out.to(result.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}, r={self.r}, scaling={self.scaling:g}"
+
+
+class Method:
+    """A registered adapter method: its config class, its layer class, and model-level shared state."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[AdapterConfig]]
+    layer_cls: ClassVar[type[AdapterLayer]]
+
+    @classmethod
+    def check_target(cls, config: AdapterConfig, path: str, module: nn.Module) -> None:
+        """Raise a :class:`~prolora.config.ConfigError` naming the field and ``path`` if ``module`` cannot
+        take this adapter (called for every target before anything is modified)."""
+
+    @classmethod
+    def create_shared(cls, model: nn.Module, config: AdapterConfig,
+                      targets: list[tuple[str, nn.Module]]) -> nn.Module | None:
+        """Model-level parameters/buffers shared by several layers (created once), or None."""
+        return None
+
+    @classmethod
+    def create_layer(cls, base_layer: nn.Module, config: AdapterConfig, path: str,
+                     shared: nn.Module | None) -> AdapterLayer:
+        return cls.layer_cls(base_layer, config, path, shared)
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(method: type[Method]) -> type[Method]:
+    if method.config_cls.method != method.name:
+        raise TypeError(f"{method.__name__}: config method {method.config_cls.method!r} != {method.name!r}")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown adapter method {name!r}; registered: {sorted(METHODS)}") from None

@@ -1,0 +1,39 @@
+"""LoRA (Hu et al. 2021, arXiv 2106.09685), the reference every other method reduces to.
+
+.. math::
+
+    h = W_0 x + \\frac{\\alpha}{r} B A x, \\qquad A \\in \\mathbb{R}^{r \\times h},\\; B \\in \\mathbb{R}^{o \\times r}
+
+Init as PEFT: A ~ kaiming_uniform_(a=√5) i.e. U(−1/√h, 1/√h); B = 0, so ΔW = 0 at the start.
+Trainable parameters per module: r (h + o).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from prolora.config import LoRAConfig
+from prolora.methods.base import AdapterLayer, Method, register
+
+
+class LoRALayer(AdapterLayer):
+    def __init__(self, base_layer: nn.Module, config: LoRAConfig, path: str, shared=None):
+        super().__init__(base_layer, config, path, shared)
+        self.scaling = config.alpha / config.r
+        self.lora_A = self._param(config.r, self.in_features)
+        self.lora_B = self._param(self.out_features, config.r)
+        if not self.lora_A.is_meta:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_A, self.lora_B
+
+
+@register
+class LoRA(Method):
+    name = "lora"
+    config_cls = LoRAConfig
+    layer_cls = LoRALayer

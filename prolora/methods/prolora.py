@@ -1,0 +1,177 @@
+"""PRoLoRA (Wang et al. 2024, arXiv 2402.16902, section 3) and its family: CLoRA, RoLoRA, PRoLoRA⁻ʳ,
+PRoLoRA⁻ⁱ and the Table 4 variants, all one layer driven by :class:`~prolora.config.PRoLoRAConfig`.
+
+Paper Eq. 4 (unshared rank rows FIRST, then the r − u shared ones)::
+
+    ΔW = (α/r) · [ B_u ⊕_h (B_0 ⊕_v B_1 ⊕_v … ⊕_v B_{n−1}) ] · [ A_u ⊕_v (A_0 ⊕_h A_1 ⊕_h … ⊕_h A_{m−1}) ]
+
+    A_u: (u × h)  B_u: (o × u)            unshared, trained
+    A_0: (r−u × c_A), c_A = ⌈h/m⌉         the one trained chunk of A; m copies side by side along the
+    B_0: (c_B × r−u), c_B = ⌈o/n⌉         hidden dim, the last one truncated to h (authors' code); B likewise
+    A_i = Roll(A_0, i·s_A) along the rank dim (Eq. 3), B_i = Roll(B_0, i·s_B)
+
+Trainable parameters per module: u(h + o) + ⌈h/m⌉(r − u) + ⌈o/n⌉(r − u)  (the paper writes h/m, o/n).
+
+Rotation stride and direction (``stride_from``):
+
+* ``"shared"`` (default, the authors' code): s_A = max(⌊(r−u)/m⌋, 1), rolled over the r − u shared rows
+  so that copy i's row j is A_0's row (j + i·s_A) mod (r−u), i.e. ``torch.roll(A_0, -i*s_A, 0)``.
+* ``"full"`` (the paper's formula): s_A = max(⌊r/m⌋, 1) with ``torch.roll(A_0, +i*s_A, 0)``, i.e. row j
+  of copy i is row (j − i·s_A) mod (r−u).
+
+B uses n and ⌈o/n⌉ in place of m and ⌈h/m⌉ (its rank dim is its columns).  ``rotate=False`` is CLoRA-style
+plain copies.
+
+Rectified init (Eq. 5): A_u and A_0 ~ U(−g√(3/h), g√(3/h)) with g the Kaiming gain for a = √5 (the bound
+PEFT's LoRA A uses: 1/√h), so the whole expanded A has one bound.  ``rectified_init=False`` (⁻ⁱ): A_0 uses
+its own fan-in c_A (bound 1/√c_A).  B_u = B_0 = 0, so ΔW = 0 at the start.  u = r is exactly LoRA: the
+same parameters (A_u = A, B_u = B), the same init call and RNG use, the same output.
+
+Table 4 variants (``share_dim``, ``rotate_dim``); L is the length of the rolled axis of the chunk and k
+the sharing rate (m for A, n for B); the rule is always s = max(⌊L/k⌋, 1) with the authors' direction
+(copy i reads index (j + i·s) mod L), which for the paper's layout is exactly the ``"shared"`` rule:
+
+* share hidden, rotate rank (PRoLoRA): chunk (r−u × ⌈h/m⌉), L = r−u.
+* share hidden, rotate hidden: chunk (r−u × ⌈h/m⌉), copy i = the chunk rolled along its columns,
+  L = ⌈h/m⌉.
+* share rank, rotate rank: chunk (⌈(r−u)/m⌉ × h); the m copies are stacked along the rank dim (truncated
+  to r−u rows), copy i rolled along its rows, L = ⌈(r−u)/m⌉.
+* share rank, rotate hidden: the same chunk, copy i rolled along the hidden dim, L = h.
+
+Per module these cost u(h+o) + ⌈(r−u)/m⌉h + ⌈(r−u)/n⌉o, the same budget as sharing along hidden.
+
+Expansion is cheap: a tiny index buffer (copies × L) is built once; each forward does one index op per
+matrix, a reshape and a concatenation with the unshared rows, no Python loop over copies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from prolora.config import ConfigError, PRoLoRAConfig
+from prolora.methods.base import AdapterLayer, Method, kaiming_bound, register
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def chunk_shape(config: PRoLoRAConfig, width: int, rate: int) -> tuple[int, int]:
+    """Shape of the trained chunk in rank-major layout (rank rows × width columns)."""
+    shared = config.r - config.u
+    if shared == 0:
+        return 0, 0
+    if config.share_dim == "hidden":
+        return shared, ceil_div(width, rate)
+    return ceil_div(shared, rate), width
+
+
+def trainable_per_module(config: PRoLoRAConfig, h: int, o: int) -> int:
+    """u(h + o) + |A_0| + |B_0|: for share_dim="hidden" u(h+o) + ⌈h/m⌉(r−u) + ⌈o/n⌉(r−u)."""
+    ra, ca = chunk_shape(config, h, config.m)
+    rb, cb = chunk_shape(config, o, config.n)
+    return config.u * (h + o) + ra * ca + rb * cb
+
+
+class _Expander(nn.Module):
+    """Expands one trained chunk X (rank-major: R_c × W_c) into the r−u shared rows (r−u × width)."""
+
+    def __init__(self, config: PRoLoRAConfig, width: int, rate: int, device: torch.device):
+        super().__init__()
+        self.shared = config.r - config.u
+        self.width = width
+        self.share_dim = config.share_dim
+        self.rows, self.cols = chunk_shape(config, width, rate)
+        if self.share_dim == "hidden":
+            self.copies = ceil_div(width, self.cols)
+        else:
+            self.copies = ceil_div(self.shared, self.rows)
+        self.roll_axis = config.rotate_dim if config.rotate else None
+        idx = None
+        if self.roll_axis is not None:
+            length = self.rows if self.roll_axis == "rank" else self.cols
+            if config.stride_from == "full":  # paper: s = max(floor(r/k), 1), torch.roll direction
+                stride, sign = max(config.r // rate, 1), -1
+            else:  # authors: s = max(floor(L/k), 1), copy i reads index (j + i*s) mod L
+                stride, sign = max(length // rate, 1), 1
+            self.stride, self.sign = stride, sign
+            i = torch.arange(self.copies).unsqueeze(1)
+            j = torch.arange(length).unsqueeze(0)
+            idx = (j + sign * i * stride) % length  # (copies, L)
+        self.register_buffer("index", None if idx is None else idx.to(device), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, rows, cols = self.copies, self.rows, self.cols
+        if self.roll_axis == "rank":
+            y = x[self.index]  # (k, R_c, W_c)
+        elif self.roll_axis == "hidden":
+            y = x[:, self.index].transpose(0, 1)  # (k, R_c, W_c)
+        else:
+            y = x.unsqueeze(0).expand(k, rows, cols)
+        if self.share_dim == "hidden":
+            return y.transpose(0, 1).reshape(rows, k * cols)[:, : self.width]
+        return y.reshape(k * rows, cols)[: self.shared]
+
+
+class PRoLoRALayer(AdapterLayer):
+    """Parameters: ``A_u`` (u × h), ``B_u`` (o × u), ``A_0`` (chunk of A), ``B_0`` (chunk of B, stored
+    o-major like B: share hidden (⌈o/n⌉ × r−u), share rank (o × ⌈(r−u)/n⌉)); empty ones are None."""
+
+    def __init__(self, base_layer: nn.Module, config: PRoLoRAConfig, path: str, shared=None):
+        super().__init__(base_layer, config, path, shared)
+        h, o, r, u = self.in_features, self.out_features, config.r, config.u
+        self.scaling = config.alpha / r
+        self.u = u
+        self.shared_rank = r - u
+        ra, ca = chunk_shape(config, h, config.m)
+        rb, cb = chunk_shape(config, o, config.n)
+        # Empty parts are not registered (u = 0: no A_u/B_u; u = r: no chunks, exactly LoRA's parameters).
+        self.A_u = self._param(u, h) if u else None
+        self.B_u = self._param(o, u) if u else None
+        self.A_0 = self._param(ra, ca) if self.shared_rank else None
+        self.B_0 = self._param(cb, rb) if self.shared_rank else None  # o-major (transpose of rank-major)
+        if self.shared_rank:
+            self.expand_A = _Expander(config, h, config.m, self._device)
+            self.expand_B = _Expander(config, o, config.n, self._device)
+        if self._device.type != "meta":
+            # Same call as LoRA's A (so u = r draws exactly LoRA's numbers), then A_0 with the one bound.
+            if u:
+                nn.init.kaiming_uniform_(self.A_u, a=math.sqrt(5))
+            if self.shared_rank:
+                bound = kaiming_bound(h if config.rectified_init else ca)
+                with torch.no_grad():
+                    self.A_0.uniform_(-bound, bound)
+
+    def shared_parameter_names(self) -> list[str]:
+        """The broadcast chunks (own optimizer group under ``optim.shared_lr``, the paper's future work)."""
+        return ["A_0", "B_0"] if self.shared_rank else []
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.shared_rank:
+            return self.A_u, self.B_u
+        a_shared = self.expand_A(self.A_0)  # (r−u, h)
+        b_shared = self.expand_B(self.B_0.t()).t()  # (o, r−u)
+        if not self.u:
+            return a_shared, b_shared
+        return torch.cat([self.A_u, a_shared], 0), torch.cat([self.B_u, b_shared], 1)
+
+
+@register
+class PRoLoRA(Method):
+    name = "prolora"
+    config_cls = PRoLoRAConfig
+    layer_cls = PRoLoRALayer
+
+    @classmethod
+    def check_target(cls, config: PRoLoRAConfig, path: str, module: nn.Module) -> None:
+        if config.r == config.u or config.share_dim != "hidden":
+            return
+        for key, dim, width in (("m", "in_features", module.in_features), ("n", "out_features", module.out_features)):
+            rate = getattr(config, key)
+            if rate > width:
+                raise ConfigError(
+                    f"PRoLoRAConfig.{key}={rate} is invalid for layer {path} ({dim}={width}): the sharing rate "
+                    f"cannot exceed the width it splits (each chunk needs a column); use {key} <= {width}")

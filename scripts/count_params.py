@@ -1,0 +1,58 @@
+"""Trainable-parameter count of an adapter config on a meta-device model (no weights: seconds for 70B).
+
+    python scripts/count_params.py model=llama2_7b method=prolora rank=8 unshared=1 sharing=7
+    python scripts/count_params.py model=llama2_70b method=lora rank=8
+    python scripts/count_params.py model=llama2_13b method=tied_lora rank=280
+
+Prints a table per adapted module type (instances, count per layer, total) and, as its LAST line, one
+JSON object: model, method (the resolved method config), trainable_params, lora_equivalent_rank (the
+count in units of LoRA rank 1 on all seven linears, the paper's budget unit).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from recipes import schema  # noqa: E402,F401  (registers the structured configs and resolvers)
+
+# A count is a read-only query: no Hydra run directory, no log files.
+_QUIET = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+
+@hydra.main(version_base=None, config_path=str(REPO / "configs"), config_name="config")
+def main(cfg: DictConfig) -> None:
+    import prolora
+    from prolora.counting import count_by_module_type, lora_equivalent_rank, meta_model, module_instances
+
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    config = prolora.make_config(**method)
+    model = meta_model(cfg.model.name)
+    prolora.attach(model, config)
+    total = prolora.count_trainable(model)
+    by_type = count_by_module_type(model)
+    instances = module_instances(model)
+
+    print(f"model={cfg.model.name}  method={method['name']}  config={config}")
+    print(f"{'module':<12}{'layers':>8}{'per layer':>14}{'total':>16}")
+    for mtype, count in by_type.items():
+        k = instances.get(mtype, 1)
+        print(f"{mtype:<12}{k:>8}{count // k:>14,}{count:>16,}")
+    print(f"{'TOTAL':<12}{'':>8}{'':>14}{total:>16,}")
+    equiv = lora_equivalent_rank(cfg.model.name, total)
+    print(json.dumps({"model": cfg.model.name, "method": config.to_dict(), "trainable_params": total,
+                      "lora_equivalent_rank": round(equiv, 4), "by_module_type": by_type}))
+
+
+if __name__ == "__main__":
+    given = {a.split("=", 1)[0].lstrip("+~") for a in sys.argv[1:]}
+    sys.argv += [o for o in _QUIET if o.split("=", 1)[0] not in given]
+    main()

@@ -1,0 +1,132 @@
+"""Table 2's Param column on the meta-device LLaMA2-7B, 13B/70B from their real shapes, the budget solver,
+and scripts/count_params.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prolora import (
+    LoRAConfig,
+    PRoLoRAConfig,
+    TiedLoRAConfig,
+    VeRAConfig,
+    attach,
+    count_by_module_type,
+    count_for,
+    count_trainable,
+    make_config,
+    solve_sharing,
+)
+from prolora.counting import meta_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("config,expected", [
+    (LoRAConfig(r=2), 4_997_120),
+    (LoRAConfig(r=8), 19_988_480),
+    (LoRAConfig(r=16), 39_976_960),
+    (VeRAConfig(r=256), 1_417_216),
+    (TiedLoRAConfig(r=256), 4_595_712),
+    (TiedLoRAConfig(r=280), 4_989_696),
+    (PRoLoRAConfig(r=8, u=1, m=7, n=7), 4_999_520),
+], ids=["lora_r2", "lora_r8", "lora_r16", "vera_r256", "tied_r256", "tied_r280", "prolora_r8u1m7"])
+def test_table2_param_column_llama2_7b(config, expected):
+    assert count_for("llama2_7b", config) == expected
+
+
+def test_llama2_7b_per_rank_and_paper_formula():
+    # 78,080 per layer per LoRA rank: 4*(4096+4096) + 3*(4096+11008)
+    assert 4 * 8192 + 3 * 15104 == 78_080
+    assert count_for("llama2_7b", LoRAConfig(r=1)) == 32 * 78_080
+    # PRoLoRA r8 u1 m7 with the paper's h/m (fractional) formula is exactly LoRA r2.
+    paper = 32 * (1 * 78_080 + 7 * 78_080 / 7)
+    assert paper == 4_997_120
+    # the real ceil(h/m) count: per layer 78,080 + 7 * (4*(586+586) + 3*(586+1573))
+    assert 32 * (78_080 + 7 * (4 * 1172 + 3 * 2159)) == 4_999_520
+
+
+def test_meta_model_by_module_type_breakdown():
+    model = attach(meta_model("llama2_7b"), PRoLoRAConfig(r=8, u=1, m=7))
+    assert next(model.parameters()).is_meta
+    by_type = count_by_module_type(model)
+    assert by_type["q_proj"] == 32 * (8192 + 7 * (586 + 586))
+    assert by_type["down_proj"] == 32 * (15104 + 7 * (1573 + 586))
+    assert sum(by_type.values()) == count_trainable(model) == 4_999_520
+
+
+def _sum_h_plus_o(h: int, inter: int, kv: int) -> int:
+    """Per-layer sum of (in + out) over q, k, v, o, gate, up, down."""
+    return (h + h) + (h + kv) + (h + kv) + (h + h) + 2 * (h + inter) + (inter + h)
+
+
+def test_13b_and_70b_from_real_shapes():
+    s13 = _sum_h_plus_o(5120, 13824, 5120)
+    s70 = _sum_h_plus_o(8192, 28672, 1024)  # GQA: k/v 8 heads x 128 = 1024 wide
+    assert s13 == 97_792 and s70 == 161_792
+    assert count_for("llama2_13b", LoRAConfig(r=2)) == 40 * 2 * s13 == 7_823_360
+    assert count_for("llama2_70b", LoRAConfig(r=8)) == 80 * 8 * s70
+    # PRoLoRA r8 u1 m7 on 13B with ceil(h/m) chunks
+    c = math.ceil
+    per13 = s13 + 7 * (4 * (c(5120 / 7) * 2) + 3 * (c(5120 / 7) + c(13824 / 7)))
+    assert count_for("llama2_13b", PRoLoRAConfig(r=8, u=1, m=7)) == 40 * per13
+    # VeRA on 70B: per module r + o
+    outs = 8192 + 1024 + 1024 + 8192 + 28672 + 28672 + 8192
+    assert count_for("llama2_70b", VeRAConfig(r=256)) == 80 * (7 * 256 + outs)
+    # Tied LoRA on 70B: A (r x 8192) + B_q/B_k/B_v + per layer u (r) and v (8192 + 1024 + 1024)
+    r = 256
+    assert count_for("llama2_70b", TiedLoRAConfig(r=r)) == r * 8192 + r * (8192 + 1024 + 1024) + 80 * (r + 10240)
+
+
+@pytest.mark.parametrize("r,u,k,m", [(8, 1, 2, 7), (4, 1, 2, 3), (16, 7, 8, 9), (32, 4, 8, 7), (32, 0, 8, 4)])
+def test_solver_paper_counting_spec_cases(r, u, k, m):
+    sol = solve_sharing("llama2_7b", r, u, {"lora_rank": k})
+    assert (sol.m, sol.n, sol.exact, sol.status) == (m, m, True, "exact")
+    assert sol.target_count == k * 32 * 78_080 == sol.paper_count
+    assert sol.count == count_for("llama2_7b", PRoLoRAConfig(r=r, u=u, m=m))  # real ceil count reported
+    assert sol.count >= sol.target_count
+
+
+def test_solver_ceil_counting_and_param_targets():
+    # ceil chunks: r8 u1 m7 is 2,400 over LoRA r2, so the nearest count under it is m = 8.
+    sol = solve_sharing("llama2_7b", 8, 1, lora_rank=2, counting="ceil")
+    assert (sol.m, sol.exact, sol.count) == (8, False, 4_684_800)
+    assert sol.count < sol.target_count == 4_997_120
+    # 4096 and 11008 are divisible by 4: r32 u0 m4 meets LoRA r8 exactly in both countings.
+    sol = solve_sharing("llama2_7b", 32, 0, lora_rank=8, counting="ceil")
+    assert (sol.m, sol.exact, sol.count) == (4, True, 19_988_480)
+    # a parameter-count target: the exact real count of r8 u1 m7
+    sol = solve_sharing("llama2_7b", 8, 1, 4_999_520, counting="ceil")
+    assert (sol.m, sol.exact) == (7, True)
+    sol = solve_sharing("llama2_7b", 8, 1, {"params": 5_000_000})
+    assert sol.m == 7 and not sol.exact and sol.paper_count < 5_000_000
+    with pytest.raises(ValueError, match="lower u or r"):
+        solve_sharing("llama2_7b", 8, 4, lora_rank=2)
+
+
+def test_presets_budgets_on_7b():
+    assert count_for("llama2_7b", make_config("clora", r=16, m=2)) == count_for("llama2_7b", LoRAConfig(r=8))
+    assert count_for("llama2_7b", make_config("share_rank_rotate_rank", r=32, u=4, m=7)) == 19_988_480
+    pro = count_for("llama2_7b", make_config("prolora", r=32, u=4, m=7))
+    assert abs(pro / 19_988_480 - 1) < 1e-3
+
+
+def test_count_params_script_prints_json_last():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "count_params.py"), "model=llama2_7b", "method=prolora", "rank=8",
+         "unshared=1", "sharing=7"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    out = json.loads(lines[-1])
+    assert out["trainable_params"] == 4_999_520
+    assert out["model"] == "llama2_7b"
+    assert out["method"]["method"] == "prolora" and (out["method"]["r"], out["method"]["u"], out["method"]["m"],
+                                                     out["method"]["n"]) == (8, 1, 7, 7)
+    assert abs(out["lora_equivalent_rank"] - 2.0) < 0.01
+    assert any(line.startswith("q_proj") and "16,396" in line for line in lines)
