@@ -1,0 +1,434 @@
+"""Reformatters: each raw published training set -> records ``{"dataset", "id", "messages"}``.
+
+Every converter returns ``(records, SkipReport)``. Malformed rows are skipped and reported with
+``(path, line, reason)``; a source that yields nothing usable raises ``ValueError``; a missing file raises
+``FileNotFoundError`` saying which file and how to get it. Contents are stored stripped: open-instruct's
+``encode_with_messages_format`` strips every message anyway, so the token sequences are the same.
+
+Sources (open-instruct ``scripts/data/sft_v1_v2/prepare_tulu_v1_v2.sh``, the Tulu v1/v2 download script):
+
+* **superni**: a clone of https://github.com/allenai/natural-instructions (``tasks/*.json`` +
+  ``splits/<split>/train_tasks.txt``); see :func:`convert_superni` for the prompt template.
+* **flan_v2**: ``hf://datasets/hamishivi/tulu_mix_store/flan_v2_resampled_50k.jsonl`` (Tulu v2's 50k
+  resample; Tulu v1 used ``flan_v2_resampled_100k.jsonl``), rows ``{"inputs", "targets", ...}``.
+* **cot**: ``hf://datasets/hamishivi/tulu_mix_store/cot_zsopt.jsonl`` and ``cot_fsopt.jsonl`` (the Flan V2
+  chain-of-thought submix, zero-shot and few-shot options), rows ``{"inputs", "targets", ...}``.
+* **code_alpaca**: https://github.com/sahil280114/codealpaca/raw/master/data/code_alpaca_20k.json, a JSON
+  array of ``{"instruction", "input", "output"}`` (also on the hub as ``sahil2801/CodeAlpaca-20k``).
+* **messages**: rows already in the messages shape (multi-turn allowed), or ShareGPT-style
+  ``{"conversations": [{"from", "value"}]}``.
+
+A source is a local path (``.jsonl``: one object a line; ``.json``: one array) or a hub reference read with
+``datasets.load_dataset``: ``hf://datasets/<owner>/<repo>/<file>`` (a data file on the hub) or
+``hub:<owner>/<name>[@split]`` (a hub dataset). Hub references are the real path and need a network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import string
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from prolora.data.records import (
+    SkipReport,
+    empty_error,
+    make_record,
+    missing_file_error,
+    validate_messages,
+)
+
+Source = str | os.PathLike
+
+HUB_SOURCES: dict[str, list[str]] = {
+    "flan_v2": ["hf://datasets/hamishivi/tulu_mix_store/flan_v2_resampled_50k.jsonl"],
+    "cot": ["hf://datasets/hamishivi/tulu_mix_store/cot_zsopt.jsonl",
+            "hf://datasets/hamishivi/tulu_mix_store/cot_fsopt.jsonl"],
+    "code_alpaca": ["hub:sahil2801/CodeAlpaca-20k"],
+}
+DOWNLOADS: dict[str, str] = {
+    "superni": "git clone https://github.com/allenai/natural-instructions  (tasks/ + splits/default/)",
+    "flan_v2": "wget https://huggingface.co/datasets/hamishivi/tulu_mix_store/resolve/main/flan_v2_resampled_50k.jsonl",
+    "cot": "wget https://huggingface.co/datasets/hamishivi/tulu_mix_store/resolve/main/cot_zsopt.jsonl "
+           "https://huggingface.co/datasets/hamishivi/tulu_mix_store/resolve/main/cot_fsopt.jsonl",
+    "code_alpaca": "wget https://github.com/sahil280114/codealpaca/raw/master/data/code_alpaca_20k.json",
+    "messages": "any jsonl of {\"messages\": [{\"role\", \"content\"}, ...]} rows",
+}
+
+
+def _is_hub(src: Source) -> bool:
+    s = str(src)
+    return s.startswith(("hf://", "hub:"))
+
+
+def _missing_raw(path: Source, name: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"raw {name} source not found: {path}\n  get it with: {DOWNLOADS.get(name, '')}\n"
+        f"  then: python scripts/prepare_data.py {name} --raw {path} --out data/{name}.jsonl")
+
+
+def iter_rows(src: Source, report: SkipReport, name: str) -> Iterator[tuple[int | None, str, object]]:
+    """``(line, label, row)`` of a raw source: ``.jsonl`` rows carry their line number; items of a
+    ``.json`` array and hub rows carry ``line=None`` and a label such as ``"item 3: "`` for reasons."""
+    if _is_hub(src):
+        import datasets  # the real path (network); never exercised by the tests
+
+        s = str(src)
+        if s.startswith("hf://"):
+            ds = datasets.load_dataset("json", data_files=s, split="train")
+        else:
+            ref, _, split = s[len("hub:"):].partition("@")
+            ds = datasets.load_dataset(ref, split=split or "train")
+        for i, row in enumerate(ds, start=1):
+            yield None, f"row {i}: ", row
+        return
+    path = Path(src)
+    if not path.is_file():
+        raise _missing_raw(path, name)
+    if path.suffix == ".json":
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            report.skip(path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno}): whole file unreadable")
+            return
+        if isinstance(data, dict):  # some mirrors wrap the array
+            data = next((v for v in data.values() if isinstance(v, list)), None)
+        if not isinstance(data, list):
+            report.skip(path, None, "a .json source must hold a JSON array of rows")
+            return
+        for i, row in enumerate(data, start=1):
+            yield None, f"item {i}: ", row
+        return
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, "", json.loads(line)
+            except json.JSONDecodeError as e:
+                report.skip(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})")
+
+
+def _str_field(row: dict, key: str) -> str | None:
+    v = row.get(key)
+    return v if isinstance(v, str) else None
+
+
+def _finish(records: list[dict], report: SkipReport, where: Source) -> tuple[list[dict], SkipReport]:
+    report.kept = len(records)
+    if not records:
+        raise empty_error(where, report)
+    return records, report
+
+
+def _as_list(sources: Source | Sequence[Source]) -> list[Source]:
+    if isinstance(sources, (str, os.PathLike)):
+        return [sources]
+    return list(sources)
+
+
+def _sample_indices(n: int, k: int | None, rng: random.Random) -> list[int]:
+    """All of ``range(n)`` or, if ``k < n``, a seeded sample of ``k`` of them kept in source order."""
+    if k is None or k <= 0 or k >= n:
+        return list(range(n))
+    return sorted(rng.sample(range(n), k))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Flan V2 and its CoT split: {"inputs", "targets"} -> user = inputs, assistant = targets
+# ---------------------------------------------------------------------------------------------------
+def convert_inputs_targets(sources: Source | Sequence[Source], dataset: str, *,
+                           max_per_source: int | None = None, seed: int = 42) -> tuple[list[dict], SkipReport]:
+    """open-instruct ``convert_flan_v2_data`` / ``convert_cot_data``: user = ``inputs``, assistant =
+    ``targets`` (both stripped; open-instruct appends ``"\\n"`` to prompts not ending in ``"\\n"`` or ``":"``,
+    which its chat encoder strips again, so it is not stored). ``max_per_source`` samples that many rows of
+    each source with ``seed`` (open-instruct samples 50k zero-shot + 50k few-shot CoT rows, i.e. all of them).
+    Ids are ``{dataset}_{i}`` over the kept rows of all sources in order."""
+    report = SkipReport()
+    records: list[dict] = []
+    srcs = _as_list(sources)
+    for src in srcs:
+        rows = []
+        for line, label, row in iter_rows(src, report, dataset):
+            if not isinstance(row, dict):
+                report.skip(src, line, label + "row is not a JSON object")
+                continue
+            inputs, targets = _str_field(row, "inputs"), _str_field(row, "targets")
+            if inputs is None or targets is None:
+                missing = [k for k, v in (("inputs", inputs), ("targets", targets)) if v is None]
+                report.skip(src, line, label + f"missing field {missing[0]!r}")
+                continue
+            if not targets.strip():
+                report.skip(src, line, label + "empty target")
+                continue
+            if not inputs.strip():
+                report.skip(src, line, label + "empty inputs")
+                continue
+            rows.append((inputs.strip(), targets.strip()))
+        for i in _sample_indices(len(rows), max_per_source, random.Random(f"{seed}:{Path(str(src)).name}")):
+            user, target = rows[i]
+            records.append(make_record(dataset, f"{dataset}_{len(records)}",
+                                       [{"role": "user", "content": user},
+                                        {"role": "assistant", "content": target}]))
+    return _finish(records, report, srcs[0] if len(srcs) == 1 else ", ".join(map(str, srcs)))
+
+
+def convert_flan_v2(sources: Source | Sequence[Source] | None = None, **kw) -> tuple[list[dict], SkipReport]:
+    return convert_inputs_targets(sources or HUB_SOURCES["flan_v2"], "flan_v2", **kw)
+
+
+def convert_cot(sources: Source | Sequence[Source] | None = None, **kw) -> tuple[list[dict], SkipReport]:
+    return convert_inputs_targets(sources or HUB_SOURCES["cot"], "cot", **kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CodeAlpaca: [{"instruction", "input", "output"}]
+# ---------------------------------------------------------------------------------------------------
+def code_alpaca_prompt(instruction: str, input: str | None) -> str:
+    """``instruction`` + ``"\\n\\n" + input`` when the input is not blank (both stripped).
+
+    This is open-instruct's ``encode_instruction_example(..., random_template=False)`` (prompt
+    ``instruction.strip() + "\\n\\n" + input.strip() + "\\n\\n"``) after the chat encoder's strip.
+    Note: open-instruct's ``convert_code_alpaca_data`` itself passes ``random_template=True`` (one of ~14
+    Alpaca-like phrasings drawn at random per example); the deterministic form is used here."""
+    prompt = instruction.strip()
+    if input is not None and input.strip():
+        prompt += "\n\n" + input.strip()
+    return prompt
+
+
+def convert_code_alpaca(sources: Source | Sequence[Source] | None = None, *, max_examples: int | None = None,
+                        seed: int = 42) -> tuple[list[dict], SkipReport]:
+    """CodeAlpaca rows -> user = :func:`code_alpaca_prompt`, assistant = ``output.strip()``; ids
+    ``code_alpaca_{i}`` (source order; ``max_examples`` keeps a seeded sample, like open-instruct's
+    ``num_examples``)."""
+    report = SkipReport()
+    pairs: list[tuple[str, str]] = []
+    srcs = _as_list(sources or HUB_SOURCES["code_alpaca"])
+    for src in srcs:
+        for line, label, row in iter_rows(src, report, "code_alpaca"):
+            if not isinstance(row, dict):
+                report.skip(src, line, label + "row is not a JSON object")
+                continue
+            instruction, output = _str_field(row, "instruction"), _str_field(row, "output")
+            inp = row.get("input", "")
+            if instruction is None or output is None:
+                report.skip(src, line, label + f"missing field {'instruction' if instruction is None else 'output'!r}")
+                continue
+            if inp is not None and not isinstance(inp, str):
+                report.skip(src, line, label + "field 'input' is not a string")
+                continue
+            if not output.strip():
+                report.skip(src, line, label + "empty target")
+                continue
+            if not instruction.strip():
+                report.skip(src, line, label + "empty instruction")
+                continue
+            pairs.append((code_alpaca_prompt(instruction, inp), output.strip()))
+    records = [make_record("code_alpaca", f"code_alpaca_{j}",
+                           [{"role": "user", "content": pairs[i][0]},
+                            {"role": "assistant", "content": pairs[i][1]}])
+               for j, i in enumerate(_sample_indices(len(pairs), max_examples, random.Random(seed)))]
+    return _finish(records, report, srcs[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rows already in the messages shape (multi-turn), or ShareGPT conversations
+# ---------------------------------------------------------------------------------------------------
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
+                  "assistant": "assistant", "bard": "assistant", "system": "system"}
+
+
+def convert_messages(sources: Source | Sequence[Source], *, dataset: str = "messages") -> tuple[list[dict], SkipReport]:
+    """Validate rows already shaped ``{"dataset"?, "id"?, "messages": [...]}`` (any number of turns), or
+    ShareGPT rows ``{"id"?, "conversations": [{"from", "value"}]}``. Contents are stripped; a row's own
+    ``dataset``/``id`` are kept (defaults ``dataset`` and ``{dataset}_{i}``)."""
+    report = SkipReport()
+    records: list[dict] = []
+    srcs = _as_list(sources)
+    for src in srcs:
+        for line, label, row in iter_rows(src, report, "messages"):
+            if not isinstance(row, dict):
+                report.skip(src, line, label + "row is not a JSON object")
+                continue
+            if "messages" in row:
+                msgs = row["messages"]
+            elif "conversations" in row and isinstance(row["conversations"], list):
+                msgs = []
+                for turn in row["conversations"]:
+                    who = turn.get("from") if isinstance(turn, dict) else None
+                    if who not in SHAREGPT_ROLES:
+                        msgs = f"unknown ShareGPT sender {who!r}"
+                        break
+                    msgs.append({"role": SHAREGPT_ROLES[who], "content": turn.get("value")})
+                if isinstance(msgs, str):
+                    report.skip(src, line, label + msgs)
+                    continue
+            else:
+                report.skip(src, line, label + "missing field 'messages'")
+                continue
+            reason = validate_messages(msgs)
+            if reason:
+                report.skip(src, line, label + reason)
+                continue
+            ds = row.get("dataset") or dataset
+            rid = row.get("id")
+            rid = str(rid) if rid not in (None, "") else f"{ds}_{len(records)}"
+            records.append(make_record(str(ds), rid, [{"role": m["role"], "content": m["content"].strip()}
+                                                      for m in msgs]))
+    return _finish(records, report, srcs[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Super-NaturalInstructions
+# ---------------------------------------------------------------------------------------------------
+SUPERNI_TEMPLATES = ("tk_instruct", "open_instruct")
+
+
+def _tk_period(s: str) -> str:
+    """Tk-Instruct appends "." to a field whose text does not already end in punctuation."""
+    return s if s and s[-1] in string.punctuation else s + "."
+
+
+def superni_prompt(definition: str, examples: Sequence[dict], input: str, *, template: str = "tk_instruct") -> str:
+    """The user turn of one SuperNI instance (definition + positive examples + the instance input).
+
+    ``tk_instruct`` (default): the official SuperNI "Definition + k positive examples" encoding of
+    Tk-Instruct (yizhongw/Tk-Instruct ``src/ni_collator.py``, ``DataCollatorForNI`` with
+    ``add_task_definition=True, num_pos_examples=2, num_neg_examples=0, add_explanation=False``)::
+
+        "Definition: {definition}.\\n\\n"
+        " Positive Example 1 -\\nInput: {input_1}.\\n Output: {output_1}.\\n\\n"
+        " Positive Example 2 -\\nInput: {input_2}.\\n Output: {output_2}.\\n\\n"
+        "Now complete the following example -\\nInput: {input}.\\nOutput: "
+
+    every field stripped and followed by "." only where it does not already end in punctuation; the leading
+    spaces before "Positive Example" and "Output" are Tk-Instruct's. Unlike Tk-Instruct (a 1024-token T5
+    encoder) examples are never dropped for length: the whole sequence is truncated at ``max_len`` later.
+
+    ``open_instruct``: open-instruct's few-shot SuperNI encoding (``encode_few_shot_example`` in
+    ``open_instruct/instruction_encode_templates.py``, used by ``convert_super_ni_data`` for its few-shot
+    instances)::
+
+        "{definition}\\n\\nInput:\\n{input_1}\\nOutput:\\n{output_1}\\n\\n ... Input:\\n{input}\\nOutput:\\n"
+    """
+    if template == "tk_instruct":
+        text = _tk_period("Definition: " + definition.strip()) + "\n\n"
+        for i, ex in enumerate(examples, start=1):
+            text += f" Positive Example {i} -\n" + _tk_period(f"Input: {ex['input'].strip()}") + "\n"
+            text += _tk_period(f" Output: {ex['output'].strip()}") + "\n\n"
+        text += "Now complete the following example -\n" + _tk_period(f"Input: {input.strip()}") + "\n"
+        return text + "Output: "
+    if template == "open_instruct":
+        text = definition.strip() + "\n\n"
+        for ex in examples:
+            text += "Input:\n" + ex["input"].strip() + "\n" + "Output:\n" + ex["output"].strip() + "\n\n"
+        return text + "Input:\n" + input.strip() + "\n" + "Output:\n"
+    raise ValueError(f"unknown SuperNI template {template!r}; known: {', '.join(SUPERNI_TEMPLATES)}")
+
+
+def read_task_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SuperNI split file not found: {path}\n  get it with: {DOWNLOADS['superni']}\n"
+            f"  then: python scripts/prepare_data.py superni --raw <natural-instructions dir> --out data/superni.jsonl")
+    return [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+
+
+def convert_superni(raw_dir: Source, *, split: str = "default", max_per_task: int | None = 100,
+                    num_pos_examples: int = 2, template: str = "tk_instruct", seed: int = 42,
+                    tasks: Sequence[str] | None = None, drop_mmmlu: bool = True,
+                    progress: Callable[[Sequence[str]], Sequence[str]] | None = None) -> tuple[list[dict], SkipReport]:
+    """SuperNI train tasks -> one single-turn record per instance.
+
+    Tasks: ``{raw_dir}/splits/{split}/train_tasks.txt`` (``default`` = the 756 English train tasks;
+    open-instruct's Tulu mixture read ``xlingual``) or ``tasks`` if given. Names containing ``_mmmlu_`` are
+    dropped as open-instruct does (``drop_mmmlu``): they are MMLU questions (57 of the 756 default train
+    tasks), i.e. the MMLU evaluation would leak into training; 699 tasks remain. Each task file ``{raw_dir}/tasks/{task}.json`` gives
+    ``Definition[0]``, the first ``num_pos_examples`` ``Positive Examples`` and its ``Instances``; at most
+    ``max_per_task`` instances are kept per task (a sample seeded by ``(seed, task)``, in file order; ``None``
+    keeps all). User turn = :func:`superni_prompt` (``template``); assistant turn = ``output[0]``; id
+    ``superni_{instance id}``. A task file listed in the split but absent is a reported skip."""
+    if template not in SUPERNI_TEMPLATES:
+        raise ValueError(f"unknown SuperNI template {template!r}; known: {', '.join(SUPERNI_TEMPLATES)}")
+    raw = Path(raw_dir)
+    if not raw.is_dir():
+        raise _missing_raw(raw, "superni")
+    names = list(tasks) if tasks is not None else read_task_list(raw / "splits" / split / "train_tasks.txt")
+    if drop_mmmlu:
+        names = [t for t in names if "_mmmlu_" not in t]
+    report = SkipReport()
+    records: list[dict] = []
+    for task in (progress(names) if progress else names):
+        path = raw / "tasks" / f"{task}.json"
+        if not path.is_file():
+            report.skip(path, None, "task file missing")
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            report.skip(path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})")
+            continue
+        definition = data.get("Definition") if isinstance(data, dict) else None
+        if isinstance(definition, list):
+            definition = definition[0] if definition else None
+        if not isinstance(definition, str) or not definition.strip():
+            report.skip(path, None, "task: missing or empty 'Definition'")
+            continue
+        positives = [ex for ex in data.get("Positive Examples") or []
+                     if isinstance(ex, dict) and isinstance(ex.get("input"), str) and isinstance(ex.get("output"), str)]
+        examples = positives[:num_pos_examples]
+        instances = data.get("Instances")
+        if not isinstance(instances, list):
+            report.skip(path, None, "task: missing field 'Instances'")
+            continue
+        for i in _sample_indices(len(instances), max_per_task, random.Random(f"{seed}:{task}")):
+            inst = instances[i]
+            label = f"instance {i + 1}: "
+            if not isinstance(inst, dict) or not isinstance(inst.get("input"), str):
+                report.skip(path, None, label + "missing field 'input'")
+                continue
+            outputs = inst.get("output")
+            target = outputs[0] if isinstance(outputs, list) and outputs else outputs
+            if not isinstance(target, str) or not target.strip():
+                report.skip(path, None, label + "empty target")
+                continue
+            iid = inst.get("id") or f"{task}-{i}"
+            prompt = superni_prompt(definition, examples, inst["input"], template=template)
+            records.append(make_record("superni", f"superni_{iid}",
+                                       [{"role": "user", "content": prompt},
+                                        {"role": "assistant", "content": target.strip()}]))
+    return _finish(records, report, raw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------------
+CONVERTERS: dict[str, Callable[..., tuple[list[dict], SkipReport]]] = {
+    "superni": convert_superni,
+    "flan_v2": convert_flan_v2,
+    "cot": convert_cot,
+    "code_alpaca": convert_code_alpaca,
+    "messages": convert_messages,
+}
+
+
+def get_converter(name: str) -> Callable[..., tuple[list[dict], SkipReport]]:
+    try:
+        return CONVERTERS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(CONVERTERS))}") from None
+
+
+def convert(name: str, raw, **options) -> tuple[list[dict], SkipReport]:
+    """Run the converter of dataset ``name`` on ``raw`` (a directory for superni, else path(s)/hub refs)."""
+    return get_converter(name)(raw, **options)
+
+
+__all__ = ["CONVERTERS", "DOWNLOADS", "HUB_SOURCES", "SUPERNI_TEMPLATES", "code_alpaca_prompt", "convert",
+           "convert_code_alpaca", "convert_cot", "convert_flan_v2", "convert_inputs_targets", "convert_messages",
+           "convert_superni", "get_converter", "iter_rows", "missing_file_error", "superni_prompt"]

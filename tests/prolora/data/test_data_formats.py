@@ -1,0 +1,200 @@
+"""Reformatters: each raw fixture -> the exact records; malformed rows skipped and reported; clear errors."""
+
+import importlib.util
+import json
+
+import pytest
+
+from prolora.data import convert, get_converter, load_records, read_records
+from prolora.data.formats import (
+    convert_code_alpaca,
+    convert_cot,
+    convert_flan_v2,
+    convert_messages,
+    convert_superni,
+    superni_prompt,
+)
+
+from .helpers import FIXTURES
+
+BAD = FIXTURES / "malformed"
+REPO = FIXTURES.parents[2]
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("prepare_data_cli", REPO / "scripts" / "prepare_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+ANTONYM_PROMPT = (
+    "Definition: Given a word, write its antonym.\n\n"
+    " Positive Example 1 -\nInput: hot.\n Output: cold.\n\n"
+    " Positive Example 2 -\nInput: tall.\n Output: short.\n\n"
+    "Now complete the following example -\nInput: {x}.\nOutput: ")
+SENTIMENT_PROMPT = (
+    "Definition: Classify the sentiment of the review as \"positive\" or \"negative\".\n\n"
+    " Positive Example 1 -\nInput: I loved every minute!\n Output: positive.\n\n"
+    " Positive Example 2 -\nInput: Dull and far too long.\n Output: negative.\n\n"
+    "Now complete the following example -\nInput: {x}\nOutput: ")
+
+
+def rec(dataset, id, *turns):
+    roles = ["user", "assistant"] * len(turns)
+    return {"dataset": dataset, "id": id, "messages": [{"role": r, "content": c} for r, c in zip(roles, turns)]}
+
+
+def test_superni_tk_instruct_template_exact():
+    records, report = convert_superni(FIXTURES / "superni", max_per_task=None)
+    assert records == [
+        rec("superni", "superni_task901-a1", ANTONYM_PROMPT.format(x="happy"), "sad"),
+        rec("superni", "superni_task901-a3", ANTONYM_PROMPT.format(x="light"), "dark"),
+        rec("superni", "superni_task902-b1", SENTIMENT_PROMPT.format(x="What a waste of money."), "negative"),
+        rec("superni", "superni_task902-b2", SENTIMENT_PROMPT.format(x="Great acting, great story."), "positive"),
+    ]
+    # the empty target of task901-a2 and the task listed in the split but not downloaded are reported
+    assert report.kept == 4 and report.n_skipped == 2
+    by_reason = {s.reason: s for s in report.skipped}
+    assert by_reason["instance 2: empty target"].path.endswith("task901_toy_antonyms.json")
+    assert by_reason["task file missing"].path.endswith("task903_toy_not_downloaded.json")
+
+
+def test_superni_open_instruct_template_and_cap():
+    records, _ = convert_superni(FIXTURES / "superni", template="open_instruct", tasks=["task901_toy_antonyms"])
+    assert records[0]["messages"][0]["content"] == (
+        "Given a word, write its antonym\n\nInput:\nhot\nOutput:\ncold\n\nInput:\ntall\nOutput:\nshort\n\n"
+        "Input:\nhappy\nOutput:\n")
+    capped, _ = convert_superni(FIXTURES / "superni", max_per_task=1, seed=3)
+    again, _ = convert_superni(FIXTURES / "superni", max_per_task=1, seed=3)
+    assert capped == again and len(capped) <= 2  # one instance sampled per task (one may be the empty one)
+    with pytest.raises(ValueError, match="unknown SuperNI template"):
+        superni_prompt("d", [], "x", template="nope")
+
+
+def test_superni_errors():
+    with pytest.raises(FileNotFoundError, match="prepare_data.py superni"):
+        convert_superni(FIXTURES / "no_such_dir")
+    with pytest.raises(FileNotFoundError, match="split file not found"):
+        convert_superni(FIXTURES / "superni", split="xlingual")
+    # every task broken or absent: one ValueError naming the directory and the first reasons
+    with pytest.raises(ValueError, match=r"no usable rows in .*superni_bad.*invalid JSON.*task file missing"):
+        convert_superni(BAD / "superni_bad")
+
+
+def test_flan_v2_exact():
+    records, report = convert_flan_v2(FIXTURES / "flan_v2.jsonl")
+    assert records == [
+        rec("flan_v2", "flan_v2_0", "Translate to French: Good morning", "Bonjour"),
+        rec("flan_v2", "flan_v2_1", "Premise: The cat sat on the mat.\nHypothesis: A cat is sitting.\n"
+                                    "Does the premise entail the hypothesis?\nOPTIONS:\n- yes\n- no", "yes"),
+        rec("flan_v2", "flan_v2_2", "Answer the question: what colour is the sky on a clear day?\nAnswer:", "blue"),
+    ]
+    assert report.n_skipped == 0
+
+
+def test_cot_exact_and_several_sources(tmp_path):
+    records, _ = convert_cot(FIXTURES / "cot.jsonl")
+    assert records == [
+        rec("cot", "cot_0", "Q: Tom has 3 apples and buys 2 more. How many apples does he have?\n"
+                            "A: Let's think step by step.",
+            "Tom starts with 3 apples. He buys 2 more, so 3 + 2 = 5. The answer is 5."),
+        rec("cot", "cot_1", "Is the following sentence plausible? \"The fish climbed the tree.\"",
+            "Fish cannot climb trees. So the answer is no."),
+    ]
+    both, _ = convert_cot([FIXTURES / "cot.jsonl", FIXTURES / "flan_v2.jsonl"])
+    assert [r["id"] for r in both] == [f"cot_{i}" for i in range(5)]
+    sampled, _ = convert_cot([FIXTURES / "cot.jsonl", FIXTURES / "flan_v2.jsonl"], max_per_source=1)
+    assert len(sampled) == 2
+
+
+def test_code_alpaca_exact():
+    records, report = convert_code_alpaca(FIXTURES / "code_alpaca.json")
+    assert records == [
+        rec("code_alpaca", "code_alpaca_0", "Write a Python function that returns the square of a number.",
+            "def square(x):\n    return x * x"),
+        rec("code_alpaca", "code_alpaca_1", "Reverse the given list in place.\n\nnums = [1, 2, 3]", "nums.reverse()"),
+        rec("code_alpaca", "code_alpaca_2", "Print the length of the string.\n\ns = \"hello\"", "print(len(s))"),
+    ]
+    assert report.n_skipped == 0
+
+
+def test_messages_multi_turn_system_and_sharegpt():
+    records, report = convert_messages(FIXTURES / "messages.jsonl")
+    assert records == [
+        {"dataset": "toy_chat", "id": "chat_1", "messages": [
+            {"role": "user", "content": "Hi! What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."},
+            {"role": "user", "content": "And times 4?"}, {"role": "assistant", "content": "5 * 4 = 20."}]},
+        {"dataset": "messages", "id": "chat_2", "messages": [
+            {"role": "system", "content": "You answer tersely."}, {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."}]},
+        rec("messages", "messages_2", "Name a prime number.", "7"),
+    ]
+    assert report.n_skipped == 0
+
+
+def test_malformed_rows_are_skipped_with_path_line_reason():
+    records, report = convert_messages(BAD / "messages_bad.jsonl")
+    assert [r["id"] for r in records] == ["ok"]
+    got = [(s.line, s.reason) for s in report.skipped]
+    assert got == [
+        (2, "no assistant turn"),
+        (3, "wrong role order: message 0 is 'assistant', expected 'user'"),
+        (4, "message 1: empty assistant content"),
+        (5, "missing field 'messages'"),
+        (6, "message 1 has unknown role 'bot'"),
+        (7, "invalid JSON (Expecting value at column 1)"),
+    ]
+    assert all(s.path.endswith("messages_bad.jsonl") for s in report.skipped)
+    assert "kept 1, skipped 6" in report.summary()
+
+    flan, rep = convert_flan_v2(BAD / "flan_v2_bad.jsonl")
+    assert [r["messages"][1]["content"] for r in flan] == ["hi", "bye"]
+    assert [(s.line, s.reason) for s in rep.skipped] == [
+        (2, "invalid JSON (Expecting value at column 1)"), (3, "missing field 'targets'"), (4, "empty target")]
+
+    code, rep = convert_code_alpaca(BAD / "code_alpaca_bad.json")
+    assert len(code) == 1
+    assert [s.reason for s in rep.skipped] == ["item 2: missing field 'output'", "item 3: empty target"]
+
+
+def test_no_assistant_turn_in_record_file_is_a_reported_skip():
+    records, report = read_records(BAD / "messages_bad.jsonl")
+    assert len(records) == 1 and report.n_skipped == 6
+    with pytest.warns(UserWarning, match="skipped 6"):
+        assert load_records(BAD / "messages_bad.jsonl") == records
+
+
+def test_files_with_no_usable_rows_and_missing_files():
+    with pytest.raises(ValueError, match=r"no usable rows in .*empty\.jsonl.*the file has no rows"):
+        load_records(BAD / "empty.jsonl")
+    with pytest.raises(ValueError, match=r"all_bad\.jsonl.*:1: no assistant turn.*:2: invalid JSON"):
+        load_records(BAD / "all_bad.jsonl")
+    with pytest.raises(ValueError, match=r"truncated\.json.*invalid JSON"):
+        convert_code_alpaca(BAD / "truncated.json")
+    with pytest.raises(FileNotFoundError, match=r"missing\.jsonl[\s\S]*python scripts/prepare_data.py superni"):
+        load_records(FIXTURES / "missing.jsonl", name="superni")
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl[\s\S]*prepare_data.py flan_v2"):
+        convert_flan_v2(FIXTURES / "nope.jsonl")
+
+
+def test_unknown_dataset_lists_known_ones():
+    with pytest.raises(ValueError, match="unknown dataset 'alpaca_gpt5'; known: code_alpaca, cot, flan_v2, messages, superni"):
+        get_converter("alpaca_gpt5")
+    records, _ = convert("code_alpaca", FIXTURES / "code_alpaca.json")
+    assert len(records) == 3
+
+
+def test_prepare_data_cli(tmp_path, capsys):
+    main = load_cli().main
+    out = tmp_path / "superni.jsonl"
+    assert main(["superni", "--raw", str(FIXTURES / "superni"), "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "wrote 4 records" in text and "task file missing" in text and "empty target" in text
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == convert_superni(FIXTURES / "superni")[0]
+    assert load_records(out) == rows
+
+    assert main(["flan_v2", "--raw", str(FIXTURES / "missing.jsonl"), "--out", str(tmp_path / "f.jsonl")]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["nope", "--raw", "x", "--out", str(tmp_path / "n.jsonl")]) == 2
+    assert "known: code_alpaca" in capsys.readouterr().err

@@ -1,0 +1,47 @@
+"""The SuperNI reformatter on the real published task files in <repo>/../shared/data (skips without them)."""
+
+import json
+from collections import Counter
+
+from prolora.data import TokenizedDataset
+from prolora.data.formats import convert_superni, read_task_list
+from prolora.models import load_tiny_tokenizer
+
+PRESENT = {"task062_bigbench_repeat_copy_logic": 29, "task1149_item_check_edible": 119,
+           "task1319_country_by_barcode_prefix": 101}
+
+
+def test_real_superni_tasks(shared_data):
+    raw = shared_data / "superni"
+    names = read_task_list(raw / "splits" / "default" / "train_tasks.txt")
+    assert len(names) == 756
+    mmmlu = [t for t in names if "_mmmlu_" in t]
+    assert len(mmmlu) == 57  # MMLU questions inside the default train split: dropped (MMLU test leakage)
+
+    records, report = convert_superni(raw, max_per_task=100)
+    per_task = Counter(r["id"].removeprefix("superni_").split("-")[0] for r in records)  # ids superni_task062-...
+    assert per_task == {t.split("_")[0]: min(n, 100) for t, n in PRESENT.items()}
+    assert report.kept == len(records) == 29 + 100 + 100
+    # every other non-MMMLU task of the split is absent here: reported, not fatal
+    assert report.n_skipped == 756 - 57 - 3
+    assert all(s.reason == "task file missing" and "_mmmlu_" not in s.path for s in report.skipped)
+    assert len({r["id"] for r in records}) == len(records)
+
+    task = json.loads((raw / "tasks" / "task1319_country_by_barcode_prefix.json").read_text())
+    by_id = {r["id"]: r for r in records}
+    inst = next(i for i in task["Instances"] if f"superni_{i['id']}" in by_id)
+    user, assistant = (m["content"] for m in by_id[f"superni_{inst['id']}"]["messages"])
+    pos = task["Positive Examples"]
+    assert user.startswith("Definition: " + task["Definition"][0].strip())
+    assert f"\n\n Positive Example 1 -\nInput: {pos[0]['input'].strip()}" in user
+    assert f"\n\n Positive Example 2 -\nInput: {pos[1]['input'].strip()}" in user
+    assert " Positive Example 3 -" not in user
+    assert user.endswith(f"Now complete the following example -\nInput: {inst['input'].strip()}.\nOutput: ")
+    assert assistant == inst["output"][0].strip()
+
+    # sampling is seeded: same records again, others with another seed
+    assert convert_superni(raw, max_per_task=100)[0] == records
+    assert convert_superni(raw, max_per_task=100, seed=7)[0] != records
+
+    ds = TokenizedDataset(records, load_tiny_tokenizer(), max_len=512)
+    assert len(ds) + ds.n_dropped == len(records) and len(ds) > 0 and max(ds.lengths) <= 512
