@@ -135,9 +135,10 @@ def load_base_model(path: str, *, quantize: bool = True, load_in_8bit: bool = Fa
     if path == "tiny":
         import tempfile
 
-        tmp = tempfile.mkdtemp(prefix="prolora-tiny-")
-        build_tiny_llama(seed=tiny_seed).save_pretrained(tmp)
-        path = tmp
+        with tempfile.TemporaryDirectory(prefix="prolora-tiny-") as tmp:
+            build_tiny_llama(seed=tiny_seed).save_pretrained(tmp)
+            return load_base_model(tmp, quantize=quantize, load_in_8bit=load_in_8bit, double_quant=double_quant,
+                                   compute_dtype=compute_dtype, device=device)
     kwargs: dict = {"dtype": dtype}
     if load_in_8bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)

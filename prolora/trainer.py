@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 CHECKPOINT_PREFIX = "step_"
+FINAL_WINDOW = 10  # final_loss = mean loss of the last FINAL_WINDOW optimizer steps (one step is noisy)
 TRAINER_STATE = "trainer_state.pt"
 
 
@@ -79,8 +80,8 @@ class TrainArgs:
 @dataclass
 class TrainResult:
     steps: int
-    initial_loss: float
-    final_loss: float
+    initial_loss: float  # loss of the first optimizer step
+    final_loss: float  # mean loss of the last FINAL_WINDOW optimizer steps
     wall_time_s: float
     tokens: int
     tokens_per_s: float
@@ -189,6 +190,7 @@ class Trainer:
         self.tokens = 0
         self.initial_loss: float | None = None
         self.last_loss = float("nan")
+        self.recent_losses: list[float] = []  # the last FINAL_WINDOW step losses
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -200,6 +202,7 @@ class Trainer:
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "tokens": self.tokens,
                     "initial_loss": self.initial_loss, "last_loss": self.last_loss,
+                    "recent_losses": self.recent_losses,
                     "args": asdict(self.args)}, tmp / TRAINER_STATE)
         if final.exists():
             shutil.rmtree(final)
@@ -222,6 +225,7 @@ class Trainer:
         _set_rng_state(state["rng"])
         self.step, self.tokens = state["step"], state["tokens"]
         self.initial_loss, self.last_loss = state["initial_loss"], state["last_loss"]
+        self.recent_losses = list(state["recent_losses"])
         return self.step
 
     # -- loop ----------------------------------------------------------------------------------------
@@ -268,6 +272,7 @@ class Trainer:
                 self.step += 1
                 self.tokens += ntok
                 self.last_loss = float(np.mean(losses))
+                self.recent_losses = (self.recent_losses + [self.last_loss])[-FINAL_WINDOW:]
                 if self.initial_loss is None:
                     self.initial_loss = self.last_loss
                 bar.update(1)
@@ -285,7 +290,7 @@ class Trainer:
             bar.close()
         wall = time.time() - start_time
         self.model.eval()
-        return TrainResult(steps=self.step, initial_loss=float(self.initial_loss), final_loss=self.last_loss,
+        return TrainResult(steps=self.step, initial_loss=float(self.initial_loss), final_loss=float(np.mean(self.recent_losses)),
                            wall_time_s=wall, tokens=self.tokens,
                            tokens_per_s=(self.tokens - start_tokens) / max(wall, 1e-9), resumed_from=resumed)
 
@@ -294,30 +299,3 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
-
-
-def cycle_batches(make_epoch: Callable[[int], list[list[int]]], collate: Callable[[list[int]], dict],
-                  micro_per_step: int) -> Callable[[int], list[dict]]:
-    """``batches(step)`` from an epoch plan: ``make_epoch(epoch)`` returns that epoch's micro-batches
-    (lists of example indices, deterministic in the epoch); step ``s`` takes micro-batches
-    ``s*k … s*k+k-1`` of the endless concatenation of epochs."""
-    cache: dict[int, list[list[int]]] = {}
-
-    def epoch_plan(e: int) -> list[list[int]]:
-        if e not in cache:
-            if len(cache) > 1:
-                cache.pop(min(cache))
-            cache[e] = make_epoch(e)
-            if not cache[e]:
-                raise ValueError("the training set produced no batches")
-        return cache[e]
-
-    def batches(step: int) -> list[dict]:
-        out = []
-        per_epoch = len(epoch_plan(0))  # every epoch has the same number of micro-batches
-        for i in range(step * micro_per_step, (step + 1) * micro_per_step):
-            e, j = divmod(i, per_epoch)
-            out.append(collate(epoch_plan(e)[j]))
-        return out
-
-    return batches

@@ -74,31 +74,20 @@ def train_args(cfg: DictConfig):
 def build_batches(cfg: DictConfig, tokenizer, args):
     """Tokenize the records (chat format, loss on assistant tokens) and plan group-by-length batches."""
     from prolora import data
-    from prolora.trainer import cycle_batches
 
     path = resolve_train_file(cfg)
-    records, report = data.load_records(path)
+    records, report = data.read_records(path)
     if report.skipped:
-        print(report.summary())
+        print(f"{path}: {report.summary()}")
     if cfg.trainer.max_train_samples:
         records = records[: cfg.trainer.max_train_samples]
-    examples, dropped = data.tokenize_records(records, tokenizer, cfg.dataset.max_seq_len)
-    if dropped:
-        print(f"dropped {dropped} example(s) whose assistant turn was cut away by max_seq_len="
+    dataset = data.TokenizedDataset(records, tokenizer, cfg.dataset.max_seq_len)
+    if dataset.n_dropped:
+        print(f"dropped {dataset.n_dropped} example(s) whose assistant turn was cut away by max_seq_len="
               f"{cfg.dataset.max_seq_len}")
-    if not examples:
-        raise ValueError(f"{path}: no usable training example after tokenization")
-    lengths = [len(e["input_ids"]) for e in examples]
-    collator = data.PaddingCollator(pad_token_id=tokenizer.pad_token_id)
-
-    def make_epoch(epoch: int) -> list[list[int]]:
-        return data.plan_epoch(lengths, args.micro_batch_size, seed=args.seed, epoch=epoch,
-                               group_by_length=args.group_by_length)
-
-    def collate(indices: list[int]) -> dict:
-        return collator([examples[i] for i in indices])
-
-    return cycle_batches(make_epoch, collate, args.grad_accum), len(examples), sum(lengths)
+    batches = dataset.step_fn(args.micro_batch_size, seed=args.seed, micro_per_step=args.grad_accum,
+                              group_by_length=args.group_by_length)
+    return batches, len(dataset), sum(dataset.lengths)
 
 
 class WandbLogger:
@@ -167,6 +156,7 @@ def run(cfg: DictConfig) -> Path:
     seed_everything(cfg.seed)  # adapter init depends only on the seed, not on what loading consumed
     model = prolora.attach(model, adapter_config)
     trainable = prolora.count_trainable(model)
+    base_layer_type = next((type(m.base_layer).__name__ for m in model.modules() if hasattr(m, "base_layer")), None)
     print(f"method={cfg.method.name} trainable parameters: {trainable:,}")
 
     logger = WandbLogger(cfg, output_dir, trainable) if cfg.logger.name == "wandb" else None
@@ -184,6 +174,7 @@ def run(cfg: DictConfig) -> Path:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "method": cfg.method.name,
         "trainable_params": trainable,
+        "base_layer_type": base_layer_type,
         "git_commit": git_commit(),
         "steps": result.steps,
         "initial_loss": result.initial_loss,

@@ -1,0 +1,155 @@
+"""The training recipe end to end on the tiny model and the shipped demo data (CPU).
+
+Runs are short (30 steps of 8 sequences of <= 64 tokens); each takes seconds on 2 cores.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from recipes import CONFIG_DIR
+from recipes import train as train_recipe
+from tests.conftest import REPO
+
+FAST = ["model=tiny", "dataset=demo", "logger=none", "trainer.max_steps=30", "trainer.batch_size=8",
+        "trainer.micro_batch_size=4", "trainer.log_every=5", "trainer.save_every=10", "optim.lr=1e-2"]
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=[*FAST, f"output_dir={tmp_path}", *overrides])
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("quantize", [False, True], ids=["fp32", "nf4"])
+def test_prolora_run_learns_and_writes_artifacts(tmp_path, quantize):
+    cfg = _cfg(tmp_path, "method=prolora", "rank=8", "unshared=1", "sharing=7", f"model.quantize={quantize}")
+    start = time.time()
+    final = train_recipe.run(cfg)
+    elapsed = time.time() - start
+    assert elapsed < 60, f"30 tiny steps took {elapsed:.0f}s"
+    run = json.loads((final / "run.json").read_text())
+    assert run["steps"] == 30
+    assert run["final_loss"] < run["initial_loss"] - 0.3, run  # mean of the last 10 steps vs step 1
+    assert run["trainable_params"] > 0 and run["tokens_per_s"] > 0 and run["wall_time_s"] > 0
+    assert run["config"]["method"]["r"] == 8 and run["config"]["method"]["m"] == 7
+    assert "git_commit" in run
+    assert (final / "adapter_config.json").is_file()
+    peft_cfg = json.loads((final / "peft" / "adapter_config.json").read_text())
+    assert peft_cfg["peft_type"] == "LORA"
+    tensors = load_file(final / "peft" / "adapter_model.safetensors")
+    assert any(k.endswith("q_proj.lora_A.weight") for k in tensors)
+    losses = _losses(tmp_path)
+    assert losses[-1] < losses[0]
+    base_type = "Linear4bit" if quantize else "Linear"
+    assert run["base_layer_type"] == base_type
+
+
+def test_killed_run_resumes_to_the_same_adapter(tmp_path, monkeypatch):
+    from prolora.trainer import Trainer
+
+    ref_dir, crash_dir = tmp_path / "ref", tmp_path / "crash"
+    ref = train_recipe.run(_cfg(ref_dir, "method=prolora", "rank=8", "unshared=1", "sharing=7"))
+
+    calls = {"n": 0}
+    original = Trainer._micro_step
+
+    def dying(self, batch, scale):
+        calls["n"] += 1
+        if self.step == 25:  # after the step-20 checkpoint, in the middle of step 26
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, batch, scale)
+
+    monkeypatch.setattr(Trainer, "_micro_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_recipe.run(_cfg(crash_dir, "method=prolora", "rank=8", "unshared=1", "sharing=7"))
+    monkeypatch.setattr(Trainer, "_micro_step", original)
+    ckpts = crash_dir / "checkpoints"
+    assert (ckpts / "step_0000020" / "trainer_state.pt").is_file()
+    assert not (crash_dir / "final").exists()
+    # A half-written save must never be picked: a hidden temp dir and a step dir without its state file.
+    (ckpts / ".tmp-step_0000030-999").mkdir()
+    (ckpts / "step_0000040").mkdir()
+
+    resumed = train_recipe.run(_cfg(crash_dir, "method=prolora", "rank=8", "unshared=1", "sharing=7",
+                                    "trainer.resume=true"))
+    run = json.loads((resumed / "run.json").read_text())
+    assert run["resumed_from_step"] == 20
+    a, b = load_file(ref / "adapter.safetensors"), load_file(resumed / "adapter.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:  # tolerance: exact on CPU (same ops, same order); 1e-6 leaves room for BLAS threading
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert _losses(crash_dir) == pytest.approx(_losses(ref_dir), abs=1e-6)
+
+
+def test_multirun_writes_one_dir_per_job(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", *FAST, "trainer.max_steps=3", "method=lora", "rank=2",
+         "seed=1,2", f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(p.parent.parent for p in tmp_path.rglob("final/run.json"))
+    assert [p.name for p in runs] == ["lr0.01_seed1", "lr0.01_seed2"], runs
+    assert all(p.parent.name == "lora_r2" for p in runs)
+
+
+def test_wandb_offline_run_records_the_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = _cfg(tmp_path, "logger=wandb", "trainer.max_steps=3", "method=prolora", "rank=4", "unshared=1",
+               "sharing=3", "experiment_name=unit")
+    train_recipe.run(cfg)
+    run_dirs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    # Offline runs keep config and tags inside the protobuf log (what `wandb sync` uploads), as JSON strings.
+    log = next(run_dirs[0].glob("run-*.wandb")).read_bytes()
+    run = json.loads((tmp_path / "final" / "run.json").read_text())
+    for needle in ('"name":"prolora","r":4,"u":1,"m":3,"n":3', '"name":"demo"', "trainable_params",
+                   str(run["trainable_params"]), "method:prolora", "dataset:demo", "seed:1", '"group":"unit"'):
+        assert needle.encode() in log, needle
+
+
+def _write(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path):
+    cfg = _cfg(tmp_path, f"dataset.train_file={tmp_path / 'nope.jsonl'}")
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        train_recipe.run(cfg)
+
+
+def test_empty_data_file_is_an_error(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty.jsonl"):
+        train_recipe.run(_cfg(tmp_path, f"dataset.train_file={empty}"))
+
+
+def test_rows_without_assistant_turn_are_skipped_and_reported(tmp_path, capsys):
+    good = {"dataset": "demo", "id": "g", "messages": [{"role": "user", "content": "What is 1 + 1?"},
+                                                       {"role": "assistant", "content": "2"}]}
+    bad = {"dataset": "demo", "id": "b", "messages": [{"role": "user", "content": "no answer"}]}
+    path = _write(tmp_path / "mixed.jsonl", [good, bad, good])
+    train_recipe.run(_cfg(tmp_path, f"dataset.train_file={path}", "trainer.max_steps=2"))
+    report = capsys.readouterr().out
+    assert "mixed.jsonl" in report and ":2" in report  # path and line of the skipped row
+    only_bad = _write(tmp_path / "only_bad.jsonl", [bad])
+    with pytest.raises(ValueError, match="only_bad.jsonl"):
+        train_recipe.run(_cfg(tmp_path / "b", f"dataset.train_file={only_bad}"))
+
+
+def test_unknown_dataset_name_is_refused():
+    out = subprocess.run([sys.executable, str(REPO / "train.py"), "--cfg", "job", "dataset=nope"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode != 0 and "dataset/nope" in out.stderr
