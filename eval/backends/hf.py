@@ -1,0 +1,181 @@
+"""Plain transformers backend (any machine; CPU included).
+
+* Batches are LEFT-padded by hand with an attention mask, and for scoring the position ids are
+  recomputed from the mask, so a prompt's result does not depend on what it is batched with (greedy
+  outputs at batch size 1 and 8 agree). Prompts are sorted by length before batching.
+* BOS: see :meth:`Backend.encode` (added by the tokenizer unless the prompt text starts with it).
+* Decoding: a fresh ``GenerationConfig`` per call and a neutral ``model.generation_config`` (the
+  checkpoint's own sampling defaults, e.g. LLaMA-2's temperature 0.6 / top-p 0.9, which transformers
+  would merge into unset fields, are never picked up); greedy when ``temperature == 0``;
+  sampling uses top-p only (``top_k=0``, as vLLM's default ``top_k=-1``), seeded with ``seed``.
+* Stop sequences end a row as soon as its decoded new text contains one; the returned text is cut
+  before the earliest stop sequence.
+* Loading: base model through ``prolora.models.load_base_model`` in 4-bit NF4, 8-bit or full
+  precision, then optionally a compact adapter directory (``prolora.load_adapter``), optionally merged
+  (``prolora.merge``); a merged model directory loads like a base model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from eval.backends.base import Backend, truncate_at_stop
+
+PRECISIONS = ("nf4", "8bit", "full")
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=bool(os.environ.get("PROLORA_NO_PROGRESS")))
+
+
+class _StopOnSequences:
+    """Per-row stopping criterion on the decoded new text (returns a bool tensor, one per row)."""
+
+    def __init__(self, tokenizer, prompt_len: int, stop: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.stop = [s for s in stop if s]
+        self.window = max(len(s) for s in self.stop) + 8  # tokens are at least ~1 char; generous
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len:]
+        tail = new[:, -self.window:].tolist()
+        done = []
+        for row in tail:
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            done.append(any(s in text for s in self.stop))
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def __init__(self, model, tokenizer, batch_size: int = 8):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, int(batch_size))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("tokenizer has neither a pad nor an EOS token")
+        self.pad_id = int(pad)
+        eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if isinstance(cfg_eos, int):
+            eos.add(cfg_eos)
+        elif cfg_eos:
+            eos.update(cfg_eos)
+        self.eos_ids = sorted(eos)
+        # transformers fills every unset field of a passed GenerationConfig from model.generation_config
+        # (LLaMA-2 ships temperature 0.6 / top-p 0.9): neutralise it so only the protocol's settings count
+        from transformers import GenerationConfig
+
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                                       eos_token_id=self.eos_ids or None, pad_token_id=self.pad_id)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, model_path: str, adapter_dir: str | None = None, tokenizer_path: str | None = None,
+             precision: str = "nf4", compute_dtype: str = "auto", device: str = "auto", double_quant: bool = True,
+             merge: bool = False, batch_size: int = 8, tiny_seed: int = 0) -> HFBackend:
+        from prolora.models import load_base_model, load_tokenizer
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}: use one of {PRECISIONS}")
+        model = load_base_model(model_path, quantize=precision == "nf4", load_in_8bit=precision == "8bit",
+                                double_quant=double_quant, compute_dtype=compute_dtype, device=device,
+                                tiny_seed=tiny_seed)
+        if adapter_dir:
+            import prolora
+
+            model = prolora.load_adapter(model, adapter_dir)
+            if merge:
+                model = prolora.merge(model)
+        return cls(model.eval(), load_tokenizer(tokenizer_path or model_path), batch_size=batch_size)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _batches(self, rows: list[list[int]]) -> list[list[int]]:
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def _completion_text(self, prompt_ids: list[int], new_ids: list[int], stop: Sequence[str] | None) -> str:
+        for j, t in enumerate(new_ids):
+            if t in self.eos_ids:
+                new_ids = new_ids[:j]
+                break
+        tok = self.tokenizer
+        full = tok.decode(prompt_ids + new_ids, skip_special_tokens=True)
+        head = tok.decode(prompt_ids, skip_special_tokens=True)
+        text = full[len(head):] if full.startswith(head) else tok.decode(new_ids, skip_special_tokens=True)
+        return truncate_at_stop(text, stop)
+
+    # ------------------------------------------------------------------ interface
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens=512, temperature=0.0, top_p=1.0, n=1, stop=None, seed=42,
+                 desc="generate") -> list[list[str]]:
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        encoded = [self.encode(p) for p in prompts]
+        rows = [ids for ids in encoded for _ in range(n)]  # n samples per prompt, consecutive
+        texts: list[str] = [""] * len(rows)
+        sampling = temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=sampling, num_beams=1,
+            temperature=temperature if sampling else None, top_p=top_p if sampling else None,
+            top_k=0 if sampling else None, pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None,
+            bos_token_id=self.tokenizer.bos_token_id)
+        bar = _progress(len(rows), desc)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for batch in self._batches(rows):
+                ids, mask = self._pad_left([rows[i] for i in batch])
+                criteria = StoppingCriteriaList([_StopOnSequences(self.tokenizer, ids.shape[1], stop)]) if stop else None
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                          stopping_criteria=criteria)
+                new = out[:, ids.shape[1]:].tolist()
+                for row, gen in zip(batch, new):
+                    texts[row] = self._completion_text(rows[row], gen, stop)
+                bar.update(len(batch))
+        bar.close()
+        return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def next_token_logprobs(self, prompts, candidate_token_ids, desc="score") -> list[list[float]]:
+        rows = [self.encode(p) for p in prompts]
+        cands = torch.tensor(list(candidate_token_ids), dtype=torch.long)
+        result: list[list[float]] = [[] for _ in rows]
+        bar = _progress(len(rows), desc)
+        for batch in self._batches(rows):
+            ids, mask = self._pad_left([rows[i] for i in batch])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1, :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)[:, cands.to(logits.device)].cpu()
+            for row, lp in zip(batch, logprobs.tolist()):
+                result[row] = lp
+            bar.update(len(batch))
+        bar.close()
+        return result
+
+    def close(self) -> None:
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,68 @@
+"""What to evaluate: a base model, a base model + adapter checkpoint, or a merged model directory.
+
+A training checkpoint (``<run>/final/`` as ``recipes/train.py`` writes it) holds ``adapter_config.json``
++ ``adapter.safetensors`` (the compact adapter, for the hf backend), ``peft/`` (its exact PEFT LoRA
+export, for vLLM) and ``run.json`` whose ``config.model`` names the base model it was trained on.
+A run directory (holding ``final/``) is accepted too. A directory with a ``config.json`` and no
+adapter is a (merged or plain) Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+@dataclass
+class ModelSpec:
+    model_path: str  # what load_base_model loads: hub name, local dir (a merged model), or "tiny"
+    tokenizer_path: str
+    adapter_dir: str | None = None  # compact adapter (hf backend)
+    peft_dir: str | None = None  # PEFT LoRA export (vllm backend)
+    kind: str = "base"  # base | adapter | merged
+    run_model: dict = field(default_factory=dict)  # config.model of run.json, when there is one
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def read_run_model(directory: Path) -> dict:
+    run = directory / "run.json"
+    if not run.is_file():
+        return {}
+    data = json.loads(run.read_text())
+    return dict((data.get("config") or {}).get("model") or {})
+
+
+def resolve_checkpoint(checkpoint: str | None, model_path: str | None = None, peft_subdir: str = "peft") -> ModelSpec:
+    """Decide what to load. ``model_path`` (the ``model`` config) overrides the base named in run.json."""
+    if checkpoint is None:
+        if not model_path:
+            raise ValueError("nothing to evaluate: give checkpoint=<dir> and/or model=<name> (e.g. model=tiny)")
+        return ModelSpec(model_path=model_path, tokenizer_path=model_path)
+    ckpt = Path(checkpoint)
+    if not ckpt.is_dir():
+        raise FileNotFoundError(f"checkpoint {ckpt} is not a directory")
+    if not (ckpt / "adapter_config.json").is_file() and (ckpt / "final" / "adapter_config.json").is_file():
+        ckpt = ckpt / "final"
+    run_model = read_run_model(ckpt)
+    if (ckpt / "adapter_config.json").is_file():
+        base = model_path or run_model.get("path")
+        if not base:
+            raise ValueError(f"{ckpt} is an adapter checkpoint but names no base model (no run.json with "
+                             "config.model.path): pass model=<name> (e.g. model=llama2_7b)")
+        peft = ckpt / peft_subdir
+        return ModelSpec(model_path=base, tokenizer_path=base, adapter_dir=str(ckpt),
+                         peft_dir=str(peft) if (peft / "adapter_config.json").is_file() else None,
+                         kind="adapter", run_model=run_model)
+    if (ckpt / "config.json").is_file():
+        has_tok = any((ckpt / f).is_file() for f in TOKENIZER_FILES)
+        tokenizer = str(ckpt) if has_tok else (model_path or run_model.get("path"))
+        if not tokenizer:
+            raise ValueError(f"{ckpt} is a model without tokenizer files: pass model=<base> to take its tokenizer")
+        return ModelSpec(model_path=str(ckpt), tokenizer_path=tokenizer, kind="merged", run_model=run_model)
+    raise FileNotFoundError(f"{ckpt}: neither an adapter checkpoint (adapter_config.json + adapter.safetensors) "
+                            "nor a model directory (config.json)")

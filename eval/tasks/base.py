@@ -1,0 +1,100 @@
+"""The task interface shared by every benchmark, and open-instruct's chat wrapping.
+
+A task is a small object configured with its options (``chat``, sample sizes, seed, ...) that knows
+how to
+
+* ``load(data_dir) -> list[dict]``: read the published files (and sample, deterministically);
+* ``prompt(example, tokenizer=None) -> str``: the exact prompt string (a tokenizer is needed only where
+  the protocol counts tokens: TyDi QA's 512-token passages, MMLU's 2048-token few-shot limit);
+* ``generation() -> GenSpec`` (``kind == "generate"``) or ``candidates(tokenizer)`` (``kind == "choice"``);
+* ``parse(output, example)``: turn one raw output (text, or for choice tasks the candidate index) into
+  a prediction;
+* ``score(examples, predictions) -> dict``: ``predictions[i]`` is the list of the ``n`` parsed samples
+  for example ``i``; returns metrics in percent with the headline one under ``"score"``.
+
+The driver (:mod:`eval.driver`) does the rest, identically for every task.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+USER_TAG = "<|user|>\n"
+ASSISTANT_TAG = "<|assistant|>\n"
+
+
+def chat_format(user_text: str, answer_prefix: str = "") -> str:
+    """open-instruct's Tulu chat format for one user turn (``create_prompt_with_tulu_chat_format`` with
+    ``add_bos=False``: the tokenizer adds BOS), then the task's answer prefix, joined the way every
+    open-instruct eval script joins it (directly after a trailing newline/space, else after a space)."""
+    prompt = USER_TAG + user_text + "\n" + ASSISTANT_TAG
+    if answer_prefix:
+        prompt += answer_prefix if prompt[-1] in ("\n", " ") else " " + answer_prefix
+    return prompt
+
+
+class DataMissingError(FileNotFoundError):
+    """A benchmark file is missing; the message names the expected layout."""
+
+
+def require(path: Path, task: str, layout: str) -> Path:
+    if not path.exists():
+        raise DataMissingError(
+            f"{task}: {path} not found. Expected layout under data_dir:\n{layout}\n"
+            "Point data_dir= at a directory laid out like this (see scripts/ or shared/data/README.md).")
+    return path
+
+
+@dataclass
+class GenSpec:
+    """Decoding settings a generation task asks for (the protocol's values)."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+
+
+class Task:
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "generate"  # generate | choice
+    layout: ClassVar[str] = ""
+
+    def __init__(self, chat: bool = False, seed: int = 42):
+        self.chat = chat
+        self.seed = seed
+
+    # --- to implement
+    def load(self, data_dir: str | Path) -> list[dict]:
+        raise NotImplementedError
+
+    def prompt(self, example: dict, tokenizer=None) -> str:
+        raise NotImplementedError
+
+    def generation(self) -> GenSpec:
+        return GenSpec()
+
+    def candidates(self, tokenizer) -> list[int]:
+        raise NotImplementedError
+
+    def parse(self, output: Any, example: dict) -> Any:
+        return output
+
+    def target(self, example: dict) -> Any:
+        return example.get("target")
+
+    def score(self, examples: Sequence[dict], predictions: Sequence[Sequence[Any]]) -> dict:
+        raise NotImplementedError
+
+
+def sample(items: list, k: int | None, rng: random.Random) -> list:
+    """``random.sample(items, k)`` when ``k`` is set and smaller than the population (open-instruct's
+    rule: ``if max_n and len(data) > max_n: data = random.sample(data, max_n)``), else everything."""
+    if k is not None and k > 0 and len(items) > k:
+        return rng.sample(items, k)
+    return list(items)

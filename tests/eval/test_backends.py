@@ -1,0 +1,107 @@
+"""The hf backend: left padding, BOS, stop sequences, batch invariance; vLLM stays a lazy import."""
+
+import subprocess
+import sys
+
+import pytest
+
+from eval.backends import get_backend_class, truncate_at_stop
+from eval.backends.hf import HFBackend
+from tests.conftest import REPO
+
+PROMPTS = ["<|user|>\nWhat is 13 + 15?\n<|assistant|>\n", "Hi", "A much longer prompt that needs a lot of left padding "
+           "when it is batched with the short ones, " * 3, "<s>Already has a BOS", "Reverse: bird salt cloud\n"]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from prolora.models import build_tiny_llama, load_tokenizer
+
+    return HFBackend(build_tiny_llama(seed=0), load_tokenizer("tiny"), batch_size=8)
+
+
+def test_truncate_at_stop():
+    assert truncate_at_stop("a\nb\n\nc", ["\n\n"]) == "a\nb"
+    assert truncate_at_stop("x = 1\ndef g():\n#", ["\n#", "\ndef"]) == "x = 1"
+    assert truncate_at_stop("abc", []) == "abc"
+
+
+def test_bos_added_once(backend):
+    tok = backend.tokenizer
+    assert backend.encode("Hi")[0] == tok.bos_token_id
+    ids = backend.encode("<s>Already has a BOS")
+    assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
+    assert backend.encode("<s>Already has a BOS") == backend.encode("Already has a BOS")
+
+
+def test_greedy_batch_size_1_equals_8(backend):
+    backend.batch_size = 8
+    batched = backend.generate(PROMPTS, max_new_tokens=8)
+    backend.batch_size = 1
+    single = backend.generate(PROMPTS, max_new_tokens=8)
+    backend.batch_size = 8
+    assert batched == single
+    assert all(len(o) == 1 for o in batched)
+    assert any(o[0] for o in batched)
+
+
+def test_logprobs_batch_invariant(backend):
+    cands = [35, 36, 37, 38]
+    backend.batch_size = 8
+    batched = backend.next_token_logprobs(PROMPTS, cands)
+    backend.batch_size = 1
+    single = backend.next_token_logprobs(PROMPTS, cands)
+    backend.batch_size = 8
+    for a, b in zip(batched, single):
+        assert a == pytest.approx(b, abs=1e-4)
+        assert all(x < 0 for x in a)
+
+
+def test_stop_sequences_cut_output(backend):
+    free = backend.generate(PROMPTS[:2], max_new_tokens=12)
+    for (text,), prompt in zip(free, PROMPTS[:2]):
+        if len(text) > 2:
+            stop = text[1:3]
+            (cut,) = backend.generate([prompt], max_new_tokens=12, stop=[stop])[0:1]
+            assert cut == [text[: text.find(stop)]]
+
+
+def test_sampling_is_seeded(backend):
+    a = backend.generate(PROMPTS[:2], max_new_tokens=6, temperature=1.0, top_p=0.95, n=3, seed=7)
+    b = backend.generate(PROMPTS[:2], max_new_tokens=6, temperature=1.0, top_p=0.95, n=3, seed=7)
+    assert a == b and all(len(x) == 3 for x in a)
+
+
+def test_vllm_is_lazy():
+    code = ("import sys; import eval.backends, eval.backends.vllm, eval.driver, recipes.evaluate; "
+            "assert 'vllm' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cls = get_backend_class("vllm")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="backend=hf"):
+            cls("tiny")
+
+
+def test_vllm_rank_choice(tmp_path):
+    from eval.backends.vllm import lora_rank, max_lora_rank_for
+
+    assert [max_lora_rank_for(r) for r in (1, 2, 8, 9, 256, 280)] == [1, 8, 8, 16, 256, 320]
+    (tmp_path / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16}')
+    assert lora_rank(tmp_path) == 8
+
+
+def test_checkpoint_sampling_defaults_are_ignored(backend):
+    """LLaMA-2 ships do_sample/temperature/top_p in generation_config.json; greedy must stay greedy."""
+    from prolora.models import build_tiny_llama, load_tokenizer
+
+    model = build_tiny_llama(seed=0)
+    model.generation_config.do_sample = True
+    model.generation_config.temperature = 5.0
+    model.generation_config.top_p = 0.5
+    noisy = HFBackend(model, load_tokenizer("tiny"))
+    a = noisy.generate(PROMPTS, max_new_tokens=6, seed=1)
+    b = noisy.generate(PROMPTS, max_new_tokens=6, seed=2)
+    assert a == b == backend.generate(PROMPTS, max_new_tokens=6)

@@ -1,0 +1,61 @@
+"""The driver runs every task (+ demo) on the tiny model with the hf backend and writes eval.json."""
+
+import json
+
+import pytest
+
+from eval.backends.hf import HFBackend
+from eval.driver import evaluate, write_results
+from eval.tasks import TASKS, get_task
+from tests.conftest import REPO
+
+FIX = REPO / "tests" / "fixtures" / "eval"
+OPTIONS = {"mmlu": {}, "bbh": {"max_per_task": 2}, "gsm": {"max_examples": 3},
+           "tydiqa": {"dev_file": "tydiqa-goldp-v1.1-dev-fixture.json", "max_per_lang": 2},
+           "humaneval": {"max_examples": 2, "n_samples": 3, "ks": [1, 2], "workers": 2},
+           "demo": {"max_examples": 4}}
+
+
+def make_tasks(chat):
+    return [get_task(name, chat=chat, **OPTIONS[name]) for name in TASKS]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return HFBackend.load("tiny", precision="full", device="cpu", batch_size=8)
+
+
+def test_driver_all_tasks_and_eval_json(backend, tmp_path):
+    results = evaluate(make_tasks(chat=True), backend, data_dir=FIX, max_new_tokens=8, log=None)
+    assert list(results) == ["mmlu", "bbh", "gsm", "tydiqa", "humaneval", "demo"]
+    counts = {name: (r.n_examples, r.n_generations) for name, r in results.items()}
+    assert counts == {"mmlu": (5, 5), "bbh": (4, 4), "gsm": (3, 3), "tydiqa": (4, 4), "humaneval": (2, 6),
+                      "demo": (4, 4)}
+    for r in results.values():
+        assert 0.0 <= r.metrics["score"] <= 100.0
+        assert set(r.timings) == {"load", "prompts", "inference", "score", "total"}
+    assert set(results["humaneval"].metrics) >= {"pass@1", "pass@2", "executions"}
+    assert set(results["tydiqa"].metrics) >= {"f1", "exact_match", "languages"}
+    assert results["bbh"].settings["max_new_tokens"] == 8 and results["bbh"].settings["stop"] == []
+
+    path = write_results(results, tmp_path, extra={"backend": "hf"})
+    data = json.loads(path.read_text())
+    assert set(data["scores"]) == set(TASKS) and data["backend"] == "hf"
+    assert data["tasks"]["gsm"]["n_examples"] == 3
+    lines = (tmp_path / "predictions" / "humaneval.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    assert len(rec["outputs"]) == 3 and len(rec["passed"]) == 3 and rec["prompt"].startswith("<|user|>\n")
+    mmlu = json.loads((tmp_path / "predictions" / "mmlu.jsonl").read_text().splitlines()[0])
+    assert len(mmlu["logprobs"]) == 4 and mmlu["prediction"] in "ABCD" and "correct" in mmlu
+
+
+def test_driver_batch_size_does_not_change_greedy_outputs(backend):
+    tasks = [get_task(n, chat=False, **OPTIONS[n]) for n in ("bbh", "gsm", "tydiqa", "demo")]
+    backend.batch_size = 8
+    batched = evaluate(tasks, backend, data_dir=FIX, max_new_tokens=8, log=None)
+    backend.batch_size = 1
+    single = evaluate(tasks, backend, data_dir=FIX, max_new_tokens=8, log=None)
+    backend.batch_size = 8
+    for name in batched:
+        assert [r["outputs"] for r in batched[name].records] == [r["outputs"] for r in single[name].records]
+        assert batched[name].metrics == single[name].metrics

@@ -1,0 +1,93 @@
+"""The evaluation recipe: config composition, checkpoint resolution, the CLI end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from eval.checkpoint import resolve_checkpoint
+from recipes import CONFIG_DIR
+from recipes import evaluate as recipe
+from tests.conftest import REPO
+
+FIX = REPO / "tests" / "fixtures" / "eval"
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="evaluate", overrides=overrides)
+
+
+def test_defaults_are_the_paper_protocol():
+    cfg = _compose([])
+    assert list(cfg.tasks) == ["mmlu", "bbh", "gsm", "tydiqa", "humaneval"]
+    assert cfg.model is None and cfg.checkpoint is None and cfg.backend == "hf" and cfg.chat is None
+    assert (cfg.mmlu.ntrain, cfg.mmlu.precision) == (0, "8bit")
+    assert cfg.bbh.max_per_task == 40 and cfg.gsm.max_examples == 200 and cfg.gsm.n_shot == 8
+    assert cfg.tydiqa.max_per_lang == 100 and cfg.tydiqa.max_context_tokens == 512
+    assert (cfg.humaneval.n_samples, cfg.humaneval.temperature, cfg.humaneval.top_p) == (20, 0.1, 0.95)
+    assert cfg.vllm.peft_subdir == "peft"
+
+
+def test_model_group_reuses_model_configs():
+    cfg = _compose(["model=llama2_7b", "gsm.max_examples=5"])
+    assert cfg.model.path == "meta-llama/Llama-2-7b-hf" and cfg.model.quantize is True
+    assert cfg.gsm.max_examples == 5
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        _compose(["gsm.no_such_option=1"])
+
+
+def test_resolve_checkpoint(tmp_path):
+    assert resolve_checkpoint(None, "tiny").kind == "base"
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        resolve_checkpoint(None, None)
+    final = tmp_path / "run" / "final"
+    (final / "peft").mkdir(parents=True)
+    (final / "adapter_config.json").write_text("{}")
+    (final / "peft" / "adapter_config.json").write_text('{"r": 8}')
+    with pytest.raises(ValueError, match="names no base model"):
+        resolve_checkpoint(str(final))
+    (final / "run.json").write_text(json.dumps({"config": {"model": {"path": "meta-llama/Llama-2-7b-hf",
+                                                                     "quantize": True}}}))
+    spec = resolve_checkpoint(str(final.parent))  # a run dir resolves to its final/
+    assert (spec.kind, spec.model_path, spec.adapter_dir, spec.peft_dir) == (
+        "adapter", "meta-llama/Llama-2-7b-hf", str(final), str(final / "peft"))
+    assert resolve_checkpoint(str(final), "tiny").model_path == "tiny"  # model= wins over run.json
+    assert resolve_checkpoint(str(final), peft_subdir="lora").peft_dir is None
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="without tokenizer files"):
+        resolve_checkpoint(str(merged))
+    spec = resolve_checkpoint(str(merged), "tiny")
+    assert (spec.kind, spec.model_path, spec.tokenizer_path) == ("merged", str(merged), "tiny")
+    with pytest.raises(FileNotFoundError):
+        resolve_checkpoint(str(tmp_path / "nowhere"))
+
+
+def test_unknown_task_fails_before_loading(tmp_path):
+    cfg = _compose(["model=tiny", "tasks=[gsm,squad]", f"output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="unknown \\['squad'\\]"):
+        recipe.run(cfg)
+
+
+def test_cli_writes_eval_json_and_predictions(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "recipes.evaluate", "model=tiny", "tasks=[bbh,gsm,demo]", f"data_dir={FIX}",
+           "chat=false", "max_new_tokens=4", "bbh.max_per_task=1", "gsm.max_examples=2", "demo.max_examples=2",
+           "device=cpu", f"output_dir={out}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PROLORA_NO_PROGRESS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "eval.json").read_text())
+    assert set(data["scores"]) == {"bbh", "gsm", "demo"}
+    assert data["chat"] is False and data["backend"] == "hf" and data["precision"]["gsm"] == "nf4"
+    assert data["config"]["model"]["path"] == "tiny" and data["config"]["gsm"]["max_examples"] == 2
+    assert "git_commit" in data and data["wall_time_s"] > 0
+    assert data["tasks"]["bbh"]["n_examples"] == 2 and "timings_s" in data["tasks"]["gsm"]
+    gsm = [json.loads(line) for line in (out / "predictions" / "gsm.jsonl").read_text().splitlines()]
+    assert len(gsm) == 2 and gsm[0]["prompt"].endswith("\nAnswer:") and gsm[0]["target"]
