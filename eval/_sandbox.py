@@ -91,42 +91,38 @@ def launch(spec_path: str) -> None:
         finally:
             os._exit(127)
     deadline = time.monotonic() + float(spec["timeout_s"])
-    status = None
+    reaped: dict[int, int] = {}  # every child we reaped -> its wait status (the program's included)
     timed_out = False
-    while status is None:
-        pid, st = os.waitpid(child, os.WNOHANG)
-        if pid == child:
-            status = st
+    while child not in reaped:
+        _reap(reaped)  # one waitpid(-1) loop: the program's status can never be taken by someone else
+        if child in reaped:
             break
-        _reap()
         if time.monotonic() >= deadline:
             timed_out = True
             break
         time.sleep(0.005)
     for _ in range(200):
         _kill_all(child, uid)
-        if status is None:
-            pid, st = os.waitpid(child, os.WNOHANG)
-            if pid == child:
-                status = st
-        if not _reap() and status is not None:
+        if not _reap(reaped) and child in reaped:
             break
         time.sleep(0.01)
+    status = reaped.get(child)
     code = os.waitstatus_to_exitcode(status) if status is not None else None
     with open(spec["result"], "w") as f:
         json.dump({"timed_out": timed_out, "returncode": code}, f)
     os._exit(0)
 
 
-def _reap() -> bool:
-    """Reap every exited child; True while some child remains."""
+def _reap(reaped: dict[int, int]) -> bool:
+    """Reap every exited child, recording its wait status in ``reaped``; True while some child remains."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return False
         if pid == 0:
             return True
+        reaped[pid] = status
 
 
 def _exec_program(spec: dict) -> None:
