@@ -1,0 +1,143 @@
+"""Reproduce a paper artefact: ``python recipes/reproduce.py experiment=table2 [--plan] [flags] [overrides]``.
+
+Experiments: ``table2`` (LLaMA2-7B), ``table3`` (13B), ``table4`` (share/rotate variants, BBH), ``figure2``
+(unshared rank x LR), ``demo`` (tiny model, minutes on a CPU).  ``make reproduce-table2 ARGS="--plan"``.
+
+    --plan              list every cell with its state (done / running / failed / to do), Param. counts
+                        (beside the paper's printed ones, mismatches flagged) and GPU-hour estimates
+    --rows a,b          only these rows (ids from configs/experiment/<name>.yaml)
+    --datasets a,b      only these training datasets
+    --seeds 1,2         only these seeds
+    --dry-run           print the commands of the cells that would run, run nothing
+    --max-cells N       stop after N cells have run
+    --lr-sweep          rows with an lr_sweep list (VeRA, Tied LoRA) train at every LR of it
+    --slurm             submit the cells as a Hydra multirun through hydra-submitit-launcher
+                        (--launcher slurm_a100, configs/hydra/launcher/) instead of running them here
+    --no-render         do not render the table after running
+
+Anything else of the form key=value is a Hydra override of ``configs/reproduce.yaml`` (results_dir=,
+runs_dir=, data_dir=, eval_backend=, train_logger=none, experiment.seeds=[1], commands.train=[...]).
+Running trains and evaluates every cell that is not done, one subprocess per step; a failed cell is
+recorded (with its stderr tail) and the grid goes on; rerunning after a crash or kill skips finished
+cells and steps.  See ``recipes/experiments.py`` for the cell layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recipes import CONFIG_DIR  # noqa: E402
+from recipes import experiments as E  # noqa: E402
+
+CELL_JOB_FLAG = "--cell-job"  # internal: this process is one Hydra (submitit) job running cell=<id>
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recipes/reproduce.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=table2 results_dir=...")
+    p.add_argument("--plan", action="store_true")
+    p.add_argument("--rows")
+    p.add_argument("--datasets")
+    p.add_argument("--seeds")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--max-cells", type=int)
+    p.add_argument("--lr-sweep", action="store_true")
+    p.add_argument("--slurm", action="store_true")
+    p.add_argument("--launcher", default="slurm_a100", help="hydra/launcher for --slurm (default slurm_a100)")
+    p.add_argument("--no-render", action="store_true")
+    return p
+
+
+def render(cfg, experiment: str) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_tables", E.ROOT / "scripts" / "render_tables.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules.setdefault("render_tables", mod)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    written = mod.render_experiment(cfg, experiment)
+    for path in written:
+        print(f"wrote {path}")
+
+
+def slurm_command(args: argparse.Namespace, overrides: list[str], cell_ids: list[str]) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), CELL_JOB_FLAG, "--multirun",
+            f"hydra/launcher={args.launcher}", *overrides, f"cell={','.join(cell_ids)}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if CELL_JOB_FLAG in argv:
+        argv.remove(CELL_JOB_FLAG)
+        return _cell_job(argv)
+    args = parser().parse_intermixed_args(argv)
+    overrides = list(args.overrides)
+    if args.lr_sweep:
+        overrides.append("lr_sweep=true")
+    cfg = E.load_config(overrides)
+    grid = E.build_grid(cfg, rows=_csv(args.rows), datasets=_csv(args.datasets),
+                        seeds=[int(s) for s in _csv(args.seeds) or []] or None)
+    name = cfg.experiment.name
+    if args.plan:
+        print(E.plan_text(cfg, grid))
+        return 0
+    if args.slurm:
+        todo = [c.id for c in grid.cells if E.cell_state(cfg, c)[0] in ("to do", "failed")]
+        if args.max_cells is not None:
+            todo = todo[: args.max_cells]
+        if not todo:
+            print(f"{name}: nothing to submit (every selected cell is done or running)")
+            return 0
+        cmd = slurm_command(args, overrides, todo)
+        print(f"{name}: submitting {len(todo)} cell(s) as a Hydra multirun ({args.launcher}):")
+        print("  " + " ".join(cmd[:6]) + f" ... cell=<{len(todo)} ids>")
+        if args.dry_run:
+            print(" ".join(cmd))
+            return 0
+        return subprocess.call(cmd, cwd=E.ROOT)
+    print(f"{name}: {len(grid.cells)} cell(s) selected; results in {E.cells_dir(cfg, name)}")
+    out = E.Runner(cfg, grid).run(max_cells=args.max_cells, dry_run=args.dry_run)
+    print(f"{name}: ran {len(out['done']) + len(out['failed'])} cell(s): {len(out['done'])} done, "
+          f"{len(out['failed'])} failed, {len(out['skipped'])} already finished, "
+          f"{len(out['running'])} running elsewhere")
+    for cid in out["failed"]:
+        print(f"  FAILED {cid}: see {E.cells_dir(cfg, name) / (cid + '.json')}")
+    if cfg.render and not args.no_render and not args.dry_run:
+        render(cfg, name)
+    return 1 if out["failed"] else 0
+
+
+def _job(hcfg) -> str:
+    """One Hydra job: run cell ``hcfg.cell`` of the experiment (train + evaluate + record)."""
+    cfg = E.normalize(hcfg)
+    grid = E.build_grid(cfg)
+    result = E.Runner(cfg, grid).run_cell(grid.cell(str(cfg.cell)))
+    if result == "failed":  # recorded in the cell file; not raised, so the other jobs of the sweep go on
+        print(f"cell {cfg.cell} FAILED: see {E.cells_dir(cfg, cfg.experiment.name) / (cfg.cell + '.json')}")
+    return result
+
+
+def _cell_job(argv: list[str]) -> int:
+    """``--multirun ... cell=<id>,<id>,...``: Hydra launches one job per cell (submitit on SLURM)."""
+    import hydra
+
+    from recipes import schema  # noqa: F401
+
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(config_path=CONFIG_DIR, config_name="reproduce", version_base="1.3")(_job)()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
