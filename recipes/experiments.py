@@ -389,7 +389,7 @@ def _shapes(model: str) -> tuple[int, dict[str, tuple[int, int]]]:
     """(layers, {module: (in, out)}) from the published configs in ``prolora.models``."""
     from prolora.models import LLAMA2_CONFIGS, TINY_CONFIG
 
-    c = TINY_CONFIG if model == "tiny" else LLAMA2_CONFIGS[model]
+    c = TINY_CONFIG if model in ("tiny", "tiny_pretrained") else LLAMA2_CONFIGS[model]
     h, i = c["hidden_size"], c["intermediate_size"]
     kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
     return c["num_hidden_layers"], {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),

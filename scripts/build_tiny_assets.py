@@ -7,18 +7,26 @@
 * ``prolora/assets/tiny/tokenizer.json`` + ``tokenizer_config.json``: a byte-level BPE tokenizer
   (``tokenizers`` library) with LLaMA's special tokens ``<s>``/``</s>``/``<unk>``; ``<|user|>`` and
   ``<|assistant|>`` are plain text, as they are for LLaMA-2 in open-instruct.
+* ``prolora/assets/tiny_pretrained/``: the tiny Llama *pretrained* (full training, plain language
+  modelling) on the demo task written WITHOUT the chat format (``{question}\n{answer}</s>``), so that, like
+  LLaMA-2, the base knows the task but not the chat format: prompted in the chat format it fails, and
+  the demo's adapters have something real to learn (the mapping from the chat format to the answer).
+  ~70 s on one CPU thread; deterministic for the seed.
 
-Usage: ``python scripts/build_tiny_assets.py`` (deterministic: same files every time).
+Usage: ``python scripts/build_tiny_assets.py [--skip-pretrain]`` (deterministic: same files every time).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "prolora" / "assets" / "tiny"
+TINY_PRETRAINED = ROOT / "prolora" / "assets" / "tiny_pretrained"
+PRETRAIN_STEPS, PRETRAIN_LR, PRETRAIN_BATCH = 3000, 3e-3, 32
 DEMO = ROOT / "prolora" / "assets" / "demo"
 
 WORDS = (
@@ -90,10 +98,56 @@ def chat_text(record: dict) -> str:
     return text
 
 
+def plain_text(record: dict) -> str:
+    """The demo record without the chat format (what the tiny base is pretrained on)."""
+    return f"{record['messages'][0]['content']}\n{record['messages'][1]['content']}"
+
+
+def pretrain(records: list[dict]) -> None:
+    """Full training of the tiny Llama on the plain-text task (all tokens in the loss), then save it in
+    the Hugging Face layout with the tokenizer, so ``from_pretrained`` loads it like any checkpoint."""
+    import shutil
+
+    import torch
+
+    from prolora.models import build_tiny_llama, load_tiny_tokenizer
+    from prolora.trainer import TrainArgs, Trainer
+
+    torch.manual_seed(0)
+    tok = load_tiny_tokenizer()
+    ids = [tok(plain_text(r) + tok.eos_token).input_ids for r in records]
+    model = build_tiny_llama(seed=0).train()
+
+    def batches(step: int) -> list[dict]:
+        g = torch.Generator().manual_seed(step)
+        pick = torch.randint(len(ids), (PRETRAIN_BATCH,), generator=g).tolist()
+        width = max(len(ids[i]) for i in pick)
+        x = torch.full((PRETRAIN_BATCH, width), tok.pad_token_id)
+        mask = torch.zeros_like(x)
+        for row, i in enumerate(pick):
+            x[row, : len(ids[i])] = torch.tensor(ids[i])
+            mask[row, : len(ids[i])] = 1
+        return [{"input_ids": x, "attention_mask": mask, "labels": x.masked_fill(mask == 0, -100)}]
+
+    args = TrainArgs(max_steps=PRETRAIN_STEPS, batch_size=PRETRAIN_BATCH, micro_batch_size=PRETRAIN_BATCH,
+                     lr=PRETRAIN_LR, optimizer="adamw", max_grad_norm=1.0, save_every=0, log_every=500)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Trainer(model, batches, args, tmp, save_fn=lambda m, d: None, load_fn=lambda m, d: None).train()
+    print(f"pretrained tiny base: loss {result.initial_loss:.3f} -> {result.final_loss:.3f} "
+          f"in {result.wall_time_s:.0f}s")
+    if TINY_PRETRAINED.exists():
+        shutil.rmtree(TINY_PRETRAINED)
+    model.eval().save_pretrained(TINY_PRETRAINED)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(TINY / name, TINY_PRETRAINED / name)
+
+
 def main() -> None:
     TINY.mkdir(parents=True, exist_ok=True)
     DEMO.mkdir(parents=True, exist_ok=True)
-    train, test = demo_examples(2000, seed=1), demo_examples(64, seed=2)
+    train, test = demo_examples(2000, seed=1), demo_examples(160, seed=2)
     train_prompts = {r["messages"][0]["content"] for r in train}
     test = [r for r in test if r["messages"][0]["content"] not in train_prompts]
     for name, rows in (("train", train), ("test", test)):
@@ -129,6 +183,8 @@ def main() -> None:
     (TINY / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>"}, indent=2) + "\n")
     print(f"vocab={tok.get_vocab_size()} demo train={len(train)} test={len(test)} -> {TINY}, {DEMO}")
+    if "--skip-pretrain" not in sys.argv:
+        pretrain(train)
 
 
 if __name__ == "__main__":

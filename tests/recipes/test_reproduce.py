@@ -235,8 +235,8 @@ def test_killed_grid_resumes_without_recomputing(fake, capsys, monkeypatch):
     assert rec["train"]["final_loss"] == 1.5 and rec["trainable_params"] == 4672
     assert rec["config"]["train"]["method"]["r"] == 2 and rec["config"]["train"]["optim"]["lr"] == 0.01
     assert rec["paths"]["checkpoint"] == rec["paths"]["run_dir"] + "/final"
-    assert Path(rec["paths"]["run_dir"]).parent == tmp / "runs" / "tiny" / "demo" / "lora_r2"
-    assert Path(rec["paths"]["run_dir"]).name.startswith("lr0.01_steps150_seed2_")  # + hash of demo overrides
+    assert Path(rec["paths"]["run_dir"]).parent == tmp / "runs" / "tiny_pretrained" / "demo" / "lora_r2"
+    assert Path(rec["paths"]["run_dir"]).name.startswith("lr0.01_steps300_seed2_")  # + hash of demo overrides
     assert "logger=none" in rec["commands"]["train"] and "seed=2" in rec["commands"]["train"]
     assert not list((tmp / "results" / "demo" / "cells").glob("*.lock"))
     assert reproduce.main([*ov, "--rows", "lora_r2"]) == 0  # nothing left to do
@@ -249,7 +249,7 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(fake, capsys, monkeypatch)
     ov = overrides + ["experiment.seeds=[1,2,3]"]
     monkeypatch.setenv("FAKE_LOG", str(log))
     monkeypatch.setenv("FAKE_FAIL_SEED", "2")
-    assert reproduce.main([*ov, "--rows", "base,lora_r2"]) == 1
+    assert reproduce.main([*ov, "--rows", "base_chat,lora_r2"]) == 1
     out = capsys.readouterr().out
     assert "3 done, 1 failed" in out
     failed = _cell(tmp, "lora_r2__demo__lr0.01__seed2")
@@ -257,21 +257,21 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(fake, capsys, monkeypatch)
     assert failed["failure"]["returncode"] == 1
     assert "boom, simulated CUDA out of memory" in failed["failure"]["stderr_tail"]
     assert _cell(tmp, "lora_r2__demo__lr0.01__seed3")["status"] == "done"  # the next cell still ran
-    base = _cell(tmp, "base__eval__seed1")
+    base = _cell(tmp, "base_chat__eval__seed1")
     assert base["eval_only"] and base["metrics"] == {"demo_em": 25.0}
-    assert "checkpoint=null" in base["commands"]["evaluate"] and "model=tiny" in base["commands"]["evaluate"]
-    plan = _plan(capsys, *ov, "--rows", "base,lora_r2")
+    assert "checkpoint=null" in base["commands"]["evaluate"] and "model=tiny_pretrained" in base["commands"]["evaluate"]
+    plan = _plan(capsys, *ov, "--rows", "base_chat,lora_r2")
     assert re.search(r"^  failed\s+lora_r2__demo__lr0.01__seed2 .* train rc=1$", plan, re.M)
     assert "Summary: done 3, running 0, failed 1, to do 0" in plan
     # the renderer ran after the grid: seeds 1 and 3 only, marked as such
     table = (tmp / "results" / "demo" / "table.md").read_text()
     assert "| LoRA | 2 | 4,672 | 45.00 ± 14.14 n=2/3 |" in table
-    assert "| Base model (untrained) | - | - | 25.00 |" in table
+    assert "| Base model (chat) | - | - | 25.00 |" in table
     assert "| PRoLoRA | 8 | 4,828 | — |" in table
     assert (tmp / "results" / "demo" / "loss_curves.png").stat().st_size > 1000
     # a rerun retries the failed cell only
     monkeypatch.delenv("FAKE_FAIL_SEED")
-    assert reproduce.main([*ov, "--rows", "base,lora_r2", "--no-render"]) == 0
+    assert reproduce.main([*ov, "--rows", "base_chat,lora_r2", "--no-render"]) == 0
     assert "1 done, 0 failed, 3 already finished" in capsys.readouterr().out
 
 
@@ -294,7 +294,7 @@ def test_dry_run_prints_commands_and_runs_nothing(fake, capsys):
     assert reproduce.main([*overrides, "--rows", "prolora_r8", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "method=prolora method.m=7 method.n=7 method.r=8 method.u=1 dataset=demo seed=1 optim.lr=0.01" in out
-    assert "trainer.max_steps=150 experiment_name=demo" in out and "tasks=[demo]" in out
+    assert "trainer.max_steps=300 experiment_name=demo" in out and "tasks=[demo]" in out
     assert log.read_text() == ""
     assert not list((tmp / "results").rglob("*.json"))
 
