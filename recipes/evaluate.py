@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from recipes import CONFIG_DIR
+from recipes import CONFIG_DIR, git_commit
 from recipes.schema import ModelConfig  # importing schema registers the model/ group
 
-REPO = Path(__file__).resolve().parents[1]
 PAPER_TASKS = ["mmlu", "bbh", "gsm", "tydiqa", "humaneval"]
 
 
@@ -129,18 +127,6 @@ register()
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def model_settings(cfg: DictConfig, run_model: dict) -> dict:
     """Loading options: the ``model`` group when given, else the checkpoint's run.json, else defaults."""
     defaults = OmegaConf.to_container(OmegaConf.structured(ModelConfig), resolve=False)

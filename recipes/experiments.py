@@ -703,13 +703,10 @@ def plan_text(cfg: DictConfig, grid: Grid) -> str:
 
 
 def git_commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
+    from recipes import git_commit as commit
 
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "-uno"))}
+    sha = commit()
+    return {"commit": sha.removesuffix("-dirty") if sha else None, "dirty": bool(sha and sha.endswith("-dirty"))}
 
 
 def _tail(path: Path, chars: int) -> str:

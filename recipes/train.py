@@ -15,28 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from recipes import CONFIG_DIR, schema  # noqa: F401  (schema registers the structured configs)
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+from recipes import CONFIG_DIR, git_commit, schema  # noqa: F401  (schema registers the structured configs)
 
 
 def resolve_train_file(cfg: DictConfig) -> Path:
