@@ -29,15 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.backends.base import Backend
+from prolora.export import vllm_rank
 
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def max_lora_rank_for(r: int) -> int:
-    for rank in VLLM_LORA_RANKS:
-        if rank >= r:
-            return rank
-    raise ValueError(f"LoRA rank {r} exceeds vLLM's largest supported max_lora_rank {VLLM_LORA_RANKS[-1]}")
+# The smallest vLLM-supported max_lora_rank >= r (one table, kept where the export pads to it).
+max_lora_rank_for = vllm_rank
 
 
 def lora_rank(peft_dir: str | Path) -> int:
