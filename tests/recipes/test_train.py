@@ -19,7 +19,8 @@ from recipes import train as train_recipe
 from tests.conftest import REPO
 
 FAST = ["model=tiny", "dataset=demo", "logger=none", "trainer.max_steps=30", "trainer.batch_size=8",
-        "trainer.micro_batch_size=4", "trainer.log_every=5", "trainer.save_every=10", "optim.lr=1e-2"]
+        "trainer.micro_batch_size=4", "trainer.log_every=5", "trainer.save_every=10", "optim.lr=1e-2",
+        "trainer.gradient_checkpointing=false"]
 
 
 def _cfg(tmp_path: Path, *overrides: str):
@@ -153,3 +154,14 @@ def test_unknown_dataset_name_is_refused():
     out = subprocess.run([sys.executable, str(REPO / "train.py"), "--cfg", "job", "dataset=nope"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode != 0 and "dataset/nope" in out.stderr
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
+    losses = []
+    for gc in ("false", "true"):
+        out = tmp_path / gc
+        train_recipe.run(_cfg(out, "method=prolora", "rank=8", "unshared=1", "sharing=7", "trainer.max_steps=5",
+                              "trainer.log_every=1", f"trainer.gradient_checkpointing={gc}"))
+        losses.append(_losses(out))
+    assert len(losses[0]) == 5
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6)  # dropout RNG is replayed on recomputation
