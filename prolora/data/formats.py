@@ -138,21 +138,41 @@ def _sample_indices(n: int, k: int | None, rng: random.Random) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Flan V2 and its CoT split: {"inputs", "targets"} -> user = inputs, assistant = targets
+# Flan V2 and its CoT split: {"inputs", "targets"} -> user = inputs (+ "\n"), assistant = targets
 # ---------------------------------------------------------------------------------------------------
+def _flan_prompt(inputs: str) -> str:
+    """open-instruct ``convert_flan_v2_data`` / ``convert_cot_data``: ``inputs`` plus ``"\n"`` unless it
+    already ends in ``"\n"`` or (after ``rstrip``) in ``":"``."""
+    if not inputs.endswith("\n") and not inputs.rstrip().endswith(":"):
+        return inputs + "\n"
+    return inputs
+
+
 def convert_inputs_targets(sources: Source | Sequence[Source], dataset: str, *,
-                           max_per_source: int | None = None, seed: int = 42) -> tuple[list[dict], SkipReport]:
-    """open-instruct ``convert_flan_v2_data`` / ``convert_cot_data``: user = ``inputs``, assistant =
-    ``targets`` (both stripped; open-instruct appends ``"\\n"`` to prompts not ending in ``"\\n"`` or ``":"``,
-    which its chat encoder strips again, so it is not stored). ``max_per_source`` samples that many rows of
-    each source with ``seed`` (open-instruct samples 50k zero-shot + 50k few-shot CoT rows, i.e. all of them).
-    Ids are ``{dataset}_{i}`` over the kept rows of all sources in order."""
+                           max_per_source: int | None = None, seed: int = OPEN_INSTRUCT_SEED,
+                           rng: random.Random | None = None) -> tuple[list[dict], SkipReport]:
+    """open-instruct ``convert_flan_v2_data`` / ``convert_cot_data`` (commit 5cf790a52): user =
+    ``inputs`` + ``"\n"`` unless it ends in ``"\n"`` or ``":"`` (see :func:`_flan_prompt`), assistant =
+    ``targets``, both unstripped as open-instruct writes them (its chat encoder strips every message, so the
+    token sequences are those of the stripped text). Sources are read in order; of a source with more than
+    ``max_per_source`` rows, ``rng.sample(rows, k=max_per_source)`` is kept, in sampled order (open-instruct's
+    CoT: ``random.sample`` of 50k rows of ``cot_zsopt.jsonl`` then of ``cot_fsopt.jsonl``; Flan V2 samples
+    nothing). Ids are ``{dataset}_{idx}``, ``idx`` counting every row kept by the sampling over all sources,
+    so a row skipped here (missing field, blank target: open-instruct would crash or write a record our
+    reader rejects) leaves a gap instead of renumbering the rest. ``rng`` defaults to
+    ``random.Random(seed)``; pass one to share it across conversions as open-instruct's single process does."""
+    rng = rng if rng is not None else random.Random(seed)
     report = SkipReport()
     records: list[dict] = []
     srcs = _as_list(sources)
+    idx = 0
     for src in srcs:
-        rows = []
-        for line, label, row in iter_rows(src, report, dataset):
+        rows = list(iter_rows(src, report, dataset))
+        if max_per_source and max_per_source < len(rows):
+            rows = rng.sample(rows, k=max_per_source)
+        for line, label, row in rows:
+            rid = f"{dataset}_{idx}"
+            idx += 1
             if not isinstance(row, dict):
                 report.skip(src, line, label + "row is not a JSON object")
                 continue
@@ -164,74 +184,107 @@ def convert_inputs_targets(sources: Source | Sequence[Source], dataset: str, *,
             if not targets.strip():
                 report.skip(src, line, label + "empty target")
                 continue
-            if not inputs.strip():
-                report.skip(src, line, label + "empty inputs")
-                continue
-            rows.append((inputs.strip(), targets.strip()))
-        for i in _sample_indices(len(rows), max_per_source, random.Random(f"{seed}:{Path(str(src)).name}")):
-            user, target = rows[i]
-            records.append(make_record(dataset, f"{dataset}_{len(records)}",
-                                       [{"role": "user", "content": user},
-                                        {"role": "assistant", "content": target}]))
+            records.append(make_record(dataset, rid, [{"role": "user", "content": _flan_prompt(inputs)},
+                                                      {"role": "assistant", "content": targets}]))
     return _finish(records, report, srcs[0] if len(srcs) == 1 else ", ".join(map(str, srcs)))
 
 
 def convert_flan_v2(sources: Source | Sequence[Source] | None = None, **kw) -> tuple[list[dict], SkipReport]:
+    """open-instruct ``convert_flan_v2_data``: every row, ids ``flan_v2_{idx}`` (no sampling by default)."""
     return convert_inputs_targets(sources or HUB_SOURCES["flan_v2"], "flan_v2", **kw)
 
 
-def convert_cot(sources: Source | Sequence[Source] | None = None, **kw) -> tuple[list[dict], SkipReport]:
-    return convert_inputs_targets(sources or HUB_SOURCES["cot"], "cot", **kw)
+COT_ROWS_PER_SOURCE = 50_000  # open-instruct convert_cot_data's num_zero_shot_examples / num_few_shot_examples
+
+
+def convert_cot(sources: Source | Sequence[Source] | None = None, *,
+                max_per_source: int | None = COT_ROWS_PER_SOURCE, **kw) -> tuple[list[dict], SkipReport]:
+    """open-instruct ``convert_cot_data`` with its defaults: give ``cot_zsopt.jsonl`` then ``cot_fsopt.jsonl``
+    (that order: the RNG is consumed zero-shot file first); each is cut to a random sample of 50k rows when
+    longer. (open-instruct reads the zero-shot file only when ``num_few_shot_examples > 0``, a typo that
+    never matters with its settings.)"""
+    return convert_inputs_targets(sources or HUB_SOURCES["cot"], "cot", max_per_source=max_per_source, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------
 # CodeAlpaca: [{"instruction", "input", "output"}]
 # ---------------------------------------------------------------------------------------------------
-def code_alpaca_prompt(instruction: str, input: str | None) -> str:
-    """``instruction`` + ``"\\n\\n" + input`` when the input is not blank (both stripped).
+CODE_ALPACA_TEMPLATES = ("open_instruct", "fixed")
 
-    This is open-instruct's ``encode_instruction_example(..., random_template=False)`` (prompt
-    ``instruction.strip() + "\\n\\n" + input.strip() + "\\n\\n"``) after the chat encoder's strip.
-    Note: open-instruct's ``convert_code_alpaca_data`` itself passes ``random_template=True`` (one of ~14
-    Alpaca-like phrasings drawn at random per example); the deterministic form is used here."""
+
+def code_alpaca_prompt(instruction: str, input: str | None) -> str:
+    """The ``fixed`` CodeAlpaca prompt: ``instruction`` + ``"\n\n" + input`` when the input is not blank
+    (both stripped), i.e. open-instruct's ``encode_instruction_example(..., random_template=False)`` after the
+    chat encoder's strip. Not what open-instruct's ``convert_code_alpaca_data`` (hence the paper) used: that
+    draws one of 14 / 14 weighted templates per example (the default ``open_instruct`` template)."""
     prompt = instruction.strip()
     if input is not None and input.strip():
         prompt += "\n\n" + input.strip()
     return prompt
 
 
-def convert_code_alpaca(sources: Source | Sequence[Source] | None = None, *, max_examples: int | None = None,
-                        seed: int = 42) -> tuple[list[dict], SkipReport]:
-    """CodeAlpaca rows -> user = :func:`code_alpaca_prompt`, assistant = ``output.strip()``; ids
-    ``code_alpaca_{i}`` (source order; ``max_examples`` keeps a seeded sample, like open-instruct's
-    ``num_examples``)."""
+def convert_code_alpaca(sources: Source | Sequence[Source] | None = None, *, template: str = "open_instruct",
+                        max_examples: int | None = None, seed: int = OPEN_INSTRUCT_SEED,
+                        rng: random.Random | None = None) -> tuple[list[dict], SkipReport]:
+    """CodeAlpaca rows -> single-turn records ``{"dataset": "code_alpaca", "id": "code_alpaca_{idx}"}``.
+
+    ``template="open_instruct"`` (default): open-instruct ``convert_code_alpaca_data`` (commit 5cf790a52)
+    exactly. If ``max_examples``: ``rng.sample(rows, k=max_examples)`` first (sampled order; open-instruct's
+    ``num_examples``, ``None`` for the processed file); then, row by row in order, one template draw
+    (:func:`prolora.data.templates.encode_instruction_example`: ``rng.choices`` over the with-input table
+    when ``input.strip()`` is non-empty, else the without-input table); user = the prompt, assistant = the
+    completion, unstripped as open-instruct writes them. ``idx`` is the row's position after sampling; a row
+    skipped here (malformed; blank output, which our reader would reject) leaves a gap, and a blank-output
+    row still consumes its template draw so the rows after it get open-instruct's templates.
+
+    ``template="fixed"``: user = :func:`code_alpaca_prompt`, assistant = ``output.strip()``, ids numbered over
+    the kept rows in source order (``max_examples`` keeps a sample in source order); no template draws.
+    ``rng`` defaults to ``random.Random(seed)``."""
+    if template not in CODE_ALPACA_TEMPLATES:
+        raise ValueError(f"unknown CodeAlpaca template {template!r}; known: {', '.join(CODE_ALPACA_TEMPLATES)}")
+    rng = rng if rng is not None else random.Random(seed)
     report = SkipReport()
-    pairs: list[tuple[str, str]] = []
     srcs = _as_list(sources or HUB_SOURCES["code_alpaca"])
-    for src in srcs:
-        for line, label, row in iter_rows(src, report, "code_alpaca"):
-            if not isinstance(row, dict):
-                report.skip(src, line, label + "row is not a JSON object")
-                continue
-            instruction, output = _str_field(row, "instruction"), _str_field(row, "output")
-            inp = row.get("input", "")
-            if instruction is None or output is None:
-                report.skip(src, line, label + f"missing field {'instruction' if instruction is None else 'output'!r}")
-                continue
-            if inp is not None and not isinstance(inp, str):
-                report.skip(src, line, label + "field 'input' is not a string")
-                continue
+    rows = [(src, line, label, row) for src in srcs for line, label, row in iter_rows(src, report, "code_alpaca")]
+    if template == "open_instruct" and max_examples:
+        # open-instruct: ``if num_examples: examples = random.sample(examples, k=num_examples)`` (it raises
+        # when k exceeds the rows; here k is capped, i.e. a random permutation of all of them)
+        rows = rng.sample(rows, k=min(max_examples, len(rows)))
+    records: list[dict] = []
+    pairs: list[tuple[str, str]] = []
+    for idx, (src, line, label, row) in enumerate(rows):
+        if not isinstance(row, dict):
+            report.skip(src, line, label + "row is not a JSON object")
+            continue
+        instruction, output = _str_field(row, "instruction"), _str_field(row, "output")
+        inp = row.get("input", "")
+        if instruction is None or output is None:
+            report.skip(src, line, label + f"missing field {'instruction' if instruction is None else 'output'!r}")
+            continue
+        if inp is not None and not isinstance(inp, str):
+            report.skip(src, line, label + "field 'input' is not a string")
+            continue
+        if template == "open_instruct":
+            enc = encode_instruction_example(instruction, inp, output, rng, random_template=True)
             if not output.strip():
                 report.skip(src, line, label + "empty target")
                 continue
-            if not instruction.strip():
-                report.skip(src, line, label + "empty instruction")
-                continue
-            pairs.append((code_alpaca_prompt(instruction, inp), output.strip()))
-    records = [make_record("code_alpaca", f"code_alpaca_{j}",
-                           [{"role": "user", "content": pairs[i][0]},
-                            {"role": "assistant", "content": pairs[i][1]}])
-               for j, i in enumerate(_sample_indices(len(pairs), max_examples, random.Random(seed)))]
+            records.append(make_record("code_alpaca", f"code_alpaca_{idx}",
+                                       [{"role": "user", "content": enc["prompt"]},
+                                        {"role": "assistant", "content": enc["completion"]}]))
+            continue
+        if not output.strip():
+            report.skip(src, line, label + "empty target")
+            continue
+        if not instruction.strip():
+            report.skip(src, line, label + "empty instruction")
+            continue
+        pairs.append((code_alpaca_prompt(instruction, inp), output.strip()))
+    if template == "fixed":
+        records = [make_record("code_alpaca", f"code_alpaca_{j}",
+                               [{"role": "user", "content": pairs[i][0]},
+                                {"role": "assistant", "content": pairs[i][1]}])
+                   for j, i in enumerate(_sample_indices(len(pairs), max_examples, rng))]
     return _finish(records, report, srcs[0])
 
 
