@@ -7,7 +7,9 @@
 
 One process, one frozen base (a decoder layer's seven linears q,k,v,o,gate,up,down at LLaMA2-7B shapes
 wired as attention-free block, or a real LlamaDecoderLayer from the 7B config); each method is attached,
-timed (median of --repeats after one warm-up) and detached again.  Memory: on CUDA the peak
+timed against PEFT's LoRA of the same rank on its own copy of the base, the two stepped in alternation
+(A B A B …, --repeats pairs after a warm-up) so that drift and other load on the machine hit both
+alike: the time ratio is the median of the per-pair ratios.  Memory: on CUDA the peak
 ``torch.cuda.max_memory_allocated`` above the resident base; on CPU the bytes autograd saves for the
 backward (activations, excluding the frozen weights) plus adapter parameters and their gradients.
 Ratios are against PEFT LoRA with the same rank on the same seven modules (Tied LoRA adapts q/k/v only).
@@ -16,6 +18,7 @@ Ratios are against PEFT LoRA with the same rank on the same seven modules (Tied 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -80,47 +83,66 @@ class DecoderLayer(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
-def step_stats(model: nn.Module, x: torch.Tensor, device: str, repeats: int) -> dict:
-    frozen = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
-    trainable = [p for p in model.parameters() if p.requires_grad]
+class Runner:
+    """One model under test: a timed forward+backward step, and its memory."""
 
-    def one(measure_saved: bool = False) -> int:
+    def __init__(self, model: nn.Module, x: torch.Tensor, device: str):
+        self.model, self.x, self.device = model.train(), x, device
+        self.frozen = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def step(self, measure_saved: bool = False) -> int:
         saved: dict[int, int] = {}
 
         def pack(t):
-            if measure_saved and t.data_ptr() not in frozen:
+            if measure_saved and t.data_ptr() not in self.frozen:
                 saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
             return t
 
-        for p in trainable:
+        for p in self.trainable:
             p.grad = None
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = model(x)
+            out = self.model(self.x)
         out.float().pow(2).mean().backward()
         return sum(saved.values())
 
-    one()
-    saved_bytes = one(measure_saved=True)
-    times = []
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base_mem = torch.cuda.memory_allocated()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        one()
-        if device.startswith("cuda"):
+    def timed_step(self) -> float:
+        if self.device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    adapter_bytes = sum(p.numel() * p.element_size() for p in trainable)
-    if device.startswith("cuda"):
-        mem = torch.cuda.max_memory_allocated() - base_mem + adapter_bytes
-        mem_kind = "cuda_peak_above_base"
-    else:
-        mem = saved_bytes + 2 * adapter_bytes  # activations saved for backward + params + grads
-        mem_kind = "saved_activations_plus_adapter"
-    return {"time_ms": 1000 * statistics.median(times), "mem_mb": mem / 2**20, "mem_kind": mem_kind,
-            "trainable": sum(p.numel() for p in trainable)}
+        t0 = time.perf_counter()
+        self.step()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    def memory_mb(self) -> tuple[float, str]:
+        adapter_bytes = sum(p.numel() * p.element_size() for p in self.trainable)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            self.step()
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - base + adapter_bytes) / 2**20, "cuda_peak_above_base"
+        # activations saved for the backward + adapter params + their grads
+        return (self.step(measure_saved=True) + 2 * adapter_bytes) / 2**20, "saved_activations_plus_adapter"
+
+
+def paired_stats(ours: Runner, ref: Runner, repeats: int) -> tuple[dict, dict, float]:
+    """Time the method and its baseline in alternation (A B A B ...), so drift and other load on the
+    machine hit both alike; the time ratio is the median of the per-pair ratios."""
+    for r in (ours, ref):
+        r.step()  # warm-up
+    t_ours, t_ref = [], []
+    for _ in range(repeats):
+        t_ours.append(ours.timed_step())
+        t_ref.append(ref.timed_step())
+    out = []
+    for r, t in ((ours, t_ours), (ref, t_ref)):
+        mem, kind = r.memory_mb()
+        out.append({"time_ms": 1000 * statistics.median(t), "mem_mb": mem, "mem_kind": kind,
+                    "trainable": sum(p.numel() for p in r.trainable)})
+    return out[0], out[1], statistics.median(a / b for a, b in zip(t_ours, t_ref))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -155,25 +177,17 @@ def main(argv: list[str] | None = None) -> dict:
     from peft import LoraConfig, get_peft_model
 
     results: dict[str, dict] = {}
-    peft_by_rank: dict[int, dict] = {}
     for label in args.methods:
         config = METHODS[label]()
-        prolora.attach(model, config)
-        model.train()
-        stats = step_stats(model, x, device, args.repeats)
-        prolora.detach(model)
-        stats.update(method=config.method, r=config.r)
-        if config.r not in peft_by_rank:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                peft_model = get_peft_model(model, LoraConfig(r=config.r, lora_alpha=16, lora_dropout=0.1,
-                                                              target_modules=SEVEN))
-            peft_model.train()
-            peft_by_rank[config.r] = step_stats(peft_model, x, device, args.repeats)
-            model = peft_model.unload()
-        ref = peft_by_rank[config.r]
-        stats["time_ratio_vs_peft_lora"] = stats["time_ms"] / ref["time_ms"]
-        stats["mem_ratio_vs_peft_lora"] = stats["mem_mb"] / ref["mem_mb"]
+        ours = prolora.attach(copy.deepcopy(model), config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = get_peft_model(copy.deepcopy(model), LoraConfig(r=config.r, lora_alpha=16, lora_dropout=0.1,
+                                                                  target_modules=SEVEN))
+        stats, ref_stats, ratio = paired_stats(Runner(ours, x, device), Runner(ref, x, device), args.repeats)
+        del ours, ref
+        stats.update(method=config.method, r=config.r, peft_lora=ref_stats, time_ratio_vs_peft_lora=ratio,
+                     mem_ratio_vs_peft_lora=stats["mem_mb"] / ref_stats["mem_mb"])
         results[label] = stats
         print(f"done {label}", file=sys.stderr, flush=True)
 
@@ -183,13 +197,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"module={args.module} shapes={args.model}  batch={batch}x{seq}  base dtype={dtype}  repeats={args.repeats}")
     print(header)
     for label, s in results.items():
-        ref = peft_by_rank[s["r"]]
+        ref = s["peft_lora"]
         print(f"{label:<20}{s['r']:>5}{s['trainable']:>12,}{s['time_ms']:>10.1f}{ref['time_ms']:>10.1f}"
               f"{s['time_ratio_vs_peft_lora']:>9.2f}{s['mem_mb']:>10.1f}{ref['mem_mb']:>10.1f}"
               f"{s['mem_ratio_vs_peft_lora']:>9.2f}")
     report = {"device": device, "module": args.module, "shapes": args.model, "batch": batch, "seq": seq,
               "dtype": str(dtype), "repeats": args.repeats, "threads": torch.get_num_threads(),
-              "results": results, "peft_lora_by_rank": {str(k): v for k, v in peft_by_rank.items()}}
+              "results": results}
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
