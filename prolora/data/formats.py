@@ -2,13 +2,25 @@
 
 Every converter returns ``(records, SkipReport)``. Malformed rows are skipped and reported with
 ``(path, line, reason)``; a source that yields nothing usable raises ``ValueError``; a missing file raises
-``FileNotFoundError`` saying which file and how to get it. Contents are stored stripped: open-instruct's
-``encode_with_messages_format`` strips every message anyway, so the token sequences are the same.
+``FileNotFoundError`` saying which file and how to get it.
+
+By default (``template="open_instruct"``, ``seed=42``) superni, flan_v2, cot and code_alpaca reproduce
+open-instruct's ``open_instruct/reformat_datasets.py`` at commit 5cf790a52 (2024-01-09), the processed files
+``data/processed/<name>/<name>_data.jsonl`` the PRoLoRA paper trained on: same records, ids, dataset names,
+random template choices and samples, and the message contents exactly as open-instruct writes them
+(unstripped; its ``encode_with_messages_format`` and our :mod:`prolora.data.chat` strip every message, so
+the token sequences are those of the stripped text). Randomness: each converter takes ``rng`` (default
+``random.Random(seed)``) and consumes it in open-instruct's order. open-instruct converts all datasets in
+one process sharing the global generator seeded once (``random.seed(args.seed)``), so a per-dataset
+``random.Random(42)`` equals it only for the dataset converted first (or alone, e.g.
+``python open_instruct/reformat_datasets.py --dataset super_ni``); its default run converts super_ni first,
+then cot, flan_v2 (no draws), dolly, ... code_alpaca later. To replay a longer chain pass one shared
+``rng`` to the converters in open-instruct's order. Template tables: :mod:`prolora.data.templates`.
 
 Sources (open-instruct ``scripts/data/sft_v1_v2/prepare_tulu_v1_v2.sh``, the Tulu v1/v2 download script):
 
 * **superni**: a clone of https://github.com/allenai/natural-instructions (``tasks/*.json`` +
-  ``splits/<split>/train_tasks.txt``); see :func:`convert_superni` for the prompt template.
+  ``splits/<split>/train_tasks.txt``, open-instruct reads ``splits/xlingual``); see :func:`convert_superni`.
 * **flan_v2**: ``hf://datasets/hamishivi/tulu_mix_store/flan_v2_resampled_50k.jsonl`` (Tulu v2's 50k
   resample; Tulu v1 used ``flan_v2_resampled_100k.jsonl``), rows ``{"inputs", "targets", ...}``.
 * **cot**: ``hf://datasets/hamishivi/tulu_mix_store/cot_zsopt.jsonl`` and ``cot_fsopt.jsonl`` (the Flan V2
@@ -29,6 +41,7 @@ import json
 import os
 import random
 import string
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -39,8 +52,11 @@ from prolora.data.records import (
     missing_file_error,
     validate_messages,
 )
+from prolora.data.templates import encode_few_shot_example, encode_instruction_example
 
 Source = str | os.PathLike
+
+OPEN_INSTRUCT_SEED = 42  # open-instruct reformat_datasets.py: --seed default 42, random.seed(args.seed)
 
 HUB_SOURCES: dict[str, list[str]] = {
     "flan_v2": ["hf://datasets/hamishivi/tulu_mix_store/flan_v2_resampled_50k.jsonl"],
@@ -49,7 +65,7 @@ HUB_SOURCES: dict[str, list[str]] = {
     "code_alpaca": ["hub:sahil2801/CodeAlpaca-20k"],
 }
 DOWNLOADS: dict[str, str] = {
-    "superni": "git clone https://github.com/allenai/natural-instructions  (tasks/ + splits/default/)",
+    "superni": "git clone https://github.com/allenai/natural-instructions  (tasks/ + splits/xlingual/)",
     "flan_v2": "wget https://huggingface.co/datasets/hamishivi/tulu_mix_store/resolve/main/flan_v2_resampled_50k.jsonl",
     "cot": "wget https://huggingface.co/datasets/hamishivi/tulu_mix_store/resolve/main/cot_zsopt.jsonl "
            "https://huggingface.co/datasets/hamishivi/tulu_mix_store/resolve/main/cot_fsopt.jsonl",
@@ -190,7 +206,12 @@ def convert_inputs_targets(sources: Source | Sequence[Source], dataset: str, *,
 
 
 def convert_flan_v2(sources: Source | Sequence[Source] | None = None, **kw) -> tuple[list[dict], SkipReport]:
-    """open-instruct ``convert_flan_v2_data``: every row, ids ``flan_v2_{idx}`` (no sampling by default)."""
+    """open-instruct ``convert_flan_v2_data``: every row, ids ``flan_v2_{idx}`` (no sampling by default).
+
+    Source file: open-instruct's ``convert_flan_v2_data`` defaults to the Tulu v1 100k resample
+    (``tulu_v1_resampled_flan_100k.jsonl`` = ``flan_v2_resampled_100k.jsonl``), i.e. its processed
+    ``data/processed/flan_v2/flan_v2_data.jsonl``; its Tulu v2 mixture reads the 50k one, which is the hub
+    default here (``HUB_SOURCES``, ``configs/dataset/flan_v2.yaml``). Pass the file explicitly."""
     return convert_inputs_targets(sources or HUB_SOURCES["flan_v2"], "flan_v2", **kw)
 
 
@@ -338,7 +359,7 @@ def convert_messages(sources: Source | Sequence[Source], *, dataset: str = "mess
 # ---------------------------------------------------------------------------------------------------
 # Super-NaturalInstructions
 # ---------------------------------------------------------------------------------------------------
-SUPERNI_TEMPLATES = ("tk_instruct", "open_instruct")
+SUPERNI_TEMPLATES = ("open_instruct", "tk_instruct")
 
 
 def _tk_period(s: str) -> str:
@@ -376,10 +397,7 @@ def superni_prompt(definition: str, examples: Sequence[dict], input: str, *, tem
         text += "Now complete the following example -\n" + _tk_period(f"Input: {input.strip()}") + "\n"
         return text + "Output: "
     if template == "open_instruct":
-        text = definition.strip() + "\n\n"
-        for ex in examples:
-            text += "Input:\n" + ex["input"].strip() + "\n" + "Output:\n" + ex["output"].strip() + "\n\n"
-        return text + "Input:\n" + input.strip() + "\n" + "Output:\n"
+        return encode_few_shot_example(definition, examples, input, "")["prompt"]
     raise ValueError(f"unknown SuperNI template {template!r}; known: {', '.join(SUPERNI_TEMPLATES)}")
 
 
@@ -391,67 +409,166 @@ def read_task_list(path: Path) -> list[str]:
     return [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
 
 
-def convert_superni(raw_dir: Source, *, split: str = "default", max_per_task: int | None = 100,
-                    num_pos_examples: int = 2, template: str = "tk_instruct", seed: int = 42,
+SUPERNI_SPLIT = "xlingual"  # open-instruct convert_super_ni_data reads splits/xlingual/train_tasks.txt
+SUPERNI_FALLBACK_SPLIT = "default"
+
+
+def superni_split_file(raw: Path, split: str | None) -> Path:
+    """``{raw}/splits/{split}/train_tasks.txt``. ``split=None``: open-instruct's ``xlingual``, or, with a
+    warning, ``default`` where the copy has no xlingual split (a different task list: the English tasks only)."""
+    if split is not None:
+        return raw / "splits" / split / "train_tasks.txt"
+    path = raw / "splits" / SUPERNI_SPLIT / "train_tasks.txt"
+    fallback = raw / "splits" / SUPERNI_FALLBACK_SPLIT / "train_tasks.txt"
+    if not path.is_file() and fallback.is_file():
+        warnings.warn(f"{path} not found: using {fallback} (open-instruct, hence the paper, used the xlingual "
+                      f"train split; pass split='default' to silence this)", UserWarning, stacklevel=3)
+        return fallback
+    return path
+
+
+def _read_task(path: Path, report: SkipReport) -> tuple[dict, str, list] | None:
+    """``(task json, Definition[0], Instances)`` or ``None`` with the reason reported."""
+    if not path.is_file():
+        report.skip(path, None, "task file missing")
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        report.skip(path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})")
+        return None
+    definition = data.get("Definition") if isinstance(data, dict) else None
+    if isinstance(definition, list):
+        definition = definition[0] if definition else None
+    if not isinstance(definition, str) or not definition.strip():
+        report.skip(path, None, "task: missing or empty 'Definition'")
+        return None
+    instances = data.get("Instances")
+    if not isinstance(instances, list):
+        report.skip(path, None, "task: missing field 'Instances'")
+        return None
+    return data, definition, instances
+
+
+def _instance_target(inst: object) -> tuple[str | None, str | None]:
+    """``(input, output[0])`` of an instance, ``None`` where absent or not a string."""
+    if not isinstance(inst, dict):
+        return None, None
+    inp = inst.get("input") if isinstance(inst.get("input"), str) else None
+    outputs = inst.get("output")
+    target = outputs[0] if isinstance(outputs, list) and outputs else outputs
+    return inp, target if isinstance(target, str) else None
+
+
+def _is_example(ex: object) -> bool:
+    return isinstance(ex, dict) and isinstance(ex.get("input"), str) and isinstance(ex.get("output"), str)
+
+
+def _superni_open_instruct_task(task: str, path: Path, data: dict, definition: str, instances: list,
+                                rng: random.Random, report: SkipReport, zero_shot_per_task: int,
+                                few_shot_per_task: int, n_few_shot: int) -> list[dict]:
+    """One task of open-instruct ``convert_super_ni_data`` (commit 5cf790a52); see :func:`convert_superni`."""
+    n = zero_shot_per_task + few_shot_per_task
+    # random.sample(population, k) picks by index only, so sampling range(len) draws the same instances
+    order = rng.sample(range(len(instances)), k=n) if n < len(instances) else range(len(instances))
+    positives = data.get("Positive Examples") or []
+    records = []
+    for pos, i in enumerate(order):
+        inst, label = instances[i], f"instance {i + 1}: "
+        inp, target = _instance_target(inst)
+        if pos < zero_shot_per_task:
+            if inp is None:
+                report.skip(path, None, label + "missing field 'input'")
+                continue
+            enc = encode_instruction_example(definition, inp, target or "", rng, random_template=True)
+        else:
+            if not isinstance(positives, list):
+                positives = []
+            examplars = rng.sample(positives, k=n_few_shot) if n_few_shot < len(positives) else positives
+            if inp is None:
+                report.skip(path, None, label + "missing field 'input'")
+                continue
+            if not all(_is_example(ex) for ex in examplars):
+                report.skip(path, None, label + "a sampled 'Positive Examples' item lacks a string input/output")
+                continue
+            enc = encode_few_shot_example(definition, examplars, inp, target or "")
+        if target is None or not target.strip():
+            report.skip(path, None, label + "empty target")
+            continue
+        iid = inst.get("id") or f"{task}-{i}"
+        records.append(make_record("super_ni", f"super_ni_{iid}", [{"role": "user", "content": enc["prompt"]},
+                                                                  {"role": "assistant", "content": enc["completion"]}]))
+    return records
+
+
+def convert_superni(raw_dir: Source, *, template: str = "open_instruct", split: str | None = None,
+                    seed: int = OPEN_INSTRUCT_SEED, rng: random.Random | None = None,
+                    zero_shot_per_task: int = 60, few_shot_per_task: int = 20, n_few_shot: int = 2,
+                    max_per_task: int | None = 100, num_pos_examples: int = 2,
                     tasks: Sequence[str] | None = None, drop_mmmlu: bool = True,
                     progress: Callable[[Sequence[str]], Sequence[str]] | None = None) -> tuple[list[dict], SkipReport]:
-    """SuperNI train tasks -> one single-turn record per instance.
+    """SuperNI train tasks -> single-turn records.
 
-    Tasks: ``{raw_dir}/splits/{split}/train_tasks.txt`` (``default`` = the 756 English train tasks;
-    open-instruct's Tulu mixture read ``xlingual``) or ``tasks`` if given. Names containing ``_mmmlu_`` are
-    dropped as open-instruct does (``drop_mmmlu``): they are MMLU questions (57 of the 756 default train
-    tasks), i.e. the MMLU evaluation would leak into training; 699 tasks remain. Each task file ``{raw_dir}/tasks/{task}.json`` gives
-    ``Definition[0]``, the first ``num_pos_examples`` ``Positive Examples`` and its ``Instances``; at most
-    ``max_per_task`` instances are kept per task (a sample seeded by ``(seed, task)``, in file order; ``None``
-    keeps all). User turn = :func:`superni_prompt` (``template``); assistant turn = ``output[0]``; id
-    ``superni_{instance id}``. A task file listed in the split but absent is a reported skip."""
+    Tasks: the lines of ``{raw_dir}/splits/{split}/train_tasks.txt`` (``split=None``: open-instruct's
+    ``xlingual``, falling back to ``default`` with a warning, see :func:`superni_split_file`), or ``tasks`` if
+    given, in that order. Names containing ``_mmmlu_`` are dropped as open-instruct does (``drop_mmmlu``): they
+    are MMLU questions (57 of the 756 default train tasks), i.e. MMLU test leakage. Each task file is
+    ``{raw_dir}/tasks/{task}.json``; a listed task whose file is absent is a reported skip.
+
+    ``template="open_instruct"`` (default): open-instruct ``convert_super_ni_data`` (commit 5cf790a52), the
+    processed ``super_ni_data.jsonl`` the paper trained on. Per task, with ``n = zero_shot_per_task +
+    few_shot_per_task`` (60 + 20): if ``n < len(Instances)`` the instances are ``rng.sample(Instances, k=n)``
+    (in sampled order), else all of them in file order. The first ``zero_shot_per_task`` of those are encoded
+    zero-shot (:func:`~prolora.data.templates.encode_instruction_example`, ``instruction=Definition[0]``: one
+    ``rng.choices`` template draw each), the rest few-shot
+    (:func:`~prolora.data.templates.encode_few_shot_example` with ``rng.sample(Positive Examples,
+    k=n_few_shot)`` when there are more than ``n_few_shot`` of them, else all, drawn per instance). Assistant =
+    ``output[0].strip()``; record ``{"dataset": "super_ni", "id": "super_ni_{instance id}"}``; contents as
+    open-instruct writes them (prompts keep their trailing newlines; the chat encoder strips them).
+    ``rng`` defaults to ``random.Random(seed)``: open-instruct's records when super_ni is the first (or only)
+    dataset its ``reformat_datasets.py`` converts after ``random.seed(seed)`` (so in its default run, and
+    with ``--dataset super_ni``), given the complete task files (a task missing here draws nothing, unlike
+    there). Blank targets are skipped (reported) after their draws are made.
+
+    ``template="tk_instruct"``: :func:`superni_prompt` Tk-Instruct encoding with the first
+    ``num_pos_examples`` positive examples, at most ``max_per_task`` instances per task (a sample seeded by
+    ``(seed, task)``, in file order; ``None`` keeps all), record ``{"dataset": "superni", "id":
+    "superni_{instance id}"}``, contents stripped."""
     if template not in SUPERNI_TEMPLATES:
         raise ValueError(f"unknown SuperNI template {template!r}; known: {', '.join(SUPERNI_TEMPLATES)}")
     raw = Path(raw_dir)
     if not raw.is_dir():
         raise _missing_raw(raw, "superni")
-    names = list(tasks) if tasks is not None else read_task_list(raw / "splits" / split / "train_tasks.txt")
+    names = list(tasks) if tasks is not None else read_task_list(superni_split_file(raw, split))
     if drop_mmmlu:
         names = [t for t in names if "_mmmlu_" not in t]
+    rng = rng if rng is not None else random.Random(seed)
     report = SkipReport()
     records: list[dict] = []
     for task in (progress(names) if progress else names):
         path = raw / "tasks" / f"{task}.json"
-        if not path.is_file():
-            report.skip(path, None, "task file missing")
+        got = _read_task(path, report)
+        if got is None:
             continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            report.skip(path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})")
+        data, definition, instances = got
+        if template == "open_instruct":
+            records += _superni_open_instruct_task(task, path, data, definition, instances, rng, report,
+                                                   zero_shot_per_task, few_shot_per_task, n_few_shot)
             continue
-        definition = data.get("Definition") if isinstance(data, dict) else None
-        if isinstance(definition, list):
-            definition = definition[0] if definition else None
-        if not isinstance(definition, str) or not definition.strip():
-            report.skip(path, None, "task: missing or empty 'Definition'")
-            continue
-        positives = [ex for ex in data.get("Positive Examples") or []
-                     if isinstance(ex, dict) and isinstance(ex.get("input"), str) and isinstance(ex.get("output"), str)]
-        examples = positives[:num_pos_examples]
-        instances = data.get("Instances")
-        if not isinstance(instances, list):
-            report.skip(path, None, "task: missing field 'Instances'")
-            continue
+        examples = [ex for ex in data.get("Positive Examples") or [] if _is_example(ex)][:num_pos_examples]
         for i in _sample_indices(len(instances), max_per_task, random.Random(f"{seed}:{task}")):
             inst = instances[i]
             label = f"instance {i + 1}: "
-            if not isinstance(inst, dict) or not isinstance(inst.get("input"), str):
+            inp, target = _instance_target(inst)
+            if inp is None:
                 report.skip(path, None, label + "missing field 'input'")
                 continue
-            outputs = inst.get("output")
-            target = outputs[0] if isinstance(outputs, list) and outputs else outputs
-            if not isinstance(target, str) or not target.strip():
+            if target is None or not target.strip():
                 report.skip(path, None, label + "empty target")
                 continue
             iid = inst.get("id") or f"{task}-{i}"
-            prompt = superni_prompt(definition, examples, inst["input"], template=template)
+            prompt = superni_prompt(definition, examples, inp, template="tk_instruct")
             records.append(make_record("superni", f"superni_{iid}",
                                        [{"role": "user", "content": prompt},
                                         {"role": "assistant", "content": target.strip()}]))
@@ -482,6 +599,8 @@ def convert(name: str, raw, **options) -> tuple[list[dict], SkipReport]:
     return get_converter(name)(raw, **options)
 
 
-__all__ = ["CONVERTERS", "DOWNLOADS", "HUB_SOURCES", "SUPERNI_TEMPLATES", "code_alpaca_prompt", "convert",
+__all__ = ["CODE_ALPACA_TEMPLATES", "CONVERTERS", "DOWNLOADS", "HUB_SOURCES", "OPEN_INSTRUCT_SEED",
+           "SUPERNI_TEMPLATES", "code_alpaca_prompt", "convert",
            "convert_code_alpaca", "convert_cot", "convert_flan_v2", "convert_inputs_targets", "convert_messages",
-           "convert_superni", "get_converter", "iter_rows", "missing_file_error", "superni_prompt"]
+           "convert_superni", "get_converter", "iter_rows", "missing_file_error", "read_task_list",
+           "superni_prompt", "superni_split_file"]

@@ -45,7 +45,8 @@ def rec(dataset, id, *turns):
 
 
 def test_superni_tk_instruct_template_exact():
-    records, report = convert_superni(FIXTURES / "superni", max_per_task=None)
+    records, report = convert_superni(FIXTURES / "superni", template="tk_instruct", split="default",
+                                      max_per_task=None)
     assert records == [
         rec("superni", "superni_task901-a1", ANTONYM_PROMPT.format(x="happy"), "sad"),
         rec("superni", "superni_task901-a3", ANTONYM_PROMPT.format(x="light"), "dark"),
@@ -59,13 +60,14 @@ def test_superni_tk_instruct_template_exact():
     assert by_reason["task file missing"].path.endswith("task903_toy_not_downloaded.json")
 
 
-def test_superni_open_instruct_template_and_cap():
-    records, _ = convert_superni(FIXTURES / "superni", template="open_instruct", tasks=["task901_toy_antonyms"])
-    assert records[0]["messages"][0]["content"] == (
+def test_superni_few_shot_prompt_and_tk_instruct_cap():
+    assert superni_prompt("Given a word, write its antonym", [{"input": "hot", "output": "cold"},
+                                                              {"input": " tall ", "output": "short"}],
+                          "happy", template="open_instruct") == (
         "Given a word, write its antonym\n\nInput:\nhot\nOutput:\ncold\n\nInput:\ntall\nOutput:\nshort\n\n"
         "Input:\nhappy\nOutput:\n")
-    capped, _ = convert_superni(FIXTURES / "superni", max_per_task=1, seed=3)
-    again, _ = convert_superni(FIXTURES / "superni", max_per_task=1, seed=3)
+    capped, _ = convert_superni(FIXTURES / "superni", template="tk_instruct", split="default", max_per_task=1, seed=3)
+    again, _ = convert_superni(FIXTURES / "superni", template="tk_instruct", split="default", max_per_task=1, seed=3)
     assert capped == again and len(capped) <= 2  # one instance sampled per task (one may be the empty one)
     with pytest.raises(ValueError, match="unknown SuperNI template"):
         superni_prompt("d", [], "x", template="nope")
@@ -75,19 +77,25 @@ def test_superni_errors():
     with pytest.raises(FileNotFoundError, match="prepare_data.py superni"):
         convert_superni(FIXTURES / "no_such_dir")
     with pytest.raises(FileNotFoundError, match="split file not found"):
-        convert_superni(FIXTURES / "superni", split="xlingual")
+        convert_superni(FIXTURES / "superni", split="xlingual")  # an explicit split never falls back
+    with pytest.raises(FileNotFoundError, match=r"split file not found: .*xlingual"):
+        convert_superni(FIXTURES / "superni_xlingual" / "tasks")  # a directory with neither split
+    with pytest.raises(ValueError, match="unknown SuperNI template"):
+        convert_superni(FIXTURES / "superni", template="nope")
     # every task broken or absent: one ValueError naming the directory and the first reasons
-    with pytest.raises(ValueError, match=r"no usable rows in .*superni_bad.*invalid JSON.*task file missing"):
-        convert_superni(BAD / "superni_bad")
+    for template in ("open_instruct", "tk_instruct"):
+        with pytest.raises(ValueError, match=r"no usable rows in .*superni_bad.*invalid JSON.*task file missing"):
+            convert_superni(BAD / "superni_bad", template=template, split="default")
 
 
 def test_flan_v2_exact():
+    # open-instruct convert_flan_v2_data: "\n" appended unless the inputs end in "\n" or ":"; targets as is
     records, report = convert_flan_v2(FIXTURES / "flan_v2.jsonl")
     assert records == [
-        rec("flan_v2", "flan_v2_0", "Translate to French: Good morning", "Bonjour"),
+        rec("flan_v2", "flan_v2_0", "Translate to French: Good morning\n", "Bonjour"),
         rec("flan_v2", "flan_v2_1", "Premise: The cat sat on the mat.\nHypothesis: A cat is sitting.\n"
-                                    "Does the premise entail the hypothesis?\nOPTIONS:\n- yes\n- no", "yes"),
-        rec("flan_v2", "flan_v2_2", "Answer the question: what colour is the sky on a clear day?\nAnswer:", "blue"),
+                                    "Does the premise entail the hypothesis?\nOPTIONS:\n- yes\n- no\n", "yes\n"),
+        rec("flan_v2", "flan_v2_2", "Answer the question: what colour is the sky on a clear day?\nAnswer:", " blue"),
     ]
     assert report.n_skipped == 0
 
@@ -96,19 +104,26 @@ def test_cot_exact_and_several_sources(tmp_path):
     records, _ = convert_cot(FIXTURES / "cot.jsonl")
     assert records == [
         rec("cot", "cot_0", "Q: Tom has 3 apples and buys 2 more. How many apples does he have?\n"
-                            "A: Let's think step by step.",
+                            "A: Let's think step by step.\n",
             "Tom starts with 3 apples. He buys 2 more, so 3 + 2 = 5. The answer is 5."),
-        rec("cot", "cot_1", "Is the following sentence plausible? \"The fish climbed the tree.\"",
+        rec("cot", "cot_1", "Is the following sentence plausible? \"The fish climbed the tree.\"\n",
             "Fish cannot climb trees. So the answer is no."),
     ]
     both, _ = convert_cot([FIXTURES / "cot.jsonl", FIXTURES / "flan_v2.jsonl"])
     assert [r["id"] for r in both] == [f"cot_{i}" for i in range(5)]
+    # open-instruct: random.sample(rows, k) of each file (zero-shot file first), kept in sampled order; with
+    # random.Random(42): .sample(range(2), k=1) == [0] then .sample(range(3), k=1) == [0]; random.Random(0):
+    # [1] then [1] (python's random module alone gives these)
     sampled, _ = convert_cot([FIXTURES / "cot.jsonl", FIXTURES / "flan_v2.jsonl"], max_per_source=1)
-    assert len(sampled) == 2
+    assert [(r["id"], r["messages"][1]["content"]) for r in sampled] == [
+        ("cot_0", "Tom starts with 3 apples. He buys 2 more, so 3 + 2 = 5. The answer is 5."), ("cot_1", "Bonjour")]
+    sampled, _ = convert_cot([FIXTURES / "cot.jsonl", FIXTURES / "flan_v2.jsonl"], max_per_source=1, seed=0)
+    assert [(r["id"], r["messages"][1]["content"]) for r in sampled] == [
+        ("cot_0", "Fish cannot climb trees. So the answer is no."), ("cot_1", "yes\n")]
 
 
-def test_code_alpaca_exact():
-    records, report = convert_code_alpaca(FIXTURES / "code_alpaca.json")
+def test_code_alpaca_fixed_template_exact():
+    records, report = convert_code_alpaca(FIXTURES / "code_alpaca.json", template="fixed")
     assert records == [
         rec("code_alpaca", "code_alpaca_0", "Write a Python function that returns the square of a number.",
             "def square(x):\n    return x * x"),
@@ -187,12 +202,32 @@ def test_unknown_dataset_lists_known_ones():
 def test_prepare_data_cli(tmp_path, capsys):
     main = load_cli().main
     out = tmp_path / "superni.jsonl"
-    assert main(["superni", "--raw", str(FIXTURES / "superni"), "--out", str(out), "--no-progress"]) == 0
+    assert main(["superni", "--raw", str(FIXTURES / "superni"), "--split", "default", "--out", str(out),
+                 "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "wrote 4 records" in text and "task file missing" in text and "empty target" in text
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows == convert_superni(FIXTURES / "superni")[0]
-    assert load_records(out) == rows
+    assert rows == convert_superni(FIXTURES / "superni", split="default")[0]
+    assert rows[0]["dataset"] == "super_ni" and load_records(out) == rows
+
+    # the shared-copy case: no xlingual split -> default, with a warning
+    with pytest.warns(UserWarning, match="xlingual"):
+        assert main(["superni", "--raw", str(FIXTURES / "superni"), "--out", str(out), "--no-progress",
+                     "--template", "tk_instruct", "--seed", "3"]) == 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == convert_superni(
+        FIXTURES / "superni", template="tk_instruct", split="default", seed=3)[0]
+    capsys.readouterr()
+
+    for args, expected in ((["--seed", "7"], convert_code_alpaca(FIXTURES / "code_alpaca.json", seed=7)[0]),
+                           (["--template", "fixed"],
+                            convert_code_alpaca(FIXTURES / "code_alpaca.json", template="fixed")[0]),
+                           ([], convert_code_alpaca(FIXTURES / "code_alpaca.json")[0])):
+        assert main(["code_alpaca", "--raw", str(FIXTURES / "code_alpaca.json"), "--out", str(out)] + args) == 0
+        assert [json.loads(line) for line in out.read_text().splitlines()] == expected
+    assert main(["code_alpaca", "--raw", str(FIXTURES / "code_alpaca.json"), "--out", str(out),
+                 "--template", "tk_instruct"]) == 2
+    assert "code_alpaca --template must be one of open_instruct, fixed" in capsys.readouterr().err
+    assert "reproduce open-instruct's processed files" in " ".join(load_cli().build_parser().format_help().split())
 
     assert main(["flan_v2", "--raw", str(FIXTURES / "missing.jsonl"), "--out", str(tmp_path / "f.jsonl")]) == 1
     assert "not found" in capsys.readouterr().err
