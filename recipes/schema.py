@@ -163,6 +163,12 @@ def asset_path(rel: str) -> str:
     return str(ASSETS / rel)
 
 
-for _name, _fn in (("method_tag", method_tag), ("asset", asset_path)):
+def first_set(*values: Any) -> Any:
+    """``${first_set:${output_dir},outputs/...}``: the first value that is not null (run dir = output_dir
+    when the user gives one, so Hydra writes nothing elsewhere)."""
+    return next((v for v in values if v is not None), None)
+
+
+for _name, _fn in (("method_tag", method_tag), ("asset", asset_path), ("first_set", first_set)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

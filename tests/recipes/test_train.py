@@ -165,3 +165,11 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
         losses.append(_losses(out))
     assert len(losses[0]) == 5
     assert losses[1] == pytest.approx(losses[0], abs=1e-6)  # dropout RNG is replayed on recomputation
+
+
+def test_cli_run_dir_is_the_given_output_dir(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "train.py"), *FAST, "trainer.max_steps=1", "method=lora",
+                          f"output_dir={tmp_path}"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()  # Hydra's record lands beside the run, not in ./outputs
+    assert (tmp_path / "final" / "run.json").is_file()
