@@ -136,6 +136,7 @@ def run(cfg: DictConfig) -> Path:
     model = load_base_model(cfg.model.path, quantize=cfg.model.quantize, double_quant=cfg.model.double_quant,
                             compute_dtype=cfg.model.compute_dtype, device=device, tiny_seed=0)
     if cfg.trainer.gradient_checkpointing:
+        model.config.use_cache = False  # the KV cache is useless in training and clashes with recomputation
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     seed_everything(cfg.seed)  # adapter init depends only on the seed, not on what loading consumed
