@@ -103,7 +103,7 @@ class EvalConfig:
     data_dir: str = "data/eval"  # holds mmlu/, bbh/, gsm/, tydiqa/ in open-instruct's layout
     chat: bool | None = None  # None: chat format for a finetuned checkpoint, plain for a base model
     precision: str | None = None  # nf4 | 8bit | full; None: model.quantize -> nf4, else full
-    merge: bool = False  # hf backend: merge the adapter into the base before scoring
+    merge: bool = False  # hf backend: merge the adapter into the base it was trained on (NF4 dequantized), as the paper's authors did, then score in `precision`
     batch_size: int = 8
     max_new_tokens: int | None = None  # caps every task's protocol value (smoke tests)
     seed: int = 42
@@ -182,6 +182,7 @@ class BackendPool:
             return HFBackend.load(spec.model_path, adapter_dir=spec.adapter_dir, tokenizer_path=spec.tokenizer_path,
                                   precision=precision, compute_dtype=s.get("compute_dtype", "auto"),
                                   device=cfg.device, double_quant=s.get("double_quant", True), merge=cfg.merge,
+                                  merge_from="nf4" if s.get("quantize", True) else "full",
                                   batch_size=cfg.batch_size)
         if cfg.backend == "vllm":
             from eval.backends.vllm import VLLMBackend

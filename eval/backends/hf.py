@@ -82,20 +82,40 @@ class HFBackend(Backend):
     @classmethod
     def load(cls, model_path: str, adapter_dir: str | None = None, tokenizer_path: str | None = None,
              precision: str = "nf4", compute_dtype: str = "auto", device: str = "auto", double_quant: bool = True,
-             merge: bool = False, batch_size: int = 8, tiny_seed: int = 0) -> HFBackend:
+             merge: bool = False, merge_from: str = "nf4", batch_size: int = 8, tiny_seed: int = 0) -> HFBackend:
+        """``merge=True`` does what the paper's authors did (open-instruct ``merge_lora.py --qlora``, then
+        loading the merged model for evaluation): the adapter is loaded onto the base in the precision it
+        was trained on (``merge_from``: nf4 for QLoRA), merged (4-bit weights dequantized first), and the
+        merged dense model is served in ``precision`` (re-quantized through a temporary save when that is
+        nf4 or 8bit, e.g. MMLU's 8-bit)."""
         from prolora.models import load_base_model, load_tokenizer
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r}: use one of {PRECISIONS}")
-        model = load_base_model(model_path, quantize=precision == "nf4", load_in_8bit=precision == "8bit",
-                                double_quant=double_quant, compute_dtype=compute_dtype, device=device,
-                                tiny_seed=tiny_seed)
-        if adapter_dir:
+        for name, value in (("precision", precision), ("merge_from", merge_from)):
+            if value not in PRECISIONS:
+                raise ValueError(f"{name}={value!r}: use one of {PRECISIONS}")
+
+        def base(path: str, prec: str):
+            return load_base_model(path, quantize=prec == "nf4", load_in_8bit=prec == "8bit",
+                                   double_quant=double_quant, compute_dtype=compute_dtype, device=device,
+                                   tiny_seed=tiny_seed)
+
+        if adapter_dir and merge:
+            import tempfile
+
             import prolora
 
-            model = prolora.load_adapter(model, adapter_dir)
-            if merge:
-                model = prolora.merge(model)
+            model = prolora.merge(prolora.load_adapter(base(model_path, merge_from), adapter_dir))
+            if precision != "full":
+                with tempfile.TemporaryDirectory(prefix="prolora-merged-") as tmp:
+                    model.save_pretrained(tmp)
+                    del model
+                    model = base(tmp, precision)
+        else:
+            model = base(model_path, precision)
+            if adapter_dir:
+                import prolora
+
+                model = prolora.load_adapter(model, adapter_dir)
         return cls(model.eval(), load_tokenizer(tokenizer_path or model_path), batch_size=batch_size)
 
     # ------------------------------------------------------------------ helpers

@@ -79,3 +79,30 @@ def test_merge_option_matches_adapter(checkpoints, tmp_path):
     for task in ("gsm", "demo"):
         assert ([r["outputs"] for r in _predictions(tmp_path / "a", task)]
                 == [r["outputs"] for r in _predictions(tmp_path / "b", task)])
+
+
+def test_merge_as_the_authors_did_from_an_nf4_base(tmp_path):
+    """merge=True: the adapter goes onto the NF4 base it was trained on, is merged (NF4 dequantized), and the
+    merged model is served in the asked precision; full precision scores as the unmerged adapter on NF4."""
+    from eval.backends.hf import HFBackend
+    from prolora.models import load_base_model
+
+    model = prolora.attach(load_base_model("tiny", device="cpu"), prolora.PRoLoRAConfig(r=4, u=1, m=2))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    adapter = prolora.save_adapter(model, tmp_path / "adapter")
+    prompts = ["<|user|>\nWhat is 12 + 30?\n<|assistant|>\n", "<|user|>\nReverse: red cat sun\n<|assistant|>\n"]
+    common = dict(adapter_dir=str(adapter), compute_dtype="float32", device="cpu", batch_size=2)
+    unmerged = HFBackend.load("tiny", precision="nf4", **common)
+    merged = HFBackend.load("tiny", precision="full", merge=True, merge_from="nf4", **common)
+    eight = HFBackend.load("tiny", precision="8bit", merge=True, merge_from="nf4", **common)
+    assert not any(type(m).__name__ == "Linear4bit" for m in merged.model.modules())
+    assert any(type(m).__name__ == "Linear8bitLt" for m in eight.model.modules())
+    assert merged.generate(prompts, max_new_tokens=8) == unmerged.generate(prompts, max_new_tokens=8)
+    lp_u = torch.tensor(unmerged.next_token_logprobs(prompts, [5, 6, 7, 8]))
+    lp_m = torch.tensor(merged.next_token_logprobs(prompts, [5, 6, 7, 8]))
+    torch.testing.assert_close(lp_m, lp_u, atol=1e-3, rtol=0)  # dequantize-then-merge vs on-the-fly NF4
+    assert len(eight.generate(prompts, max_new_tokens=4)) == 2
