@@ -173,8 +173,10 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, batches: Callable[[int], list[dict]], args: TrainArgs,
                  output_dir: str | os.PathLike, *, save_fn: Callable[[torch.nn.Module, Path], None],
                  load_fn: Callable[[torch.nn.Module, Path], None],
-                 log_fn: Callable[[int, dict], None] | None = None, device: str | torch.device = "cpu"):
+                 log_fn: Callable[[int, dict], None] | None = None, device: str | torch.device = "cpu",
+                 autocast_dtype: torch.dtype | None = None):
         self.model, self.batches, self.args = model, batches, args
+        self.autocast_dtype = autocast_dtype  # e.g. bf16 on CUDA, as HF Trainer's --bf16 (the authors' runs)
         self.output_dir = Path(output_dir)
         self.ckpt_dir = self.output_dir / "checkpoints"
         self.save_fn, self.load_fn, self.log_fn = save_fn, load_fn, log_fn
@@ -231,7 +233,9 @@ class Trainer:
     # -- loop ----------------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, scale: float) -> tuple[float, int]:
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits = out.logits[:, :-1].float()
         labels = batch["labels"][:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),

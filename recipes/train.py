@@ -101,6 +101,17 @@ class WandbLogger:
         self.run.finish()
 
 
+def autocast_dtype(cfg: DictConfig, device: str):
+    """bf16/fp16 autocast on CUDA when the compute dtype is one (HF Trainer's ``--bf16``, as the authors
+    trained); None (plain fp32) elsewhere."""
+    import torch
+
+    from prolora.models import resolve_dtype
+
+    dtype = resolve_dtype(cfg.model.compute_dtype, device)
+    return dtype if device.startswith("cuda") and dtype in (torch.bfloat16, torch.float16) else None
+
+
 def run(cfg: DictConfig) -> Path:
     """Train one cell; returns the ``final/`` directory."""
     import torch
@@ -135,8 +146,16 @@ def run(cfg: DictConfig) -> Path:
     device = resolve_device(cfg.trainer.device)
     model = load_base_model(cfg.model.path, quantize=cfg.model.quantize, double_quant=cfg.model.double_quant,
                             compute_dtype=cfg.model.compute_dtype, device=device, tiny_seed=0)
-    if cfg.trainer.gradient_checkpointing:
-        model.config.use_cache = False  # the KV cache is useless in training and clashes with recomputation
+    model.config.use_cache = False  # the KV cache is useless in training (and clashes with recomputation)
+    if cfg.model.quantize:
+        # QLoRA's preparation, as the authors' open-instruct trainer did: the layers that stay unquantized
+        # (embeddings, norms, lm_head) in fp32, input grads on, gradient checkpointing if asked.
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.trainer.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     seed_everything(cfg.seed)  # adapter init depends only on the seed, not on what loading consumed
@@ -148,7 +167,7 @@ def run(cfg: DictConfig) -> Path:
     logger = WandbLogger(cfg, output_dir, trainable) if cfg.logger.name == "wandb" else None
     trainer = Trainer(model, batches, args, output_dir, save_fn=prolora.save_adapter,
                       load_fn=lambda m, d: prolora.load_adapter(m, d), log_fn=logger.log if logger else None,
-                      device=device)
+                      device=device, autocast_dtype=autocast_dtype(cfg, device))
     result = trainer.train()
 
     tmp = output_dir / f".tmp-final-{os.getpid()}"

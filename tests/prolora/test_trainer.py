@@ -42,3 +42,19 @@ def test_only_complete_checkpoints_are_listed(tmp_path):
 def test_bad_train_args_name_the_field(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         TrainArgs(**kwargs)
+
+
+def test_autocast_step_runs_and_keeps_adapter_weights_fp32(tmp_path):
+    """The bf16 autocast path (used on CUDA with a bf16 compute dtype) on the CPU: finite losses, fp32 adapters."""
+    from prolora.models import load_tiny_tokenizer
+    from prolora.trainer import Trainer
+
+    model = prolora.attach(build_tiny_llama(), prolora.PRoLoRAConfig(r=4, u=1, m=2))
+    ids = load_tiny_tokenizer()("<|user|>\nWhat is 1 + 1?\n<|assistant|>\n2</s>", return_tensors="pt").input_ids
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    args = TrainArgs(max_steps=3, batch_size=1, micro_batch_size=1, lr=1e-2, optimizer="adamw", save_every=0,
+                     progress=False)
+    result = Trainer(model, lambda step: [batch], args, tmp_path, save_fn=lambda m, d: None,
+                     load_fn=lambda m, d: None, autocast_dtype=torch.bfloat16).train()
+    assert torch.isfinite(torch.tensor([result.initial_loss, result.final_loss])).all()
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
