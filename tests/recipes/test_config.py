@@ -72,3 +72,10 @@ def test_cli_refuses_unknown_method_and_negative_rank():
     assert out.returncode != 0 and "method/nope" in out.stderr
     out = _train_py("--cfg", "job", "method=prolora", "rank=-3")
     assert out.returncode != 0 and "rank=-3" in out.stderr
+
+
+def test_slurm_launcher_config_composes():
+    out = _train_py("--cfg", "hydra", "hydra/launcher=slurm_a100")
+    assert out.returncode == 0, out.stderr[-2000:]
+    hydra_cfg = OmegaConf.create(out.stdout).hydra
+    assert hydra_cfg.launcher._target_.endswith("SlurmLauncher") and hydra_cfg.launcher.gpus_per_node == 1
