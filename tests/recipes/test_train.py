@@ -173,3 +173,34 @@ def test_cli_run_dir_is_the_given_output_dir(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / ".hydra" / "config.yaml").is_file()  # Hydra's record lands beside the run, not in ./outputs
     assert (tmp_path / "final" / "run.json").is_file()
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_adapter(tmp_path):
+    """A real kill: the process is SIGKILLed right after its first checkpoint appears, then resumed."""
+    import os
+    import signal
+
+    args = [sys.executable, str(REPO / "train.py"), *FAST, "trainer.max_steps=40", "method=prolora", "rank=8",
+            "unshared=1", "sharing=7"]
+    ref = subprocess.run([*args, f"output_dir={tmp_path / 'ref'}"], capture_output=True, text=True, cwd=REPO,
+                         timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([*args, f"output_dir={run_dir}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = run_dir / "checkpoints" / "step_0000010"
+    deadline = time.time() + 240
+    while not first.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)  # 30 steps (> 0.5 s) remain: the kill lands mid-run
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (run_dir / "final").exists()
+    resumed = subprocess.run([*args, f"output_dir={run_dir}", "trainer.resume=true"], capture_output=True,
+                             text=True, cwd=REPO, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = json.loads((run_dir / "final" / "run.json").read_text())
+    assert run["resumed_from_step"] in (10, 20, 30)
+    a = load_file(tmp_path / "ref" / "final" / "adapter.safetensors")
+    b = load_file(run_dir / "final" / "adapter.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
