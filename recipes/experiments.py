@@ -363,7 +363,6 @@ def train_command(cfg: DictConfig, cell: Cell) -> list[str]:
     args.append(f"data_dir={repo_path(cfg.data_dir)}")
     if cfg.get("resume_training", True):
         args.append("trainer.resume=true")  # a killed run continues from its last complete checkpoint
-    args.append(f"hydra.run.dir={cell.run_dir}")  # Hydra's own files beside the run, not in ./outputs
     args += cell.train_overrides
     return _command(cfg.commands.train) + args
 
@@ -376,7 +375,7 @@ def eval_command(cfg: DictConfig, cell: Cell) -> list[str]:
         args = [f"checkpoint={cell.run_dir / 'final'}"]
     args += [f"tasks=[{','.join(cell.tasks)}]", f"backend={cfg.eval_backend}",
              f"data_dir={repo_path(cfg.eval_data_dir)}", f"chat={'true' if cell.chat else 'false'}",
-             f"output_dir={cell.eval_dir}", f"hydra.run.dir={cell.eval_dir}", *cell.eval_overrides]
+             f"output_dir={cell.eval_dir}", *cell.eval_overrides]  # Hydra's run dir follows output_dir
     return _command(cfg.commands.evaluate) + args
 
 
@@ -857,6 +856,21 @@ class Runner:
         write_json_atomic(self.dir / f"{cell.id}.json", rec)
         return rec
 
+    def _stage(self, cell: Cell, stage: str, command: list[str], cwd: Path, marker: Path,
+               timings: dict[str, float], tail: int) -> dict | None:
+        """Run one step of a cell unless its ``marker`` file shows it finished; the failure record or None."""
+        if marker.exists():
+            self.log(f"    {stage}: already done ({marker.parent.name}/{marker.name}), reusing")
+            return None
+        rc, secs, err = self._step(stage, command, cwd)
+        timings[f"{stage}_s"] = round(secs, 3)
+        if rc == 0 and marker.exists():
+            return None
+        why = f"exit code {rc}" if rc != 0 else f"exit code 0 but no {marker.name}"
+        self.log(f"    {stage} FAILED ({why})")
+        return {"stage": stage, "returncode": rc, "reason": why, "stderr_tail": _tail(err, tail),
+                "stderr_log": str(err)}
+
     def run_cell(self, cell: Cell) -> str:
         """Run what is missing of one cell; returns done | failed | running (someone else has it)."""
         if not self._acquire(cell):
@@ -871,29 +885,15 @@ class Runner:
             if not cell.eval_only:
                 assert cell.run_dir is not None
                 commands["train"] = train_command(self.cfg, cell)
-                if not (cell.run_dir / "final" / "run.json").exists():
-                    rc, secs, err = self._step("train", commands["train"], cell.run_dir)
-                    timings["train_s"] = round(secs, 3)
-                    if rc != 0 or not (cell.run_dir / "final" / "run.json").exists():
-                        why = f"exit code {rc}" if rc != 0 else "exit code 0 but no final/run.json"
-                        self.log(f"    train FAILED ({why})")
-                        return self._record(cell, "failed", timings, {
-                            "stage": "train", "returncode": rc, "reason": why,
-                            "stderr_tail": _tail(err, tail), "stderr_log": str(err)}, commands)["status"]
-                else:
-                    self.log("    train: already done (final/run.json), reusing")
+                failure = self._stage(cell, "train", commands["train"], cell.run_dir,
+                                      cell.run_dir / "final" / "run.json", timings, tail)
+                if failure:
+                    return self._record(cell, "failed", timings, failure, commands)["status"]
             commands["evaluate"] = eval_command(self.cfg, cell)
-            if not (cell.eval_dir / "eval.json").exists():
-                rc, secs, err = self._step("eval", commands["evaluate"], cell.eval_dir)
-                timings["eval_s"] = round(secs, 3)
-                if rc != 0 or not (cell.eval_dir / "eval.json").exists():
-                    why = f"exit code {rc}" if rc != 0 else "exit code 0 but no eval.json"
-                    self.log(f"    eval FAILED ({why})")
-                    return self._record(cell, "failed", timings, {
-                        "stage": "eval", "returncode": rc, "reason": why,
-                        "stderr_tail": _tail(err, tail), "stderr_log": str(err)}, commands)["status"]
-            else:
-                self.log("    eval: already done (eval.json), reusing")
+            failure = self._stage(cell, "eval", commands["evaluate"], cell.eval_dir, cell.eval_dir / "eval.json",
+                                  timings, tail)
+            if failure:
+                return self._record(cell, "failed", timings, failure, commands)["status"]
             return self._record(cell, "done", timings, None, commands)["status"]
         except (KeyboardInterrupt, Interrupted):
             self._terminate_child()
