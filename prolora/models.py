@@ -148,3 +148,70 @@ def load_base_model(path: str, *, quantize: bool = True, load_in_8bit: bool = Fa
             bnb_4bit_compute_dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(path, device_map=device, **kwargs)
     return model.eval()
+
+
+def decoder_layers(model) -> list:
+    """The model's decoder layers (the modules transformers can checkpoint), in order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def parse_checkpointing(value, n_layers: int) -> int | str:
+    """``trainer.gradient_checkpointing`` → the number of decoder layers to checkpoint, or ``"auto"``.
+
+    ``true``/``"all"`` = every layer (the authors' setting), ``false``/``0`` = none, an integer ``k`` = the
+    first ``k`` layers, ``"auto"`` = as few as fit in memory (:func:`prolora.trainer.fit_checkpointing`)."""
+    if isinstance(value, bool):
+        return n_layers if value else 0
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"trainer.gradient_checkpointing={value}: use true, false, auto or 0..{n_layers}")
+        return min(value, n_layers)
+    text = str(value).strip().lower()
+    if text in ("true", "all", "yes", "on"):
+        return n_layers
+    if text in ("false", "none", "no", "off"):
+        return 0
+    if text == "auto":
+        return "auto"
+    if text.isdigit():
+        return parse_checkpointing(int(text), n_layers)
+    raise ValueError(f"trainer.gradient_checkpointing={value!r}: use true (all layers), false, auto "
+                     f"(as few as fit in memory) or a number of layers 0..{n_layers}")
+
+
+def set_checkpointing(model, n_layers: int) -> int:
+    """Recompute the activations of the first ``n_layers`` decoder layers in the backward pass (non-reentrant
+    ``torch.utils.checkpoint``); the others keep theirs.  The math is unchanged: only memory is traded for
+    time (each checkpointed layer runs its forward twice).  Returns the number of checkpointed layers."""
+    layers = decoder_layers(model)
+    n = max(0, min(int(n_layers), len(layers)))
+    if n == 0:
+        if getattr(model, "is_gradient_checkpointing", False):
+            model.gradient_checkpointing_disable()
+        for layer in layers:
+            layer.gradient_checkpointing = False
+        return 0
+    if not getattr(model, "is_gradient_checkpointing", False):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the deprecated alias; same call on old versions
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = i < n
+    return n
+
+
+def prepare_for_training(model, *, quantized: bool, checkpoint_layers: int = 0):
+    """Get a loaded base model ready for adapter training, as QLoRA does: no KV cache; with a quantized base
+    PEFT's ``prepare_model_for_kbit_training`` (the unquantized embeddings, norms and head in fp32, input
+    gradients on, as the authors' open-instruct trainer); then checkpoint ``checkpoint_layers`` layers."""
+    model.config.use_cache = False  # the KV cache is useless in training (and clashes with recomputation)
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    set_checkpointing(model, checkpoint_layers)
+    return model

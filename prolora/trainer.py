@@ -152,6 +152,93 @@ def make_optimizer(groups: list[dict], args: TrainArgs) -> torch.optim.Optimizer
     raise ValueError(f"optim.name={name!r}: use paged_adamw_32bit (the paper's), paged_adamw_8bit or adamw")
 
 
+def causal_lm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens (``labels != -100``) of a causal LM.
+
+    The same number as ``model(**batch, labels=...)`` or full logits + ``cross_entropy(ignore_index=-100)``,
+    but the output head runs only on the positions that have a label: instruction data masks the prompt,
+    so most positions need no logits, and the (tokens × vocab) fp32 logits of a whole batch (1 GB for LLaMA-2
+    at 16 × 512) are never materialised.  Models with a logit transform between the decoder and the loss
+    (soft-capping, logit scale) take the plain full-logits path."""
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    target = labels[:, 1:]
+    keep = target != -100
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    plain = (getattr(config, "final_logit_softcapping", None) is None
+             and getattr(config, "logit_scale", None) is None)
+    if decoder is None or head is None or not plain:
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.float()[keep], target[keep])
+    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+    logits = head(hidden[keep])
+    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+
+
+def layers_to_checkpoint(n_layers: int, peak_all: int, per_layer: int, budget: int) -> int:
+    """The fewest checkpointed layers k (of ``n_layers``) with ``peak_all + (n_layers − k)·per_layer ≤ budget``;
+    all of them when even that does not fit."""
+    keep = max(budget - peak_all, 0) // max(per_layer, 1)
+    return int(max(0, n_layers - keep))
+
+
+class _MemoryProbe:
+    """Peak memory of a piece of work: CUDA's allocator statistics; on Linux CPUs the process's peak resident
+    set (VmHWM, reset through /proc/self/clear_refs).  Absolute peaks (the model included)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def budget(self, fraction: float) -> int:
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            return int(total * fraction)
+        info = _proc_kib("/proc/meminfo")
+        return int((info["MemAvailable"] * 1024 + self._rss()) * fraction)
+
+    @staticmethod
+    def _rss() -> int:
+        return _proc_kib("/proc/self/status")["VmRSS"] * 1024
+
+    def begin(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            import ctypes
+            import gc
+
+            gc.collect()
+            try:  # hand freed heap pages back, so the resident set measures live memory
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except (OSError, AttributeError):
+                pass
+            Path("/proc/self/clear_refs").write_text("5")
+
+    @staticmethod
+    def available(device: torch.device) -> bool:
+        if device.type == "cuda":
+            return True
+        return device.type == "cpu" and Path("/proc/self/clear_refs").exists() and Path("/proc/meminfo").exists()
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device)
+        return _proc_kib("/proc/self/status")["VmHWM"] * 1024
+
+
+def _proc_kib(path: str) -> dict[str, int]:
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0])
+    return out
+
+
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first. Half-written ones live under a hidden ``.tmp-`` name."""
     if not ckpt_dir.is_dir():
@@ -193,6 +280,7 @@ class Trainer:
         self.initial_loss: float | None = None
         self.last_loss = float("nan")
         self.recent_losses: list[float] = []  # the last FINAL_WINDOW step losses
+        self._trainable: list[torch.nn.Parameter] | None = None
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -235,13 +323,79 @@ class Trainer:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits = out.logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                 ignore_index=-100)
+            loss = causal_lm_loss(self.model, batch)
         (loss * scale).backward()
         return loss.item(), int(batch["attention_mask"].sum().item())
+
+    def fit_checkpointing(self, fraction: float = 0.85, budget_bytes: int | None = None) -> int:
+        """Checkpoint as few decoder layers as fit: recomputing a layer's forward in the backward pass costs
+        about a third of its step time, keeping its activations costs memory.  Two probes (forward + backward of
+        step 0's first micro-batch, which holds the run's longest example) with every layer and with all but
+        one layer checkpointed give the peak memory P_all and the memory d one un-checkpointed layer adds;
+        the first ``k`` layers are checkpointed where ``k`` is the smallest number with
+        P_all + (L − k)·d + optimizer states ≤ ``fraction`` × the device's memory (``budget_bytes`` if given).
+        The probes leave no gradients and restore the RNG, so the run is the same as with ``k`` set by hand.
+        Sets and returns ``k``."""
+        from prolora.models import decoder_layers, set_checkpointing
+
+        n = len(decoder_layers(self.model))
+        if n == 0:
+            return 0
+        if not _MemoryProbe.available(self.device):
+            print(f"gradient checkpointing auto: cannot measure memory on {self.device}; checkpointing all {n} layers")
+            set_checkpointing(self.model, n)
+            return n
+        probe = _MemoryProbe(self.device)
+        budget = budget_bytes if budget_bytes is not None else probe.budget(fraction)
+        batch = self.batches(0)[0]
+        rng = _rng_state()
+        peaks = []
+        try:
+            self.model.train()
+            for k in (n, n - 1):
+                set_checkpointing(self.model, k)
+                probe.begin()
+                self._micro_step(batch, 1.0)
+                peaks.append(probe.peak())
+                self.optimizer.zero_grad(set_to_none=True)
+        finally:
+            _set_rng_state(rng)
+        per_layer = max(peaks[1] - peaks[0], 1)
+        optimizer_states = 2 * 4 * sum(p.numel() for g in self.optimizer.param_groups for p in g["params"])
+        k = layers_to_checkpoint(n, peaks[0] + optimizer_states, per_layer, budget)
+        set_checkpointing(self.model, k)
+        self.checkpointing_probe = {"layers": n, "checkpointed": k, "peak_all_bytes": peaks[0],
+                                    "per_layer_bytes": per_layer, "budget_bytes": budget}
+        return k
+
+    def train_step(self) -> dict:
+        """One optimizer step (its micro-batches, clipping, optimizer and scheduler); returns its metrics row
+        (``step_s`` is its wall time, synchronised on CUDA). :meth:`train` is a loop over this."""
+        t0 = time.perf_counter()
+        micro = self.batches(self.step)
+        losses, ntok = [], 0
+        for batch in micro:
+            loss, n = self._micro_step(batch, 1.0 / len(micro))
+            losses.append(loss)
+            ntok += n
+        if not all(math.isfinite(x) for x in losses):
+            raise FloatingPointError(f"non-finite loss {losses} at step {self.step}: lower optim.lr")
+        if self._trainable is None:
+            self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable, self.args.max_grad_norm).item()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.step += 1
+        self.tokens += ntok
+        self.last_loss = float(np.mean(losses))
+        self.recent_losses = (self.recent_losses + [self.last_loss])[-FINAL_WINDOW:]
+        if self.initial_loss is None:
+            self.initial_loss = self.last_loss
+        return {"step": self.step, "loss": self.last_loss, "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm, "tokens": self.tokens, "step_s": time.perf_counter() - t0}
 
     def train(self) -> TrainResult:
         args = self.args
@@ -255,35 +409,15 @@ class Trainer:
             kept = [ln for ln in lines if json.loads(ln)["step"] <= resumed]
             metrics_path.write_text("".join(k + "\n" for k in kept))
         self.model.train()
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
         start_time = time.time()
         start_tokens = self.tokens
         bar = _progress(total=args.max_steps, initial=self.step, enabled=args.progress)
         try:
             while self.step < args.max_steps:
-                micro = self.batches(self.step)
-                losses, ntok = [], 0
-                for batch in micro:
-                    loss, n = self._micro_step(batch, 1.0 / len(micro))
-                    losses.append(loss)
-                    ntok += n
-                if not all(math.isfinite(x) for x in losses):
-                    raise FloatingPointError(f"non-finite loss {losses} at step {self.step}: lower optim.lr")
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm).item()
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.tokens += ntok
-                self.last_loss = float(np.mean(losses))
-                self.recent_losses = (self.recent_losses + [self.last_loss])[-FINAL_WINDOW:]
-                if self.initial_loss is None:
-                    self.initial_loss = self.last_loss
+                row = self.train_step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.last_loss:.4f}")
                 if self.step == 1 or self.step % args.log_every == 0 or self.step == args.max_steps:
-                    row = {"step": self.step, "loss": self.last_loss, "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": grad_norm, "tokens": self.tokens}
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(row) + "\n")
                     if self.log_fn:

@@ -98,7 +98,9 @@ class TrainerConfig:
     log_every: int = 10
     resume: bool = False  # pick the last complete checkpoint in output_dir
     device: str = "auto"  # auto | cpu | cuda
-    gradient_checkpointing: bool = True  # as the authors ran it: batch 16 x 512 on a 40 GB GPU needs it
+    # true = every decoder layer (as the authors ran: 16 x 512 on a 40 GB GPU needs it), false, a number of
+    # layers, or auto = as few layers as fit in memory (measured on the first, longest batch)
+    gradient_checkpointing: Any = "auto"
     max_train_samples: int = 0  # 0 = all
 
 

@@ -117,7 +117,14 @@ def run(cfg: DictConfig) -> Path:
     import torch
 
     import prolora
-    from prolora.models import load_base_model, load_tokenizer, resolve_device
+    from prolora.models import (
+        decoder_layers,
+        load_base_model,
+        load_tokenizer,
+        parse_checkpointing,
+        prepare_for_training,
+        resolve_device,
+    )
     from prolora.trainer import Trainer, seed_everything
 
     if cfg.output_dir:
@@ -137,6 +144,7 @@ def run(cfg: DictConfig) -> Path:
     # Check everything cheap before loading a 7B model: method fields, trainer fields, the data.
     adapter_config = method_config(cfg)
     args = train_args(cfg)
+    parse_checkpointing(cfg.trainer.gradient_checkpointing, n_layers=1 << 30)  # a bad value fails before loading
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path)
     batches, n_examples, n_tokens = build_batches(cfg, tokenizer, args)
@@ -146,18 +154,12 @@ def run(cfg: DictConfig) -> Path:
     device = resolve_device(cfg.trainer.device)
     model = load_base_model(cfg.model.path, quantize=cfg.model.quantize, double_quant=cfg.model.double_quant,
                             compute_dtype=cfg.model.compute_dtype, device=device, tiny_seed=0)
-    model.config.use_cache = False  # the KV cache is useless in training (and clashes with recomputation)
-    if cfg.model.quantize:
-        # QLoRA's preparation, as the authors' open-instruct trainer did: the layers that stay unquantized
-        # (embeddings, norms, lm_head) in fp32, input grads on, gradient checkpointing if asked.
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.trainer.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif cfg.trainer.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    # QLoRA's preparation (as the authors' open-instruct trainer) and gradient checkpointing of as many layers
+    # as trainer.gradient_checkpointing asks (true = all, as the authors ran; an int = that many; auto = fit).
+    n_layers = len(decoder_layers(model))
+    checkpointing = parse_checkpointing(cfg.trainer.gradient_checkpointing, n_layers)
+    model = prepare_for_training(model, quantized=cfg.model.quantize,
+                                 checkpoint_layers=0 if checkpointing == "auto" else checkpointing)
     seed_everything(cfg.seed)  # adapter init depends only on the seed, not on what loading consumed
     model = prolora.attach(model, adapter_config)
     trainable = prolora.count_trainable(model)
@@ -168,6 +170,12 @@ def run(cfg: DictConfig) -> Path:
     trainer = Trainer(model, batches, args, output_dir, save_fn=prolora.save_adapter,
                       load_fn=lambda m, d: prolora.load_adapter(m, d), log_fn=logger.log if logger else None,
                       device=device, autocast_dtype=autocast_dtype(cfg, device))
+    if checkpointing == "auto":
+        k = trainer.fit_checkpointing()
+        info = trainer.checkpointing_probe
+        print(f"gradient checkpointing auto: {k} of {info['layers']} decoder layers recomputed "
+              f"(peak {info['peak_all_bytes'] / 2**30:.2f} GiB with all, +{info['per_layer_bytes'] / 2**20:.0f} MiB per "
+              f"kept layer, budget {info['budget_bytes'] / 2**30:.1f} GiB)")
     result = trainer.train()
 
     tmp = output_dir / f".tmp-final-{os.getpid()}"
@@ -190,6 +198,7 @@ def run(cfg: DictConfig) -> Path:
         "resumed_from_step": result.resumed_from,
         "train_examples": n_examples,
         "device": device,
+        "checkpointed_layers": sum(bool(getattr(m, "gradient_checkpointing", False)) for m in decoder_layers(model)),
         "torch": torch.__version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

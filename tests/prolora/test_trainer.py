@@ -58,3 +58,104 @@ def test_autocast_step_runs_and_keeps_adapter_weights_fp32(tmp_path):
                      load_fn=lambda m, d: None, autocast_dtype=torch.bfloat16).train()
     assert torch.isfinite(torch.tensor([result.initial_loss, result.final_loss])).all()
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def _labelled_batch(seed: int = 0, rows: int = 3, width: int = 24) -> dict:
+    """Random ids, right padding, the first third of each row masked out of the loss (a prompt)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 200, (rows, width), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, width - 5:] = 0  # padded row
+    labels = ids.clone()
+    labels[:, : width // 3] = -100
+    labels[mask == 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_causal_lm_loss_is_the_full_logits_loss_with_the_same_gradients():
+    """The head runs only on labelled positions, yet loss and adapter gradients equal transformers' own
+    ``model(labels=...)`` (which computes every position's logits)."""
+    from prolora.trainer import causal_lm_loss
+
+    batch = _labelled_batch()
+    grads = []
+    losses = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        model = prolora.attach(build_tiny_llama(), prolora.PRoLoRAConfig(r=4, u=1, m=3, dropout=0.0))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.05)
+        if fast:
+            loss = causal_lm_loss(model, batch)
+        else:
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"]).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def _tiny_trainer(tmp_path, config, batch, steps=2):
+    from prolora.trainer import Trainer
+
+    model = prolora.attach(build_tiny_llama(num_hidden_layers=4), config)
+    args = TrainArgs(max_steps=steps, batch_size=batch["input_ids"].shape[0],
+                     micro_batch_size=batch["input_ids"].shape[0], lr=1e-2, optimizer="adamw", save_every=0,
+                     progress=False)
+    return Trainer(model, lambda step: [batch], args, tmp_path, save_fn=lambda m, d: None, load_fn=lambda m, d: None)
+
+
+def _checkpointed(model) -> list[bool]:
+    from prolora.models import decoder_layers
+
+    return [bool(layer.gradient_checkpointing) for layer in decoder_layers(model)]
+
+
+def test_train_step_reports_its_time_and_equals_train(tmp_path):
+    batch = _labelled_batch()
+    torch.manual_seed(0)
+    a = _tiny_trainer(tmp_path / "a", prolora.LoRAConfig(r=4, dropout=0.1), batch, steps=3)
+    rows = [a.train_step() for _ in range(3)]
+    assert all(r["step_s"] > 0 for r in rows) and [r["step"] for r in rows] == [1, 2, 3]
+    torch.manual_seed(0)
+    b = _tiny_trainer(tmp_path / "b", prolora.LoRAConfig(r=4, dropout=0.1), batch, steps=3)
+    b.train()
+    assert a.recent_losses == b.recent_losses
+
+
+@pytest.mark.parametrize("budget,expected", [(1 << 50, 0), (0, 4)])
+def test_fit_checkpointing_extremes(tmp_path, budget, expected):
+    trainer = _tiny_trainer(tmp_path, prolora.LoRAConfig(r=4), _labelled_batch())
+    assert trainer.fit_checkpointing(budget_bytes=budget) == expected
+    assert _checkpointed(trainer.model) == [i < expected for i in range(4)]
+    assert all(p.grad is None for p in trainer.model.parameters())  # the probes leave no gradients
+
+
+@pytest.mark.parametrize("budget,expected", [(100, 4), (109, 4), (110, 3), (125, 2), (140, 0), (10**9, 0), (0, 4)])
+def test_layers_to_checkpoint(budget, expected):
+    from prolora.trainer import layers_to_checkpoint
+
+    # peak 100 with every layer recomputed, each layer that keeps its activations adds 10
+    assert layers_to_checkpoint(4, 100, 10, budget) == expected
+
+
+@pytest.mark.parametrize("budget", [0, 1 << 50])
+def test_fit_checkpointing_changes_no_number(tmp_path, budget):
+    """The probes run forward/backward with dropout on, but restore the RNG: the run that follows has exactly
+    the losses of a run with the same number of checkpointed layers set by hand."""
+    from prolora.models import set_checkpointing
+
+    batch = _labelled_batch(rows=4, width=48)
+    torch.manual_seed(0)
+    auto = _tiny_trainer(tmp_path / "a", prolora.LoRAConfig(r=4, dropout=0.1), batch)
+    k = auto.fit_checkpointing(budget_bytes=budget)
+    losses_auto = [auto.train_step()["loss"] for _ in range(2)]
+    torch.manual_seed(0)
+    manual = _tiny_trainer(tmp_path / "b", prolora.LoRAConfig(r=4, dropout=0.1), batch)
+    set_checkpointing(manual.model, k)
+    losses_manual = [manual.train_step()["loss"] for _ in range(2)]
+    assert losses_auto == losses_manual

@@ -157,14 +157,25 @@ def test_unknown_dataset_name_is_refused():
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
-    losses = []
-    for gc in ("false", "true"):
+    """None, all, one layer, or as many as fit (auto: the tiny model fits without any): the same numbers."""
+    losses, layers = [], []
+    for gc in ("false", "true", "1", "auto"):
         out = tmp_path / gc
-        train_recipe.run(_cfg(out, "method=prolora", "rank=8", "unshared=1", "sharing=7", "trainer.max_steps=5",
-                              "trainer.log_every=1", f"trainer.gradient_checkpointing={gc}"))
+        final = train_recipe.run(_cfg(out, "method=prolora", "rank=8", "unshared=1", "sharing=7",
+                                      "trainer.max_steps=5", "trainer.log_every=1",
+                                      f"trainer.gradient_checkpointing={gc}"))
         losses.append(_losses(out))
+        layers.append(json.loads((final / "run.json").read_text())["checkpointed_layers"])
     assert len(losses[0]) == 5
-    assert losses[1] == pytest.approx(losses[0], abs=1e-6)  # dropout RNG is replayed on recomputation
+    assert layers == [0, 2, 1, 0]
+    for other in losses[1:]:
+        assert other == pytest.approx(losses[0], abs=1e-6)  # dropout RNG is replayed on recomputation
+
+
+def test_bad_gradient_checkpointing_value_fails_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="trainer.gradient_checkpointing=.*auto"):
+        train_recipe.run(_cfg(tmp_path, "trainer.gradient_checkpointing=sometimes"))
+    assert not (tmp_path / "final").exists()
 
 
 def test_cli_run_dir_is_the_given_output_dir(tmp_path):
