@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test lint demo reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench clean
+.PHONY: help install test lint demo reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -51,6 +51,12 @@ count-params: install  ## trainable-parameter count on the meta device, e.g. ARG
 
 bench: install  ## adapter forward+backward speed and memory vs PEFT LoRA (ratios)
 	$(PY) scripts/bench_adapters.py $(ARGS)
+
+bench-train: install  ## QLoRA train step of each method and of HF Trainer + PEFT, same batches (7B on a GPU, ~106M profile on a CPU)
+	$(PY) scripts/bench_train.py $(ARGS)
+
+bench-eval: install  ## generation throughput of the eval backends on GSM/BBH prompt shapes
+	$(PY) scripts/bench_eval.py $(ARGS)
 
 clean:  ## remove outputs of local runs (keeps .venv and results/)
 	rm -rf outputs multirun .pytest_cache

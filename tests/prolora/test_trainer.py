@@ -74,13 +74,13 @@ def _labelled_batch(seed: int = 0, rows: int = 3, width: int = 24) -> dict:
 
 def test_causal_lm_loss_is_the_full_logits_loss_with_the_same_gradients():
     """The head runs only on labelled positions, yet loss and adapter gradients equal transformers' own
-    ``model(labels=...)`` (which computes every position's logits)."""
-    from prolora.trainer import causal_lm_loss
+    ``model(labels=...)`` and the textbook full-logits loss (which compute every position's logits)."""
+    from prolora.trainer import causal_lm_loss, full_logits_loss
 
     batch = _labelled_batch()
     grads = []
     losses = []
-    for fast in (True, False):
+    for fast in (True, False, None):
         torch.manual_seed(0)
         model = prolora.attach(build_tiny_llama(), prolora.PRoLoRAConfig(r=4, u=1, m=3, dropout=0.0))
         with torch.no_grad():
@@ -89,14 +89,17 @@ def test_causal_lm_loss_is_the_full_logits_loss_with_the_same_gradients():
                     p.add_(0.05)
         if fast:
             loss = causal_lm_loss(model, batch)
+        elif fast is None:
+            loss = full_logits_loss(model, batch)
         else:
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          labels=batch["labels"]).loss
         loss.backward()
         losses.append(loss.item())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
-    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6) and losses[0] == pytest.approx(losses[2], abs=1e-6)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[2], atol=1e-6, rtol=1e-5)
 
 
 def _tiny_trainer(tmp_path, config, batch, steps=2):

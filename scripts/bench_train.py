@@ -1,0 +1,503 @@
+"""QLoRA training speed and memory: each adapter method in this harness, and the HF Trainer + PEFT baseline,
+on the same batches in one process.
+
+    python scripts/bench_train.py                        # no GPU: the "medium" profile (see below), CPU
+    python scripts/bench_train.py --device cuda          # GPU: LLaMA2-7B shape, NF4 base, bf16, 16 x 512
+    python scripts/bench_train.py --checkpointing all,0  # harness rows with every layer / no layer recomputed
+    python scripts/bench_train.py --out results/bench/train-cpu.json
+
+What is timed is one optimizer step of a QLoRA run: a base with random weights built from the published
+LLaMA2-7B config (speed depends on shapes, not values) saved to a temporary directory and loaded back
+through the real loading code in 4-bit NF4 with double quantisation, an adapter on all seven projections
+(Tied LoRA: q/k/v), paged AdamW 32-bit, max grad norm 0.3, linear schedule with 3% warm-up, LR 2e-4,
+dropout 0.1, batch B × L (default 16 × 512 on a GPU) with the prompt half of each example masked out of
+the loss, as instruction tuning does.
+
+* **harness rows** run ``prolora.models.prepare_for_training`` + ``prolora.attach`` + one
+  ``prolora.trainer.Trainer.train_step()`` per step, i.e. exactly what ``train.py`` runs.
+* **baseline row** is what a user writes today: ``AutoModelForCausalLM.from_pretrained`` (NF4),
+  ``peft.prepare_model_for_kbit_training`` (gradient checkpointing on, its defaults), ``get_peft_model`` with
+  PEFT's LoRA r8 (alpha 16, dropout 0.1, seven modules) and ``transformers.Trainer`` with the paper's
+  recipe as ``TrainingArguments`` (paged_adamw_32bit, gradient checkpointing, warm-up 3%, bf16 on a
+  GPU).  The only change to the stock Trainer: its train dataloader yields this script's pre-made batches,
+  so both sides see identical tensors, and ``training_step`` records each step's loss.
+
+Every configuration holds its own model; the configurations run in blocks of ``--steps`` optimizer steps
+(the first ``--warmup`` steps of each block are not timed), round-robin over ``--rounds`` rounds, so
+drift and other load on the machine hit all of them alike.  Step time = median of the timed steps (wall
+time from one finished optimizer step to the next, synchronised on CUDA).  tokens/s counts the
+non-padding tokens of the batch (what the step processed).
+
+Memory: on CUDA the peak ``torch.cuda.max_memory_allocated`` during a block minus what was allocated before
+it (activations, gradients, optimizer states, temporaries), plus the configuration's own resident model
+(parameters and buffers). On CPU the same, from the process's peak resident set (``VmHWM``, reset
+through ``/proc/self/clear_refs`` before each block, after ``malloc_trim`` hands freed heap pages back).
+
+Loss parity: with ``--parity-steps K`` (default 6) a second, short phase trains the harness LoRA r8 and
+the baseline from the same initial adapter (copied) with dropout 0 on the same batches, and reports both
+loss curves and their largest difference: the harness computes the same training math.
+
+No GPU: the script says so and runs the "medium" profile: a Llama with LLaMA2-7B's proportions (head
+dim 128, intermediate/hidden 2.6875, vocab 32000) at ~106M parameters, batch 4 × 256, fp32 compute.
+Those ratios are a CPU profile, not the paper's setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import prolora  # noqa: E402
+from prolora.models import LLAMA2_COMMON, LLAMA2_CONFIGS, decoder_layers, load_base_model  # noqa: E402
+
+SHAPES = {
+    "7b": dict(LLAMA2_CONFIGS["llama2_7b"]),
+    # LLaMA2-7B's proportions (head dim 128, intermediate = 2.6875 x hidden, vocab 32000) at ~106M params.
+    "medium": dict(hidden_size=768, intermediate_size=2064, num_hidden_layers=8, num_attention_heads=6,
+                   num_key_value_heads=6, vocab_size=32000),
+    # Seconds on a CPU, for a smoke run of the script itself.
+    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, vocab_size=32000),
+}
+
+METHODS = {
+    "lora_r8": lambda: prolora.LoRAConfig(r=8),
+    "prolora_r8_u1_m7": lambda: prolora.make_config("prolora", r=8, u=1, m=7),
+    "prolora_r32_u4_m7": lambda: prolora.make_config("prolora", r=32, u=4, m=7),
+    "vera_r256": lambda: prolora.VeRAConfig(r=256),
+    "tied_lora_r256": lambda: prolora.TiedLoRAConfig(r=256),
+}
+BASELINE = "hf_peft_lora_r8"
+LR = 2e-4
+
+
+# -- memory probes ------------------------------------------------------------------------------------------
+class Memory:
+    """Peak memory of a block of steps above what was resident before it (see the module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.libc = None
+        if device.type == "cpu" and sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                self.libc = ctypes.CDLL("libc.so.6")  # malloc_trim: freed heap pages go back before each block
+        self.start = 0
+
+    @staticmethod
+    def _status(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    def begin(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            if self.libc is not None:
+                self.libc.malloc_trim(0)
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.start = self._status("VmRSS")
+
+    def peak_above_start(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - self.start
+        return self._status("VmHWM") - self.start
+
+
+def resident_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+            qs = getattr(t, "quant_state", None)  # NF4 absmax etc.
+            if qs is not None and getattr(qs, "absmax", None) is not None:
+                total += qs.absmax.numel() * qs.absmax.element_size()
+    return total
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+def make_batches(n: int, batch: int, seq: int, vocab: int, seed: int, ragged: bool) -> list[dict]:
+    """``n`` collated batches: random token ids; each example's first 30–70% (the "prompt") has label -100.
+    ``ragged``: lengths drawn from [seq/4, seq] and grouped by length as the harness's sampler does."""
+    from prolora.data.batching import LengthGroupedSampler, PadCollator
+
+    rng = np.random.default_rng(seed)
+    count = n * batch
+    lengths = rng.integers(seq // 4, seq + 1, count) if ragged else np.full(count, seq)
+    examples = []
+    for length in lengths:
+        ids = rng.integers(3, vocab, int(length)).tolist()
+        cut = int(length * rng.uniform(0.3, 0.7))
+        examples.append({"input_ids": ids, "labels": [-100] * cut + ids[cut:], "attention_mask": [1] * len(ids)})
+    sampler = LengthGroupedSampler([len(e["input_ids"]) for e in examples], batch, seed=seed,
+                                   group_by_length=True, mega_batch_mult=n)
+    collate = PadCollator(pad_token_id=0)
+    return [collate([examples[i] for i in sampler.batch(j)]) for j in range(n)]
+
+
+# -- the configurations ----------------------------------------------------------------------------------
+@dataclass
+class Row:
+    label: str
+    kind: str  # harness | baseline
+    checkpointed_layers: int
+    variant: str = "baseline"
+    trainable: int = 0
+    resident: int = 0
+    step_s: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    peak_step: int = 0
+
+    def summary(self) -> dict:
+        t = statistics.median(self.step_s)
+        tok = statistics.median(self.tokens)
+        return {"label": self.label, "kind": self.kind, "variant": self.variant,
+                "checkpointed_layers": self.checkpointed_layers,
+                "trainable_params": self.trainable, "step_s_median": t,
+                "step_s_all": [round(x, 4) for x in self.step_s], "tokens_per_step": tok, "tokens_per_s": tok / t,
+                "resident_mib": self.resident / 2**20, "peak_step_mib": self.peak_step / 2**20,
+                "peak_mib": (self.resident + self.peak_step) / 2**20,
+                "losses": [round(x, 5) for x in self.losses]}
+
+
+class HarnessRun:
+    """``train.py``'s path: load → prepare_for_training → attach → Trainer.train_step()."""
+
+    kind = "harness"
+
+    def __init__(self, label: str, config, model_dir: str, batches: list[dict], device: torch.device,
+                 variant: str, compute_dtype: torch.dtype, seed: int, total_steps: int):
+        from prolora.trainer import TrainArgs, Trainer, causal_lm_loss, full_logits_loss
+
+        self.model = load_base_model(model_dir, quantize=True, compute_dtype=compute_dtype, device=device.type)
+        n = len(decoder_layers(self.model))
+        # before: every layer recomputed and every position's logits (this harness before issue 8);
+        # all: every layer recomputed; auto: the default (as few layers as fit); an int: that many layers
+        fixed = n if variant in ("before", "all") else (0 if variant == "auto" else int(variant))
+        self.model = prolora.models.prepare_for_training(self.model, quantized=True, checkpoint_layers=fixed)
+        torch.manual_seed(seed)
+        self.model = prolora.attach(self.model, config)
+        args = TrainArgs(max_steps=total_steps, batch_size=batches[0]["input_ids"].shape[0],
+                         micro_batch_size=batches[0]["input_ids"].shape[0], lr=LR, save_every=0, progress=False)
+        self.batches = batches
+        autocast = compute_dtype if device.type == "cuda" and compute_dtype != torch.float32 else None
+        self.trainer = Trainer(self.model, lambda step: [batches[step % len(batches)]], args,
+                               tempfile.mkdtemp(prefix="bench-train-"), save_fn=prolora.save_adapter,
+                               load_fn=prolora.load_adapter, device=device, autocast_dtype=autocast,
+                               loss_fn=full_logits_loss if variant == "before" else causal_lm_loss)
+        k = self.trainer.fit_checkpointing() if variant == "auto" else fixed
+        self.row = Row(label, self.kind, k, variant=variant, trainable=prolora.count_trainable(self.model),
+                       resident=resident_bytes(self.model))
+        self.model.train()
+
+    def block(self, steps: int) -> list[tuple[float, int, float]]:
+        self.trainer.step = 0  # each block replays batches 0, 1, … like the baseline's
+        out = []
+        for _ in range(steps):
+            row = self.trainer.train_step()
+            ntok = int(self.batches[(self.trainer.step - 1) % len(self.batches)]["attention_mask"].sum())
+            out.append((row["step_s"], ntok, row["loss"]))
+        return out
+
+
+class BaselineRun:
+    """transformers.Trainer + PEFT LoRA r8, the paper's recipe as TrainingArguments (HF defaults elsewhere)."""
+
+    kind = "baseline"
+
+    def __init__(self, label: str, model_dir: str, batches: list[dict], device: torch.device,
+                 compute_dtype: torch.dtype, seed: int, dropout: float = 0.1):
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=compute_dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=compute_dtype,
+                                                     device_map=device.type)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        torch.manual_seed(seed)
+        lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=list(prolora.SEVEN_MODULES),
+                          bias="none", task_type="CAUSAL_LM")
+        self.model = get_peft_model(model, lora)
+        n = len(decoder_layers(self.model))
+        self.row = Row(label, self.kind, n, trainable=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                       resident=resident_bytes(self.model))
+        self.batches, self.device, self.dtype = batches, device, compute_dtype
+
+    def block(self, steps: int) -> list[tuple[float, int, float]]:
+        from torch.utils.data import DataLoader
+        from transformers import Trainer, TrainerCallback, TrainingArguments
+
+        batches = self.batches
+        stamps: list[float] = []
+        losses: list[float] = []
+
+        class Clock(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                stamps.append(time.perf_counter())
+
+            def on_step_end(self, args, state, control, **kw):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                stamps.append(time.perf_counter())
+
+        class SameBatches(Trainer):
+            def get_train_dataloader(self):
+                return DataLoader([batches[i % len(batches)] for i in range(steps)], batch_size=None)
+
+            def training_step(self, model, inputs, num_items_in_batch=None):
+                loss = super().training_step(model, inputs, num_items_in_batch)
+                losses.append(loss.item())
+                return loss
+
+        bf16 = self.device.type == "cuda" and self.dtype == torch.bfloat16
+        args = TrainingArguments(
+            output_dir=tempfile.mkdtemp(prefix="bench-hf-"), per_device_train_batch_size=batches[0]["input_ids"].shape[0],
+            gradient_accumulation_steps=1, max_steps=steps, learning_rate=LR, optim="paged_adamw_32bit",
+            lr_scheduler_type="linear", warmup_steps=0.03, weight_decay=0.0, max_grad_norm=0.3,
+            gradient_checkpointing=True, bf16=bf16, use_cpu=self.device.type == "cpu",
+            logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True, seed=1,
+            dataloader_pin_memory=False)
+        trainer = SameBatches(model=self.model, args=args, callbacks=[Clock()])
+        trainer.train()
+        times = [b - a for a, b in zip(stamps, stamps[1:])]
+        ntok = [int(batches[i % len(batches)]["attention_mask"].sum()) for i in range(steps)]
+        return list(zip(times, ntok, losses))
+
+
+# -- main -------------------------------------------------------------------------------------------------
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def versions() -> dict:
+    import bitsandbytes
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "bitsandbytes": bitsandbytes.__version__, "python": platform.python_version()}
+
+
+def build_model_dir(shape: str, dtype: torch.dtype, device: torch.device, seed: int) -> str:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**SHAPES[shape], **LLAMA2_COMMON)
+    path = tempfile.mkdtemp(prefix=f"bench-{shape}-")
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    model.save_pretrained(path)
+    n = sum(p.numel() for p in model.parameters())
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    print(f"base: {shape} Llama, {n / 1e6:.1f}M parameters, random weights saved to {path}")
+    return path
+
+
+def parity(model_dir: str, batches: list[dict], device: torch.device, dtype: torch.dtype, steps: int,
+           seed: int) -> dict:
+    """Harness LoRA r8 vs HF Trainer + PEFT LoRA r8 from the same initial adapter, dropout 0."""
+    base = BaselineRun("parity_baseline", model_dir, batches, device, dtype, seed, dropout=0.0)
+    ours = HarnessRun("parity_harness", prolora.LoRAConfig(r=8, dropout=0.0), model_dir, batches, device,
+                      variant="0", compute_dtype=dtype, seed=seed, total_steps=steps)
+    with torch.no_grad():  # copy PEFT's initial A (B is 0 on both sides)
+        peft_modules = dict(base.model.named_modules())
+        for name, layer in ours.model.named_modules():
+            if isinstance(layer, prolora.methods.lora.LoRALayer):
+                layer.lora_A.copy_(peft_modules["base_model.model." + name].lora_A["default"].weight)
+    a = [loss for _, _, loss in base.block(steps)]
+    b = [loss for _, _, loss in ours.block(steps)]
+    diff = max(abs(x - y) for x, y in zip(a, b))
+    del base, ours
+    gc.collect()
+    return {"steps": steps, "baseline_losses": a, "harness_losses": b, "max_abs_diff": diff}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--shape", default=None, choices=sorted(SHAPES), help="default: 7b on CUDA, medium on CPU")
+    p.add_argument("--batch", type=int, default=None, help="sequences per step (default 16 on CUDA, 4 on CPU)")
+    p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 512 on CUDA, 256 on CPU)")
+    p.add_argument("--ragged", action="store_true", help="variable lengths in [seq/4, seq], grouped by length")
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps per block (incl. --warmup)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each block")
+    p.add_argument("--rounds", type=int, default=2, help="round-robin rounds over the configurations")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"harness methods, from {sorted(METHODS)}")
+    p.add_argument("--variants", default="before,all,auto",
+                   help="harness variants timed for LoRA r8 and PRoLoRA r8 u1 m7 (the other methods: auto): "
+                        "before = every layer recomputed + full logits (this harness before its speed work), "
+                        "all = every layer recomputed, auto = the default checkpointing, N = N layers recomputed")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold every model at once and alternate blocks (default on CPU; on CUDA one model at a time)")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--parity-steps", type=int, default=6, help="0 = skip the loss-parity phase")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", default=None, help="JSON path (default results/bench/train-<device>.json)")
+    args = p.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = args.shape or ("7b" if cuda else "medium")
+    batch = args.batch or (16 if cuda else 4)
+    seq = args.seq or (512 if cuda else 256)
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if not cuda:
+        print("NOTE: no GPU: running the CPU profile (a ~106M-parameter Llama with LLaMA2-7B's proportions, "
+              f"batch {batch} x {seq}, fp32 compute). Ratios from it are not the paper's 7B GPU setting.")
+    warnings.filterwarnings("ignore", message=".*(paged|Paged).*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="bitsandbytes")
+
+    model_dir = build_model_dir(shape, dtype, device, args.seed)
+    batches = make_batches(max(args.steps, args.parity_steps, 1), batch, seq, SHAPES[shape]["vocab_size"],
+                           args.seed, args.ragged)
+    pad = 1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
+    settings = {"shape": shape, "config": SHAPES[shape], "batch": batch, "seq": seq, "ragged": args.ragged,
+                "padding_fraction": pad, "compute_dtype": str(dtype).replace("torch.", ""), "steps_per_block": args.steps,
+                "warmup_per_block": args.warmup, "rounds": args.rounds, "variants": args.variants, "lr": LR, "dropout": 0.1,
+                "optimizer": "paged_adamw_32bit", "quantization": "nf4 + double quant", "seed": args.seed}
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in labels if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+
+    def tag(label: str, variant: str) -> str:
+        return label if variant == "auto" else f"{label}@{variant}"
+
+    makers = []  # (label, build) — every configuration gets its own model
+    if not args.no_baseline:
+        makers.append((BASELINE, lambda: BaselineRun(BASELINE, model_dir, batches, device, dtype, args.seed)))
+    total = args.steps * args.rounds
+    for label in labels:
+        for v in (variants if label in ("lora_r8", "prolora_r8_u1_m7") else ["auto"]):
+            if v == "before" and label != "lora_r8":
+                continue
+            makers.append((tag(label, v), lambda label=label, v=v: HarnessRun(
+                tag(label, v), METHODS[label](), model_dir, batches, device, v, dtype, args.seed, total)))
+    interleave = not cuda if args.interleave is None else args.interleave
+    memory = Memory(device)
+    from tqdm.auto import tqdm
+
+    rows_done = []
+
+    def run_block(run, bar) -> None:
+        bar.set_postfix_str(run.row.label)
+        memory.begin()
+        results = run.block(args.steps)
+        run.row.peak_step = max(run.row.peak_step, memory.peak_above_start())
+        for t, n, _ in results[args.warmup:]:
+            run.row.step_s.append(t)
+            run.row.tokens.append(n)
+        run.row.losses.extend(loss for _, _, loss in results)
+        bar.update(1)
+
+    with tqdm(total=args.rounds * len(makers), desc="bench blocks", unit="block") as bar:
+        if interleave:  # all models resident; round-robin blocks (CPU: drift and other load hit all alike)
+            runs = [make() for _, make in makers]
+            for _ in range(args.rounds):
+                for run in runs:
+                    run_block(run, bar)
+            rows_done = [run.row for run in runs]
+            del runs
+        else:  # one model at a time (a GPU holds one 7B run, and "auto" checkpointing sees the whole device)
+            for _, make in makers:
+                run = make()
+                for _ in range(args.rounds):
+                    run_block(run, bar)
+                rows_done.append(run.row)
+                del run
+                gc.collect()
+                if cuda:
+                    torch.cuda.empty_cache()
+    rows = {row.label: row.summary() for row in rows_done}
+    gc.collect()
+
+    base = rows.get(BASELINE)
+    for r in rows.values():
+        ref = rows.get(tag("lora_r8", r["variant"]))
+        if ref is not None and r["kind"] == "harness":  # against LoRA r8 run the same way
+            r["time_vs_lora_r8"] = r["step_s_median"] / ref["step_s_median"]
+            r["peak_vs_lora_r8"] = r["peak_mib"] / ref["peak_mib"]
+            r["peak_step_vs_lora_r8"] = r["peak_step_mib"] / max(ref["peak_step_mib"], 1e-9)
+        if base:
+            r["tokens_per_s_vs_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
+            r["peak_vs_baseline"] = r["peak_mib"] / base["peak_mib"]
+    ref_label = "lora_r8 run with the same variant"
+    result = {"device": device_name(device), "device_type": device.type, "versions": versions(),
+              "settings": settings, "reference": ref_label, "rows": rows,
+              "note": ("CPU profile at a medium shape, not the paper's 7B GPU setting" if not cuda else
+                       "LLaMA2-7B shape on a GPU")}
+    if args.parity_steps and not args.no_baseline:
+        print("loss parity: harness LoRA r8 vs HF Trainer + PEFT LoRA r8, same init, dropout 0 …")
+        result["parity"] = parity(model_dir, batches, device, dtype, args.parity_steps, args.seed)
+
+    print_table(result)
+    out = Path(args.out) if args.out else REPO / "results" / "bench" / f"train-{'cuda' if cuda else 'cpu'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+def print_table(result: dict) -> None:
+    s = result["settings"]
+    print(f"\n{result['device']} | {s['shape']} | batch {s['batch']} x {s['seq']} | {s['compute_dtype']} | "
+          f"median of {s['rounds'] * (s['steps_per_block'] - s['warmup_per_block'])} steps")
+    head = f"{'configuration':26s} {'ckpt':>4s} {'params':>11s} {'step s':>8s} {'tok/s':>8s} {'peak MiB':>9s} " \
+           f"{'Δpeak MiB':>9s} {'t/LoRA':>7s} {'mem/LoRA':>8s} {'tok/s vs HF':>11s}"
+    print(head)
+    print("-" * len(head))
+    for r in result["rows"].values():
+        def f(key, r=r):
+            return f"{r[key]:.3f}" if key in r else "-"
+        print(f"{r['label']:26s} {r['checkpointed_layers']:4d} {r['trainable_params']:11,d} {r['step_s_median']:8.3f} "
+              f"{r['tokens_per_s']:8.1f} {r['peak_mib']:9.1f} {r['peak_step_mib']:9.1f} {f('time_vs_lora_r8'):>7s} "
+              f"{f('peak_vs_lora_r8'):>8s} {f('tokens_per_s_vs_baseline'):>11s}")
+    if "parity" in result:
+        par = result["parity"]
+        print(f"loss parity over {par['steps']} steps: max |harness - baseline| = {par['max_abs_diff']:.2e}")
+
+
+if __name__ == "__main__":
+    main()

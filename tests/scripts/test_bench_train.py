@@ -1,0 +1,45 @@
+"""The training benchmark script runs end to end at a small shape and its loss-parity phase shows that the
+harness's LoRA r8 step is HF Trainer + PEFT LoRA r8's step (same init, dropout 0, same batches).
+
+Nothing here is timed: the script's speed numbers are for people to read, not for tests to assert."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "scripts" / "bench_train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_train_small_shape_runs_and_matches_the_hf_peft_losses(tmp_path):
+    bench = _load()
+    out = tmp_path / "train.json"
+    result = bench.main(["--device", "cpu", "--shape", "small", "--batch", "2", "--seq", "64", "--steps", "2",
+                         "--rounds", "1", "--methods", "lora_r8,prolora_r8_u1_m7", "--variants", "before,auto",
+                         "--parity-steps", "3", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"].keys() == result["rows"].keys() == {
+        "hf_peft_lora_r8", "lora_r8@before", "lora_r8", "prolora_r8_u1_m7"}
+    rows = saved["rows"]
+    assert rows["hf_peft_lora_r8"]["trainable_params"] == rows["lora_r8"]["trainable_params"]
+    assert rows["prolora_r8_u1_m7"]["trainable_params"] < rows["lora_r8"]["trainable_params"]
+    assert rows["lora_r8@before"]["checkpointed_layers"] == 2 and rows["lora_r8"]["checkpointed_layers"] == 0
+    for row in rows.values():
+        assert row["step_s_median"] > 0 and row["tokens_per_s"] > 0 and row["peak_mib"] > 0
+        assert row["tokens_per_step"] > 0 and len(row["losses"]) == 2
+    assert rows["prolora_r8_u1_m7"]["time_vs_lora_r8"] > 0 and "tokens_per_s_vs_baseline" in rows["lora_r8"]
+    assert saved["settings"]["batch"] == 2 and saved["versions"]["peft"]
+    parity = saved["parity"]
+    assert len(parity["harness_losses"]) == len(parity["baseline_losses"]) == 3
+    assert parity["harness_losses"][-1] != parity["harness_losses"][0]  # it trained
+    assert parity["max_abs_diff"] < 1e-4, parity
