@@ -183,60 +183,62 @@ def layers_to_checkpoint(n_layers: int, peak_all: int, per_layer: int, budget: i
     return int(max(0, n_layers - keep))
 
 
-class _MemoryProbe:
-    """Peak memory of a piece of work: CUDA's allocator statistics; on Linux CPUs the process's peak resident
-    set (VmHWM, reset through /proc/self/clear_refs).  Absolute peaks (the model included)."""
+def peak_memory(fn: Callable[[], object], device: torch.device | str) -> int:
+    """Bytes of tensor memory ``fn()`` needs at its peak above what was allocated when it started.
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    CUDA: the caching allocator's statistics.  CPU: the allocation events of ``torch.profiler`` (with
+    ``profile_memory``) summed in order, so the number is exact and deterministic, unlike a resident set that
+    depends on what malloc kept from earlier work (the profiler slows ``fn`` down; use it only for probes)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    import tempfile
 
-    def budget(self, fraction: float) -> int:
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            return int(total * fraction)
-        info = _proc_kib("/proc/meminfo")
-        return int((info["MemAvailable"] * 1024 + self._rss()) * fraction)
+    from torch.profiler import ProfilerActivity, profile
 
-    @staticmethod
-    def _rss() -> int:
-        return _proc_kib("/proc/self/status")["VmRSS"] * 1024
-
-    def begin(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            import ctypes
-            import gc
-
-            gc.collect()
-            try:  # hand freed heap pages back, so the resident set measures live memory
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
-            except (OSError, AttributeError):
-                pass
-            Path("/proc/self/clear_refs").write_text("5")
-
-    @staticmethod
-    def available(device: torch.device) -> bool:
-        if device.type == "cuda":
-            return True
-        return device.type == "cpu" and Path("/proc/self/clear_refs").exists() and Path("/proc/meminfo").exists()
-
-    def peak(self) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device)
-        return _proc_kib("/proc/self/status")["VmHWM"] * 1024
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    live = peak = 0
+    for e in sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: (e["ts"], e["args"].get("Ev Idx", 0))):
+        if e["args"].get("Device Type", 0) == 0:
+            live += int(e["args"]["Bytes"])
+            peak = max(peak, live)
+    return peak
 
 
-def _proc_kib(path: str) -> dict[str, int]:
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            out[key] = int(parts[0])
-    return out
+def memory_budget(device: torch.device | str, fraction: float) -> int:
+    """Bytes a training step may add to what is allocated now: ``fraction`` of the GPU's memory minus what
+    this process holds on it; on a CPU ``fraction`` of the memory the OS reports available."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        _, total = torch.cuda.mem_get_info(device)
+        return int(total * fraction) - torch.cuda.memory_allocated(device)
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(int(line.split()[1]) * 1024 * fraction)
+    import os as _os
+
+    return int(_os.sysconf("SC_PAGE_SIZE") * _os.sysconf("SC_AVPHYS_PAGES") * fraction)
+
+
+def full_logits_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The textbook form of :func:`causal_lm_loss`: every position's logits, cast to fp32, shifted, cross-entropy
+    with ``ignore_index=-100`` (what this trainer did before; kept as the reference and for benchmarks)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                             ignore_index=-100)
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -261,8 +263,10 @@ class Trainer:
                  output_dir: str | os.PathLike, *, save_fn: Callable[[torch.nn.Module, Path], None],
                  load_fn: Callable[[torch.nn.Module, Path], None],
                  log_fn: Callable[[int, dict], None] | None = None, device: str | torch.device = "cpu",
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None,
+                 loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None):
         self.model, self.batches, self.args = model, batches, args
+        self.loss_fn = loss_fn or causal_lm_loss
         self.autocast_dtype = autocast_dtype  # e.g. bf16 on CUDA, as HF Trainer's --bf16 (the authors' runs)
         self.output_dir = Path(output_dir)
         self.ckpt_dir = self.output_dir / "checkpoints"
@@ -323,17 +327,18 @@ class Trainer:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            loss = causal_lm_loss(self.model, batch)
+            loss = self.loss_fn(self.model, batch)
         (loss * scale).backward()
         return loss.item(), int(batch["attention_mask"].sum().item())
 
     def fit_checkpointing(self, fraction: float = 0.85, budget_bytes: int | None = None) -> int:
         """Checkpoint as few decoder layers as fit: recomputing a layer's forward in the backward pass costs
         about a third of its step time, keeping its activations costs memory.  Two probes (forward + backward of
-        step 0's first micro-batch, which holds the run's longest example) with every layer and with all but
-        one layer checkpointed give the peak memory P_all and the memory d one un-checkpointed layer adds;
-        the first ``k`` layers are checkpointed where ``k`` is the smallest number with
-        P_all + (L − k)·d + optimizer states ≤ ``fraction`` × the device's memory (``budget_bytes`` if given).
+        step 0's first micro-batch, which holds the run's longest example; :func:`peak_memory`) with every
+        layer and with all but one layer checkpointed give the memory a step adds at its peak, P_all, and the
+        memory d one un-checkpointed layer adds; the first ``k`` layers are checkpointed where ``k`` is the
+        smallest number with P_all + (L − k)·d + optimizer states ≤ the budget: ``budget_bytes`` if given,
+        else :func:`memory_budget` (``fraction`` of the GPU minus what is allocated, or of the CPU's free memory).
         The probes leave no gradients and restore the RNG, so the run is the same as with ``k`` set by hand.
         Sets and returns ``k``."""
         from prolora.models import decoder_layers, set_checkpointing
@@ -341,12 +346,7 @@ class Trainer:
         n = len(decoder_layers(self.model))
         if n == 0:
             return 0
-        if not _MemoryProbe.available(self.device):
-            print(f"gradient checkpointing auto: cannot measure memory on {self.device}; checkpointing all {n} layers")
-            set_checkpointing(self.model, n)
-            return n
-        probe = _MemoryProbe(self.device)
-        budget = budget_bytes if budget_bytes is not None else probe.budget(fraction)
+        budget = budget_bytes if budget_bytes is not None else memory_budget(self.device, fraction)
         batch = self.batches(0)[0]
         rng = _rng_state()
         peaks = []
@@ -354,9 +354,7 @@ class Trainer:
             self.model.train()
             for k in (n, n - 1):
                 set_checkpointing(self.model, k)
-                probe.begin()
-                self._micro_step(batch, 1.0)
-                peaks.append(probe.peak())
+                peaks.append(peak_memory(lambda: self._micro_step(batch, 1.0), self.device))
                 self.optimizer.zero_grad(set_to_none=True)
         finally:
             _set_rng_state(rng)

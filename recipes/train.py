@@ -174,8 +174,8 @@ def run(cfg: DictConfig) -> Path:
         k = trainer.fit_checkpointing()
         info = trainer.checkpointing_probe
         print(f"gradient checkpointing auto: {k} of {info['layers']} decoder layers recomputed "
-              f"(peak {info['peak_all_bytes'] / 2**30:.2f} GiB with all, +{info['per_layer_bytes'] / 2**20:.0f} MiB per "
-              f"kept layer, budget {info['budget_bytes'] / 2**30:.1f} GiB)")
+              f"(a step adds {info['peak_all_bytes'] / 2**30:.2f} GiB with all recomputed, +{info['per_layer_bytes'] / 2**20:.0f} "
+              f"MiB per layer that keeps its activations; {info['budget_bytes'] / 2**30:.1f} GiB free)")
     result = trainer.train()
 
     tmp = output_dir / f".tmp-final-{os.getpid()}"

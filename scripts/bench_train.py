@@ -28,10 +28,13 @@ drift and other load on the machine hit all of them alike.  Step time = median o
 time from one finished optimizer step to the next, synchronised on CUDA).  tokens/s counts the
 non-padding tokens of the batch (what the step processed).
 
-Memory: on CUDA the peak ``torch.cuda.max_memory_allocated`` during a block minus what was allocated before
-it (activations, gradients, optimizer states, temporaries), plus the configuration's own resident model
-(parameters and buffers). On CPU the same, from the process's peak resident set (``VmHWM``, reset
-through ``/proc/self/clear_refs`` before each block, after ``malloc_trim`` hands freed heap pages back).
+Memory (``prolora.trainer.peak_memory``): the peak tensor memory a block of steps adds above what was
+allocated before it (activations, gradients, optimizer states, temporaries), plus the configuration's own
+resident model (parameters, buffers, quantisation state).  On CUDA from the allocator's statistics during
+the timed blocks; on a CPU from the allocation events of ``torch.profiler`` in two extra, untimed steps per
+configuration (exact, unlike a resident set that depends on what malloc kept).  Each HF Trainer block
+builds its optimizer anew, so the baseline's peak includes its AdamW states (2 × 4 bytes per trainable
+parameter: 7.5 MB at r8 on the medium shape, 160 MB on 7B).
 
 Loss parity: with ``--parity-steps K`` (default 6) a second, short phase trains the harness LoRA r8 and
 the baseline from the same initial adapter (copied) with dropout 0 on the same batches, and reports both
@@ -45,8 +48,6 @@ Those ratios are a CPU profile, not the paper's setting.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
 import json
 import platform
@@ -67,6 +68,7 @@ if str(REPO) not in sys.path:
 
 import prolora  # noqa: E402
 from prolora.models import LLAMA2_COMMON, LLAMA2_CONFIGS, decoder_layers, load_base_model  # noqa: E402
+from prolora.trainer import peak_memory  # noqa: E402
 
 SHAPES = {
     "7b": dict(LLAMA2_CONFIGS["llama2_7b"]),
@@ -89,44 +91,7 @@ BASELINE = "hf_peft_lora_r8"
 LR = 2e-4
 
 
-# -- memory probes ------------------------------------------------------------------------------------------
-class Memory:
-    """Peak memory of a block of steps above what was resident before it (see the module docstring)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.libc = None
-        if device.type == "cpu" and sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError):
-                self.libc = ctypes.CDLL("libc.so.6")  # malloc_trim: freed heap pages go back before each block
-        self.start = 0
-
-    @staticmethod
-    def _status(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
-    def begin(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            if self.libc is not None:
-                self.libc.malloc_trim(0)
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            self.start = self._status("VmRSS")
-
-    def peak_above_start(self) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device) - self.start
-        return self._status("VmHWM") - self.start
-
-
+# -- memory ------------------------------------------------------------------------------------------------
 def resident_bytes(model: torch.nn.Module) -> int:
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
@@ -416,21 +381,27 @@ def main(argv: list[str] | None = None) -> dict:
             makers.append((tag(label, v), lambda label=label, v=v: HarnessRun(
                 tag(label, v), METHODS[label](), model_dir, batches, device, v, dtype, args.seed, total)))
     interleave = not cuda if args.interleave is None else args.interleave
-    memory = Memory(device)
     from tqdm.auto import tqdm
 
     rows_done = []
 
     def run_block(run, bar) -> None:
         bar.set_postfix_str(run.row.label)
-        memory.begin()
-        results = run.block(args.steps)
-        run.row.peak_step = max(run.row.peak_step, memory.peak_above_start())
+        results = []
+        if cuda:  # the allocator's statistics cost nothing: measure the timed blocks themselves
+            peak = peak_memory(lambda: results.extend(run.block(args.steps)), device)
+            run.row.peak_step = max(run.row.peak_step, peak)
+        else:
+            results = run.block(args.steps)
         for t, n, _ in results[args.warmup:]:
             run.row.step_s.append(t)
             run.row.tokens.append(n)
         run.row.losses.extend(loss for _, _, loss in results)
         bar.update(1)
+
+    def memory_pass(run) -> None:
+        if not cuda:  # CPU: allocation events under the profiler, in two untimed steps of their own
+            run.row.peak_step = peak_memory(lambda: run.block(2), device)
 
     with tqdm(total=args.rounds * len(makers), desc="bench blocks", unit="block") as bar:
         if interleave:  # all models resident; round-robin blocks (CPU: drift and other load hit all alike)
@@ -438,6 +409,8 @@ def main(argv: list[str] | None = None) -> dict:
             for _ in range(args.rounds):
                 for run in runs:
                     run_block(run, bar)
+            for run in runs:
+                memory_pass(run)
             rows_done = [run.row for run in runs]
             del runs
         else:  # one model at a time (a GPU holds one 7B run, and "auto" checkpointing sees the whole device)
@@ -445,6 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
                 run = make()
                 for _ in range(args.rounds):
                     run_block(run, bar)
+                memory_pass(run)
                 rows_done.append(run.row)
                 del run
                 gc.collect()

@@ -162,3 +162,28 @@ def test_fit_checkpointing_changes_no_number(tmp_path, budget):
     set_checkpointing(manual.model, k)
     losses_manual = [manual.train_step()["loss"] for _ in range(2)]
     assert losses_auto == losses_manual
+
+
+def test_peak_memory_on_cpu_counts_live_tensors():
+    from prolora.trainer import peak_memory
+
+    def work():
+        a = torch.ones(1000, 1000)  # 4 MB
+        b = a * 2  # 8 MB live at the peak
+        del a
+        return b.sum()
+
+    assert 8_000_000 <= peak_memory(work, "cpu") < 8_100_000
+
+
+def test_fit_checkpointing_picks_the_layers_that_fit(tmp_path):
+    """CPU probes are exact (allocation events), so a budget between "all recomputed" and "none" gives the k
+    the arithmetic predicts, and the next probe agrees with the first."""
+    batch = _labelled_batch(rows=4, width=96)
+    trainer = _tiny_trainer(tmp_path, prolora.LoRAConfig(r=4, dropout=0.1), batch)
+    trainer.fit_checkpointing(budget_bytes=1 << 50)
+    info = trainer.checkpointing_probe
+    assert info["per_layer_bytes"] > 10_000  # a layer's activations at 4 x 96 tokens, hidden 64
+    need_all = info["peak_all_bytes"] + 2 * 4 * prolora.count_trainable(trainer.model)
+    k = trainer.fit_checkpointing(budget_bytes=need_all + 2 * info["per_layer_bytes"] + info["per_layer_bytes"] // 2)
+    assert k == 2 and _checkpointed(trainer.model) == [True, True, False, False]
