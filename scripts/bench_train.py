@@ -25,7 +25,10 @@ the loss, as instruction tuning does.
 Every configuration holds its own model; the configurations run in blocks of ``--steps`` optimizer steps
 (the first ``--warmup`` steps of each block are not timed), round-robin over ``--rounds`` rounds, so
 drift and other load on the machine hit all of them alike.  Step time = median of the timed steps (wall
-time from one finished optimizer step to the next, synchronised on CUDA).  tokens/s counts the
+time from one finished optimizer step to the next, synchronised on CUDA).  When interleaved, the i-th timed
+steps of two configurations ran in the same round, so ``time_vs_lora_r8_paired`` is the median of the
+per-round ratios: with ``--steps 1 --warmup 0 --rounds 12`` the configurations alternate step by step,
+which is the tightest comparison on a machine whose step times wander by ±20%.  tokens/s counts the
 non-padding tokens of the batch (what the step processed).
 
 Memory (``prolora.trainer.peak_memory``): the peak tensor memory a block of steps adds above what was
@@ -137,6 +140,7 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     peak_step: int = 0
+    expansion_ms: float | None = None
 
     def summary(self) -> dict:
         t = statistics.median(self.step_s)
@@ -147,7 +151,7 @@ class Row:
                 "step_s_all": [round(x, 4) for x in self.step_s], "tokens_per_step": tok, "tokens_per_s": tok / t,
                 "resident_mib": self.resident / 2**20, "peak_step_mib": self.peak_step / 2**20,
                 "peak_mib": (self.resident + self.peak_step) / 2**20,
-                "losses": [round(x, 5) for x in self.losses]}
+                "losses": [round(x, 5) for x in self.losses], "adapter_expansion_ms_per_step": self.expansion_ms}
 
 
 class HarnessRun:
@@ -179,6 +183,30 @@ class HarnessRun:
         self.row = Row(label, self.kind, k, variant=variant, trainable=prolora.count_trainable(self.model),
                        resident=resident_bytes(self.model))
         self.model.train()
+
+    def expansion_ms(self, repeats: int = 10) -> float:
+        """Milliseconds per step spent building every adapter layer's (A_full, B_full) and back-propagating
+        through it (once; a checkpointed layer builds them once more): the method's own overhead over a
+        plain matmul pair, measured apart from the noisy step time."""
+        layers = [m for m in self.model.modules() if isinstance(m, prolora.methods.base.AdapterLayer)]
+
+        def once():
+            total = 0
+            for layer in layers:
+                a, b = layer.factors()
+                total = total + a.sum() + b.sum()
+            total.backward()
+
+        once()
+        if self.trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            once()
+        if self.trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - t0) / repeats * 1e3
 
     def block(self, steps: int) -> list[tuple[float, int, float]]:
         self.trainer.step = 0  # each block replays batches 0, 1, … like the baseline's
@@ -402,6 +430,8 @@ def main(argv: list[str] | None = None) -> dict:
     def memory_pass(run) -> None:
         if not cuda:  # CPU: allocation events under the profiler, in two untimed steps of their own
             run.row.peak_step = peak_memory(lambda: run.block(2), device)
+        if isinstance(run, HarnessRun):
+            run.row.expansion_ms = run.expansion_ms()
 
     with tqdm(total=args.rounds * len(makers), desc="bench blocks", unit="block") as bar:
         if interleave:  # all models resident; round-robin blocks (CPU: drift and other load hit all alike)
@@ -432,6 +462,9 @@ def main(argv: list[str] | None = None) -> dict:
         ref = rows.get(tag("lora_r8", r["variant"]))
         if ref is not None and r["kind"] == "harness":  # against LoRA r8 run the same way
             r["time_vs_lora_r8"] = r["step_s_median"] / ref["step_s_median"]
+            if interleave and len(r["step_s_all"]) == len(ref["step_s_all"]):  # step i of both ran in one round
+                r["time_vs_lora_r8_paired"] = statistics.median(
+                    a / b for a, b in zip(r["step_s_all"], ref["step_s_all"]))
             r["peak_vs_lora_r8"] = r["peak_mib"] / ref["peak_mib"]
             r["peak_step_vs_lora_r8"] = r["peak_step_mib"] / max(ref["peak_step_mib"], 1e-9)
         if base:
@@ -459,14 +492,14 @@ def print_table(result: dict) -> None:
     print(f"\n{result['device']} | {s['shape']} | batch {s['batch']} x {s['seq']} | {s['compute_dtype']} | "
           f"median of {s['rounds'] * (s['steps_per_block'] - s['warmup_per_block'])} steps")
     head = f"{'configuration':26s} {'ckpt':>4s} {'params':>11s} {'step s':>8s} {'tok/s':>8s} {'peak MiB':>9s} " \
-           f"{'Δpeak MiB':>9s} {'t/LoRA':>7s} {'mem/LoRA':>8s} {'tok/s vs HF':>11s}"
+           f"{'Δpeak MiB':>9s} {'expand ms':>9s} {'t/LoRA':>7s} {'mem/LoRA':>8s} {'tok/s vs HF':>11s}"
     print(head)
     print("-" * len(head))
     for r in result["rows"].values():
-        def f(key, r=r):
-            return f"{r[key]:.3f}" if key in r else "-"
+        def f(key, fmt=".3f", r=r):
+            return format(r[key], fmt) if r.get(key) is not None else "-"
         print(f"{r['label']:26s} {r['checkpointed_layers']:4d} {r['trainable_params']:11,d} {r['step_s_median']:8.3f} "
-              f"{r['tokens_per_s']:8.1f} {r['peak_mib']:9.1f} {r['peak_step_mib']:9.1f} {f('time_vs_lora_r8'):>7s} "
+              f"{r['tokens_per_s']:8.1f} {r['peak_mib']:9.1f} {r['peak_step_mib']:9.1f} {f('adapter_expansion_ms_per_step', '.1f'):>9s} {f('time_vs_lora_r8'):>7s} "
               f"{f('peak_vs_lora_r8'):>8s} {f('tokens_per_s_vs_baseline'):>11s}")
     if "parity" in result:
         par = result["parity"]
