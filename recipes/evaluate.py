@@ -105,6 +105,7 @@ class EvalConfig:
     precision: str | None = None  # nf4 | 8bit | full; None: model.quantize -> nf4, else full
     merge: bool = False  # hf backend: merge the adapter into the base it was trained on (NF4 dequantized), as the paper's authors did, then score in `precision`
     batch_size: int = 8
+    kv_cache: str = "dynamic"  # hf backend: dynamic | static (preallocated: same outputs; faster on long prompts)
     max_new_tokens: int | None = None  # caps every task's protocol value (smoke tests)
     seed: int = 42
     device: str = "auto"
@@ -183,7 +184,7 @@ class BackendPool:
                                   precision=precision, compute_dtype=s.get("compute_dtype", "auto"),
                                   device=cfg.device, double_quant=s.get("double_quant", True), merge=cfg.merge,
                                   merge_from="nf4" if s.get("quantize", True) else "full",
-                                  batch_size=cfg.batch_size)
+                                  batch_size=cfg.batch_size, kv_cache=cfg.kv_cache)
         if cfg.backend == "vllm":
             from eval.backends.vllm import VLLMBackend
 

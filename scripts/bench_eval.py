@@ -28,6 +28,8 @@ stop sequences (GSM "\\n", BBH "\\n\\n"), greedy, as ``eval.driver`` calls it.
 * Token counts: from the ids the engine produced (hf: ``model.generate``'s output, wrapped to record it,
   per row up to EOS; vllm: ``RequestOutput.outputs[].token_ids``), not by re-tokenizing the text (ids
   >= 512 decode to nothing with the tiny tokenizer).
+* hf runs twice on the same prompts: ``hf`` as the evaluators run it (transformers' dynamic KV cache) and
+  ``hf-static`` with the backend's preallocated-cache option (``kv_cache="static"``).
 * Timing: one short warm-up call (2 x 32 tokens) per benchmark, then one timed ``generate`` over all prompts of a
   benchmark (hf: the backend's sorted, left-padded batches of ``--batch-size``; vllm: its own continuous
   batching, ``--batch-size`` does not apply). Model loading is timed separately (``load_s``).
@@ -211,7 +213,8 @@ def open_hf(model_dir: str, args, device: str):
     from eval.backends.hf import HFBackend
 
     t0 = time.perf_counter()
-    backend = HFBackend.load(model_dir, precision=args.precision, device=device, batch_size=args.batch_size)
+    backend = HFBackend.load(model_dir, precision=args.precision, device=device, batch_size=args.batch_size,
+                             kv_cache=args.kv_cache)
     sync(device)
     return backend, time.perf_counter() - t0
 
@@ -288,7 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=8, help="hf backend batch size (recipes.evaluate: 8)")
     ap.add_argument("--precision", choices=["nf4", "8bit", "full"], default="full",
                     help="full = bf16 on CUDA / fp32 on CPU (the paper scores a merged model in bf16)")
-    ap.add_argument("--backends", default="hf,vllm", help="comma-separated subset of hf,vllm")
+    ap.add_argument("--backends", default="hf,hf-static,vllm",
+                    help="comma-separated subset of hf (the hf backend as the evaluators run it: dynamic KV cache), "
+                         "hf-static (its preallocated KV cache option) and vllm")
     ap.add_argument("--benchmarks", default="gsm,bbh", help="comma-separated subset of gsm,bbh")
     ap.add_argument("--bbh-cot", action="store_true",
                     help="BBH chain-of-thought prompts (default: direct answers, as recipes.evaluate runs BBH)")
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     for b in backends:
-        if b not in ("hf", "vllm"):
+        if b not in ("hf", "hf-static", "vllm"):
             ap.error(f"--backends: unknown {b!r}")
     for b in benches:
         if b not in STOPS:
@@ -388,7 +393,8 @@ def main(argv: list[str] | None = None) -> dict:
                     report["vllm"] = why
                     print(f"vllm: {why}", file=sys.stderr, flush=True)
                     continue
-            opener, timer = (open_hf, time_hf) if name == "hf" else (open_vllm, time_vllm)
+            args.kv_cache = "static" if name == "hf-static" else "dynamic"
+            opener, timer = (open_hf, time_hf) if name.startswith("hf") else (open_vllm, time_vllm)
             try:
                 backend, load_s = opener(model_dir, args, device)
             except Exception as e:  # a backend that cannot load here (e.g. 8bit on CPU) is reported, not fatal
@@ -419,10 +425,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\ndevice: {report['device']}\nshape={args.shape} ({report['settings']['parameters'] / 1e6:.0f}M params) "
           f"precision={args.precision} ({settings['compute_dtype']}) batch={args.batch_size} "
           f"prompts={args.prompts} max_new_tokens={args.max_new_tokens} seed={args.seed}")
-    print(f"{'backend':<8}{'bench':<6}{'prompts':>8}{'prompt tok':>11}{'gen tok':>9}{'full rows':>10}"
+    print(f"{'backend':<11}{'bench':<6}{'prompts':>8}{'prompt tok':>11}{'gen tok':>9}{'full rows':>10}"
           f"{'wall s':>9}{'tok/s':>9}{'prompts/s':>10}")
     for r in report["runs"]:
-        print(f"{r['backend']:<8}{r['benchmark']:<6}{r['prompts']:>8}{r['prompt_tokens_mean']:>11.0f}"
+        print(f"{r['backend']:<11}{r['benchmark']:<6}{r['prompts']:>8}{r['prompt_tokens_mean']:>11.0f}"
               f"{r['generated_tokens']:>9}{r['full_length_rows']:>6}/{r['prompts']:<3}{r['wall_s']:>9.1f}"
               f"{r['tokens_per_s']:>9.1f}{r['prompts_per_s']:>10.3f}")
     for name, why in report["skipped"].items():
@@ -433,6 +439,11 @@ def main(argv: list[str] | None = None) -> dict:
     if ratios:
         report["vllm_over_hf_tokens_per_s"] = ratios
         print("vllm/hf tokens/s: " + ", ".join(f"{b} {x:.2f}x" for b, x in ratios.items()))
+    static = {b: by["hf-static", b]["tokens_per_s"] / by["hf", b]["tokens_per_s"]
+              for b in benches if ("hf", b) in by and ("hf-static", b) in by}
+    if static:
+        report["hf_static_over_dynamic_kv_cache_tokens_per_s"] = static
+        print("hf static/dynamic KV cache tokens/s: " + ", ".join(f"{b} {x:.2f}x" for b, x in static.items()))
     print(f"note: {report['note']}")
     if args.out:
         out = Path(args.out)

@@ -105,3 +105,21 @@ def test_checkpoint_sampling_defaults_are_ignored(backend):
     a = noisy.generate(PROMPTS, max_new_tokens=6, seed=1)
     b = noisy.generate(PROMPTS, max_new_tokens=6, seed=2)
     assert a == b == backend.generate(PROMPTS, max_new_tokens=6)
+
+
+def test_static_kv_cache_gives_the_dynamic_caches_greedy_outputs():
+    """The preallocated KV cache changes speed only: the same text for every prompt, padded or not, with and
+    without stop sequences, and a nonsense setting is refused by name."""
+    from prolora.models import build_tiny_llama, load_tokenizer
+
+    model, tok = build_tiny_llama(seed=0), load_tokenizer("tiny")
+    static = HFBackend(model, tok, batch_size=8, kv_cache="static")
+    dynamic = HFBackend(model, tok, batch_size=8)
+    assert dynamic.kv_cache == "dynamic"
+    for stop in (None, ["\n"]):
+        a = static.generate(PROMPTS, max_new_tokens=24, stop=stop)
+        b = dynamic.generate(PROMPTS, max_new_tokens=24, stop=stop)
+        assert a == b
+    assert any(len(t[0]) > 5 for t in a)  # something was generated
+    with pytest.raises(ValueError, match="kv_cache='paged'"):
+        HFBackend(model, tok, kv_cache="paged")
