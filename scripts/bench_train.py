@@ -3,8 +3,14 @@ on the same batches in one process.
 
     python scripts/bench_train.py                        # no GPU: the "medium" profile (see below), CPU
     python scripts/bench_train.py --device cuda          # GPU: LLaMA2-7B shape, NF4 base, bf16, 16 x 512
-    python scripts/bench_train.py --checkpointing all,0  # harness rows with every layer / no layer recomputed
+    python scripts/bench_train.py --variants all,auto,4  # LoRA/PRoLoRA r8 rows: every layer, auto, 4 layers recomputed
+    python scripts/bench_train.py --methods lora_r8,prolora_r8_u1_m7 --steps 1 --warmup 0 --rounds 12 --no-baseline
+                                                         # alternate step by step: the tightest PRoLoRA/LoRA ratio
     python scripts/bench_train.py --out results/bench/train-cpu.json
+
+Rows: the baseline, then per harness method the variants of ``--variants`` (LoRA r8 and PRoLoRA r8 u1 m7;
+the others run ``auto``): ``before`` = every layer recomputed and the full-logits loss (the harness before
+its speed work), ``all`` = every layer recomputed, ``auto`` = the default, N = N layers recomputed.
 
 What is timed is one optimizer step of a QLoRA run: a base with random weights built from the published
 LLaMA2-7B config (speed depends on shapes, not values) saved to a temporary directory and loaded back
@@ -363,6 +369,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON path (default results/bench/train-<device>.json)")
     args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in ("before", "all", "auto") and not v.isdigit()]
+    if bad:
+        p.error(f"--variants: unknown {bad}; use before, all, auto or a number of layers")
+    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in labels if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -388,12 +403,6 @@ def main(argv: list[str] | None = None) -> dict:
                 "padding_fraction": pad, "compute_dtype": str(dtype).replace("torch.", ""), "steps_per_block": args.steps,
                 "warmup_per_block": args.warmup, "rounds": args.rounds, "variants": args.variants, "lr": LR, "dropout": 0.1,
                 "optimizer": "paged_adamw_32bit", "quantization": "nf4 + double quant", "seed": args.seed}
-
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in labels if m not in METHODS]
-    if unknown:
-        p.error(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
 
     def tag(label: str, variant: str) -> str:
         return label if variant == "auto" else f"{label}@{variant}"
