@@ -169,8 +169,7 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     plain = (getattr(config, "final_logit_softcapping", None) is None
              and getattr(config, "logit_scale", None) is None)
     if decoder is None or head is None or not plain:
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        return torch.nn.functional.cross_entropy(logits.float()[keep], target[keep])
+        return full_logits_loss(model, batch)
     hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
     logits = head(hidden[keep])
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
@@ -227,9 +226,7 @@ def memory_budget(device: torch.device | str, fraction: float) -> int:
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(int(line.split()[1]) * 1024 * fraction)
-    import os as _os
-
-    return int(_os.sysconf("SC_PAGE_SIZE") * _os.sysconf("SC_AVPHYS_PAGES") * fraction)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") * fraction)
 
 
 def full_logits_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -273,6 +270,7 @@ class Trainer:
         self.save_fn, self.load_fn, self.log_fn = save_fn, load_fn, log_fn
         self.device = torch.device(device)
         groups = split_param_groups(model, args.lr, args.shared_lr, args.weight_decay)
+        self.trainable = [p for g in groups for p in g["params"]]  # what the optimizer updates and clipping sees
         self.optimizer = make_optimizer(groups, args)
         from transformers import get_scheduler
 
@@ -284,7 +282,6 @@ class Trainer:
         self.initial_loss: float | None = None
         self.last_loss = float("nan")
         self.recent_losses: list[float] = []  # the last FINAL_WINDOW step losses
-        self._trainable: list[torch.nn.Parameter] | None = None
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -359,7 +356,7 @@ class Trainer:
         finally:
             _set_rng_state(rng)
         per_layer = max(peaks[1] - peaks[0], 1)
-        optimizer_states = 2 * 4 * sum(p.numel() for g in self.optimizer.param_groups for p in g["params"])
+        optimizer_states = 2 * 4 * sum(p.numel() for p in self.trainable)  # AdamW's two fp32 moments
         k = layers_to_checkpoint(n, peaks[0] + optimizer_states, per_layer, budget)
         set_checkpointing(self.model, k)
         self.checkpointing_probe = {"layers": n, "checkpointed": k, "peak_all_bytes": peaks[0],
@@ -378,9 +375,7 @@ class Trainer:
             ntok += n
         if not all(math.isfinite(x) for x in losses):
             raise FloatingPointError(f"non-finite loss {losses} at step {self.step}: lower optim.lr")
-        if self._trainable is None:
-            self._trainable = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable, self.args.max_grad_norm).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm).item()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
