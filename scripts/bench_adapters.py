@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -30,8 +29,11 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _benchkit import write_report  # noqa: E402
 
 import prolora  # noqa: E402
 from prolora.models import llama2_config  # noqa: E402
@@ -205,10 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
               "dtype": str(dtype), "repeats": args.repeats, "threads": torch.get_num_threads(),
               "results": results}
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_report(args.out, report)
     return report
 
 

@@ -41,9 +41,7 @@ import argparse
 import gc
 import importlib.metadata
 import importlib.util
-import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -54,14 +52,13 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _benchkit import MEDIUM_SHAPE, describe_device, versions, write_report  # noqa: E402
 
 from prolora.models import LLAMA2_COMMON, llama2_config, load_tiny_tokenizer  # noqa: E402
-
-# LLaMA2-7B's proportions (intermediate/hidden ~2.69, head dim 128, MHA, vocab 32000) at ~100M parameters.
-MEDIUM_CONFIG = dict(hidden_size=768, intermediate_size=2064, num_hidden_layers=8, num_attention_heads=6,
-                     num_key_value_heads=6, head_dim=128, vocab_size=32000)
 
 # Fallback without ../shared/data: deciles (0%, 10%, ..., 100%) of the estimated LLaMA-2 prompt lengths
 # (BOS included) of the prompts the task classes build from the real files (GSM: 200, BBH: 27 x 40).
@@ -116,7 +113,7 @@ def make_prompt(length: int, words: list[int], tok, rng: random.Random) -> str:
 def build_random_model(shape: str, device: str, dtype: torch.dtype, seed: int, silence: list[int]):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = llama2_config("llama2_7b") if shape == "7b" else LlamaConfig(**MEDIUM_CONFIG, **LLAMA2_COMMON)
+    config = llama2_config("llama2_7b") if shape == "7b" else LlamaConfig(**MEDIUM_SHAPE, **LLAMA2_COMMON)
     config.pad_token_id = config.eos_token_id
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
@@ -129,30 +126,6 @@ def build_random_model(shape: str, device: str, dtype: torch.dtype, seed: int, s
     with torch.no_grad():  # never EOS, never a newline: every row runs to max_new_tokens
         model.lm_head.weight[silence] = 0
     return model.eval()
-
-
-def describe_device(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "bitsandbytes", "vllm"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def idle_cores(interval: float = 0.5) -> int:
@@ -219,16 +192,23 @@ def open_hf(model_dir: str, args, device: str):
     return backend, time.perf_counter() - t0
 
 
+def timed_generate(backend, prompts: list[str], stop: list[str], args, device: str, desc: str,
+                   after_warmup) -> float:
+    """A short warm-up call, ``after_warmup()`` (drop what it recorded), then the wall time of one
+    ``backend.generate`` over all ``prompts`` (synchronised on CUDA)."""
+    backend.generate(args.warmup_prompts, max_new_tokens=4, stop=stop, seed=args.seed, desc="warm-up")
+    after_warmup()
+    sync(device)
+    t0 = time.perf_counter()
+    backend.generate(prompts, max_new_tokens=args.max_new_tokens, stop=stop, seed=args.seed, desc=desc)
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def time_hf(backend, prompts: list[str], stop: list[str], args, device: str, desc: str) -> dict:
     counter = HFCounter(backend)
     try:
-        backend.generate(args.warmup_prompts, max_new_tokens=4, stop=stop, seed=args.seed, desc="warm-up")
-        counter.reset()
-        sync(device)
-        t0 = time.perf_counter()
-        backend.generate(prompts, max_new_tokens=args.max_new_tokens, stop=stop, seed=args.seed, desc=desc)
-        sync(device)
-        wall = time.perf_counter() - t0
+        wall = timed_generate(backend, prompts, stop, args, device, desc, after_warmup=counter.reset)
     finally:
         counter.restore()
     return {"wall_s": wall, "generated_tokens": sum(counter.per_row), "per_row": counter.per_row,
@@ -256,13 +236,7 @@ def time_vllm(backend, prompts: list[str], stop: list[str], args, device: str, d
 
     backend.llm.generate = generate
     try:
-        backend.generate(args.warmup_prompts, max_new_tokens=4, stop=stop, seed=args.seed, desc="warm-up")
-        captured.clear()
-        sync(device)
-        t0 = time.perf_counter()
-        backend.generate(prompts, max_new_tokens=args.max_new_tokens, stop=stop, seed=args.seed, desc=desc)
-        sync(device)
-        wall = time.perf_counter() - t0
+        wall = timed_generate(backend, prompts, stop, args, device, desc, after_warmup=captured.clear)
     finally:
         backend.llm.generate = original
     per_row = [len(o.token_ids) for out in captured for o in out.outputs]
@@ -362,13 +336,13 @@ def main(argv: list[str] | None = None) -> dict:
     args.warmup_prompts = [make_prompt(32, words, tok, rng)] * 2  # short: warms the batched path only
 
     dtype = torch.bfloat16 if cuda else torch.float32
-    settings = {"shape": args.shape, "model_config": "llama2_7b" if args.shape == "7b" else MEDIUM_CONFIG,
+    settings = {"shape": args.shape, "model_config": "llama2_7b" if args.shape == "7b" else MEDIUM_SHAPE,
                 "precision": args.precision, "compute_dtype": str(dtype).replace("torch.", ""),
                 "batch_size": args.batch_size, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
                 "seed": args.seed, "threads": torch.get_num_threads(), "temperature": 0.0,
                 "stop": {b: STOPS[b] for b in benches}, "bbh_prompts": "cot" if args.bbh_cot else "direct",
                 "prompt_lengths": length_source, "weights": "random; lm_head rows of EOS and newline tokens zeroed"}
-    report: dict = {"device": describe_device(device), "versions": versions(), "settings": settings,
+    report: dict = {"device": describe_device(device), "versions": versions("torch", "transformers", "bitsandbytes", "vllm"), "settings": settings,
                     "note": ("small-shape CPU profile (~100M Llama with LLaMA2-7B proportions, fp32), NOT the "
                              "7B GPU setting" if not cuda or args.shape != "7b" else
                              "LLaMA2-7B shapes with random weights on GPU"),
@@ -446,10 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("hf static/dynamic KV cache tokens/s: " + ", ".join(f"{b} {x:.2f}x" for b, x in static.items()))
     print(f"note: {report['note']}")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_report(args.out, report)
     return report
 
 

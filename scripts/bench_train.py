@@ -58,8 +58,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -72,8 +70,11 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _benchkit import MEDIUM_SHAPE, describe_device, versions, write_report  # noqa: E402
 
 import prolora  # noqa: E402
 from prolora.models import LLAMA2_COMMON, LLAMA2_CONFIGS, decoder_layers, load_base_model  # noqa: E402
@@ -81,9 +82,7 @@ from prolora.trainer import peak_memory  # noqa: E402
 
 SHAPES = {
     "7b": dict(LLAMA2_CONFIGS["llama2_7b"]),
-    # LLaMA2-7B's proportions (head dim 128, intermediate = 2.6875 x hidden, vocab 32000) at ~106M params.
-    "medium": dict(hidden_size=768, intermediate_size=2064, num_hidden_layers=8, num_attention_heads=6,
-                   num_key_value_heads=6, vocab_size=32000),
+    "medium": MEDIUM_SHAPE,  # LLaMA2-7B's proportions at ~106M parameters
     # Seconds on a CPU, for a smoke run of the script itself.
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=2, vocab_size=32000),
@@ -292,23 +291,6 @@ class BaselineRun:
 
 
 # -- main -------------------------------------------------------------------------------------------------
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{cpu} ({torch.get_num_threads()} threads)"
-
-
-def versions() -> dict:
-    import bitsandbytes
-    import peft
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "bitsandbytes": bitsandbytes.__version__, "python": platform.python_version()}
-
-
 def build_model_dir(shape: str, dtype: torch.dtype, device: torch.device, seed: int) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -480,7 +462,8 @@ def main(argv: list[str] | None = None) -> dict:
             r["tokens_per_s_vs_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
             r["peak_vs_baseline"] = r["peak_mib"] / base["peak_mib"]
     ref_label = "lora_r8 run with the same variant"
-    result = {"device": device_name(device), "device_type": device.type, "versions": versions(),
+    result = {"device": describe_device(device), "device_type": device.type,
+              "versions": versions("torch", "transformers", "peft", "bitsandbytes"),
               "settings": settings, "reference": ref_label, "rows": rows,
               "note": ("CPU profile at a medium shape, not the paper's 7B GPU setting" if not cuda else
                        "LLaMA2-7B shape on a GPU")}
@@ -489,10 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["parity"] = parity(model_dir, batches, device, dtype, args.parity_steps, args.seed)
 
     print_table(result)
-    out = Path(args.out) if args.out else REPO / "results" / "bench" / f"train-{'cuda' if cuda else 'cpu'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out or REPO / "results" / "bench" / f"train-{'cuda' if cuda else 'cpu'}.json", result)
     return result
 
 
