@@ -212,6 +212,11 @@ def _dense_weight(base: nn.Module) -> tuple[torch.Tensor, torch.dtype]:
     if quant_state is not None:
         import bitsandbytes.functional as bnbf
 
+        if getattr(quant_state, "packing_format_for_cpu", False):
+            raise ValueError("merge: this 4-bit weight was repacked for bitsandbytes' AVX512-BF16 CPU path by an "
+                             "earlier evaluation forward (its scales are bf16-rounded now); merge into a freshly "
+                             "loaded base, or load it with cpu_packed_4bit=false")
+
         dense = bnbf.dequantize_4bit(w.data, quant_state)
         dtype = getattr(base, "compute_dtype", None) or quant_state.dtype or torch.float32
         return dense.float(), dtype

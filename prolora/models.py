@@ -1,9 +1,11 @@
 """Model builders: the embedded tiny Llama (tests, demo) and LLaMA-2-shaped models on the meta device.
 
 The tiny model has real Llama module names (``q_proj`` … ``down_proj``) and deliberately awkward
-shapes: hidden 64 and intermediate 176 are not divisible by the sharing rate 7 used in the paper's
-headline setting, and grouped-query attention makes ``k_proj``/``v_proj`` 32 wide (like LLaMA2-70B's
-1024-wide k/v).  Its tokenizer is a byte-level BPE the project ships (see
+shapes: hidden 64 and intermediate 192 are not divisible by the sharing rate 7 used in the paper's
+headline setting (so PRoLoRA's truncated last chunk is exercised), and grouped-query attention makes
+``k_proj``/``v_proj`` 32 wide (like LLaMA2-70B's 1024-wide k/v).  Every linear width is a multiple of 32
+and every input width a multiple of 64, so bitsandbytes' packed AVX512-BF16 CPU path could run each
+layer (:mod:`prolora.bnb_cpu`; ``tests/prolora/test_bnb_cpu.py`` fails on any CPU if this breaks).  Its tokenizer is a byte-level BPE the project ships (see
 ``scripts/build_tiny_assets.py``).
 
 ``meta_llama2(name)`` builds LLaMA2-7B/13B/70B from their published configs on the meta device: no
@@ -34,7 +36,7 @@ LLAMA2_COMMON = dict(max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta
 HUB_NAMES = {"llama2_7b": "meta-llama/Llama-2-7b-hf", "llama2_13b": "meta-llama/Llama-2-13b-hf",
              "llama2_70b": "meta-llama/Llama-2-70b-hf"}
 
-TINY_CONFIG = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+TINY_CONFIG = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
                    hidden_act="silu", tie_word_embeddings=False)
 
@@ -120,13 +122,16 @@ def load_tokenizer(path: str):
 
 
 def load_base_model(path: str, *, quantize: bool = True, load_in_8bit: bool = False, double_quant: bool = True,
-                    compute_dtype: str | torch.dtype = "auto", device: str = "auto", tiny_seed: int = 0):
+                    compute_dtype: str | torch.dtype = "auto", device: str = "auto", tiny_seed: int = 0,
+                    cpu_packed_4bit: bool = False):
     """Load a causal LM the way QLoRA does: 4-bit NF4 with double quantisation (bitsandbytes), or 8-bit
     (MMLU evaluation), or full precision (``quantize=False``).
 
     ``path`` is a hub name or a local directory; ``"tiny"`` builds the embedded tiny Llama, writes it to a
     temporary directory and loads it back through the same ``from_pretrained`` path, so tests exercise
-    the real loading code (bitsandbytes NF4 layers run on the CPU too).
+    the real loading code (bitsandbytes NF4 layers run on the CPU too).  A 4-bit model on the CPU runs
+    every layer on bitsandbytes' portable path, the same numbers on every CPU, unless ``cpu_packed_4bit``
+    asks for the AVX512-BF16 packed path where the CPU has it (:mod:`prolora.bnb_cpu`).
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -138,7 +143,7 @@ def load_base_model(path: str, *, quantize: bool = True, load_in_8bit: bool = Fa
         with tempfile.TemporaryDirectory(prefix="prolora-tiny-") as tmp:
             build_tiny_llama(seed=tiny_seed).save_pretrained(tmp)
             return load_base_model(tmp, quantize=quantize, load_in_8bit=load_in_8bit, double_quant=double_quant,
-                                   compute_dtype=compute_dtype, device=device)
+                                   compute_dtype=compute_dtype, device=device, cpu_packed_4bit=cpu_packed_4bit)
     kwargs: dict = {"dtype": dtype}
     if load_in_8bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
@@ -147,6 +152,10 @@ def load_base_model(path: str, *, quantize: bool = True, load_in_8bit: bool = Fa
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(path, device_map=device, **kwargs)
+    if quantize and not load_in_8bit:
+        from prolora import bnb_cpu
+
+        bnb_cpu.configure(model, packed=cpu_packed_4bit)
     return model.eval()
 
 

@@ -161,6 +161,7 @@ class BackendPool:
     def __init__(self, cfg: DictConfig, spec, settings: dict, precision: str):
         self.cfg, self.spec, self.settings, self.precision = cfg, spec, settings, precision
         self.backends: dict[str, Any] = {}
+        self.cpu_4bit: dict[str, Any] = {}  # precision -> prolora.bnb_cpu report (which 4-bit CPU path ran)
 
     def precision_for(self, task) -> str:
         if task.name == "mmlu" and self.cfg.mmlu.precision and self.cfg.backend == "hf":
@@ -173,6 +174,11 @@ class BackendPool:
             for old in list(self.backends):  # one model in memory at a time
                 self.backends.pop(old).close()
             self.backends[precision] = self._build(precision)
+            model = getattr(self.backends[precision], "model", None)
+            if model is not None:
+                from prolora import bnb_cpu
+
+                self.cpu_4bit[precision] = bnb_cpu.report(model)
         return self.backends[precision]
 
     def _build(self, precision: str):
@@ -183,6 +189,7 @@ class BackendPool:
             return HFBackend.load(spec.model_path, adapter_dir=spec.adapter_dir, tokenizer_path=spec.tokenizer_path,
                                   precision=precision, compute_dtype=s.get("compute_dtype", "auto"),
                                   device=cfg.device, double_quant=s.get("double_quant", True), merge=cfg.merge,
+                                  cpu_packed_4bit=bool(s.get("cpu_packed_4bit", False)),
                                   merge_from="nf4" if s.get("quantize", True) else "full",
                                   batch_size=cfg.batch_size, kv_cache=cfg.kv_cache)
         if cfg.backend == "vllm":
@@ -254,6 +261,7 @@ def run(cfg: DictConfig) -> dict:
         "backend": cfg.backend,
         "chat": chat,
         "precision": {t.name: pool.precision_for(t) for t in tasks},
+        "cpu_4bit_path": pool.cpu_4bit,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "git_commit": git_commit(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),

@@ -39,6 +39,9 @@ class ModelConfig:
     quantize: bool = True  # 4-bit NF4 (bitsandbytes) as QLoRA; false = full precision
     double_quant: bool = True
     compute_dtype: str = "auto"  # auto = bfloat16 where the hardware has it, else float32
+    # 4-bit on a CPU: false = bitsandbytes' portable path on every CPU (the same numbers everywhere); true = its
+    # AVX512-BF16 packed path where the CPU has it (faster, bf16 rounding; layers it cannot take stay portable)
+    cpu_packed_4bit: bool = False
     layers: int = 0  # informational: number of decoder layers
     gpu_hours_per_1k_steps: float = 0.0  # rough cost used by the reproduce planner
 

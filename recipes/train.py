@@ -153,7 +153,11 @@ def run(cfg: DictConfig) -> Path:
 
     device = resolve_device(cfg.trainer.device)
     model = load_base_model(cfg.model.path, quantize=cfg.model.quantize, double_quant=cfg.model.double_quant,
-                            compute_dtype=cfg.model.compute_dtype, device=device, tiny_seed=0)
+                            compute_dtype=cfg.model.compute_dtype, device=device, tiny_seed=0,
+                            cpu_packed_4bit=cfg.model.cpu_packed_4bit)
+    from prolora import bnb_cpu
+
+    cpu_4bit = bnb_cpu.report(model)
     # QLoRA's preparation (as the authors' open-instruct trainer) and gradient checkpointing of as many layers
     # as trainer.gradient_checkpointing asks (true = all, as the authors ran; an int = that many; auto = fit).
     n_layers = len(decoder_layers(model))
@@ -198,6 +202,7 @@ def run(cfg: DictConfig) -> Path:
         "resumed_from_step": result.resumed_from,
         "train_examples": n_examples,
         "device": device,
+        "cpu_4bit_path": cpu_4bit,
         "checkpointed_layers": sum(bool(getattr(m, "gradient_checkpointing", False)) for m in decoder_layers(model)),
         "torch": torch.__version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -95,7 +95,7 @@ class HFBackend(Backend):
     def load(cls, model_path: str, adapter_dir: str | None = None, tokenizer_path: str | None = None,
              precision: str = "nf4", compute_dtype: str = "auto", device: str = "auto", double_quant: bool = True,
              merge: bool = False, merge_from: str = "nf4", batch_size: int = 8, tiny_seed: int = 0,
-             kv_cache: str = "dynamic") -> HFBackend:
+             kv_cache: str = "dynamic", cpu_packed_4bit: bool = False) -> HFBackend:
         """``merge=True`` does what the paper's authors did (open-instruct ``merge_lora.py --qlora``, then
         loading the merged model for evaluation): the adapter is loaded onto the base in the precision it
         was trained on (``merge_from``: nf4 for QLoRA), merged (4-bit weights dequantized first), and the
@@ -110,6 +110,7 @@ class HFBackend(Backend):
         def base(path: str, prec: str):
             return load_base_model(path, quantize=prec == "nf4", load_in_8bit=prec == "8bit",
                                    double_quant=double_quant, compute_dtype=compute_dtype, device=device,
+                                   cpu_packed_4bit=cpu_packed_4bit,
                                    tiny_seed=tiny_seed)
 
         if adapter_dir and merge:

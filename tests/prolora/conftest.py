@@ -12,7 +12,7 @@ from prolora.models import build_tiny_llama, load_base_model
 
 
 def all_method_configs(dropout: float = 0.1) -> dict[str, object]:
-    """One small config per method/preset (tiny model: h 64, o 64/32/176)."""
+    """One small config per method/preset (tiny model: h 64, o 64/32/192)."""
     return {
         "lora": LoRAConfig(r=4, dropout=dropout),
         "vera": VeRAConfig(r=16, dropout=dropout),

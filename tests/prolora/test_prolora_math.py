@@ -61,7 +61,7 @@ def ref_table4(layer, cfg: PRoLoRAConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 PAPER_LAYOUT = [
-    dict(r=8, u=1, m=7),  # the headline setting; 64 % 7, 176 % 7, 32 % 7 != 0
+    dict(r=8, u=1, m=7),  # the headline setting; 64 % 7, 192 % 7, 32 % 7 != 0
     dict(r=8, u=1, m=7, n=5),
     dict(r=16, u=4, m=3, n=9),  # shared stride floor(12/3)=4 vs full floor(16/3)=5
     dict(r=16, u=0, m=5),
@@ -127,7 +127,7 @@ def test_paper_variant_also_matches_generic_table4_reference(tiny):
 
 
 def test_trainable_counts_match_formula_and_budget_of_variants(tiny):
-    shapes = [(64, 64), (64, 32), (64, 32), (64, 64), (64, 176), (64, 176), (176, 64)]
+    shapes = [(64, 64), (64, 32), (64, 32), (64, 64), (64, 192), (64, 192), (192, 64)]
     for cfg in [PRoLoRAConfig(r=8, u=1, m=7), PRoLoRAConfig(r=16, u=4, m=3, n=9),
                 make_config("share_rank_rotate_rank", r=8, u=2, m=3)]:
         model = attach(tiny(), cfg)
@@ -151,7 +151,7 @@ def test_u_equals_r_is_exactly_lora(tiny, ids):
     lora = attach(tiny(), LoRAConfig(r=8, dropout=0.0))
     torch.manual_seed(123)
     pro = attach(tiny(), PRoLoRAConfig(r=8, u=8, m=7, dropout=0.0))
-    assert count_trainable(lora) == count_trainable(pro) == 2 * 8 * (128 + 96 + 96 + 128 + 240 + 240 + 240)
+    assert count_trainable(lora) == count_trainable(pro) == 2 * 8 * (128 + 96 + 96 + 128 + 256 + 256 + 256)
     ll, pl = adapter_layers(lora), adapter_layers(pro)
     assert list(ll) == list(pl)
     for path in ll:
@@ -226,7 +226,7 @@ def test_without_rectification_chunk_fan_in_exceeds_bound(tiny):
 
 def test_expansion_uses_precomputed_index_and_no_loop(tiny):
     model = attach(tiny(), PRoLoRAConfig(r=8, u=1, m=7))
-    layer = adapter_layers(model)["model.layers.0.mlp.down_proj"]  # h = 176 = 7*25 + 1
+    layer = adapter_layers(model)["model.layers.0.mlp.down_proj"]  # h = 192 = 7*27 + 3
     assert layer.expand_A.index.shape == (layer.expand_A.copies, 7)
-    assert layer.expand_A.copies == math.ceil(176 / math.ceil(176 / 7))
+    assert layer.expand_A.copies == math.ceil(192 / math.ceil(192 / 7))
     assert not any(k.endswith(".index") for k in model.state_dict())  # non-persistent buffers

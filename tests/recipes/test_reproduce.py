@@ -160,7 +160,7 @@ FAKE_TRAIN = textwrap.dedent('''
         for step in (5, 10, 15):
             f.write(json.dumps({"step": step, "loss": 3.0 - step / 10, "lr": float(args["optim.lr"]),
                                 "grad_norm": 1.0}) + "\\n")
-    run = {"config": {"seed": seed, "optim": {"lr": float(args["optim.lr"])}}, "trainable_params": 4672,
+    run = {"config": {"seed": seed, "optim": {"lr": float(args["optim.lr"])}}, "trainable_params": 4864,
            "git_commit": "abc", "wall_time_s": 1.5, "tokens_per_s": 1000.0, "initial_loss": 2.5,
            "final_loss": 1.5, "steps": int(args["trainer.max_steps"])}
     (out / "final" / "run.json").write_text(json.dumps(run))
@@ -232,7 +232,7 @@ def test_killed_grid_resumes_without_recomputing(fake, capsys, monkeypatch):
     rec = _cell(tmp, c2)
     assert rec["status"] == "done" and rec["metrics"] == {"demo_em": 45.0}
     assert rec["loss_curve"] == [[5, 2.5], [10, 2.0], [15, 1.5]]
-    assert rec["train"]["final_loss"] == 1.5 and rec["trainable_params"] == 4672
+    assert rec["train"]["final_loss"] == 1.5 and rec["trainable_params"] == 4864
     assert rec["config"]["train"]["method"]["r"] == 2 and rec["config"]["train"]["optim"]["lr"] == 0.01
     assert rec["paths"]["checkpoint"] == rec["paths"]["run_dir"] + "/final"
     assert Path(rec["paths"]["run_dir"]).parent == tmp / "runs" / "tiny_pretrained" / "demo" / "lora_r2"
@@ -265,9 +265,9 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(fake, capsys, monkeypatch)
     assert "Summary: done 3, running 0, failed 1, to do 0" in plan
     # the renderer ran after the grid: seeds 1 and 3 only, marked as such
     table = (tmp / "results" / "demo" / "table.md").read_text()
-    assert "| LoRA | 2 | 4,672 | 45.00 ± 14.14 n=2/3 |" in table
+    assert "| LoRA | 2 | 4,864 | 45.00 ± 14.14 n=2/3 |" in table
     assert "| Base model (chat) | - | - | 25.00 |" in table
-    assert "| PRoLoRA | 8 | 4,828 | — |" in table
+    assert "| PRoLoRA | 8 | 5,008 | — |" in table
     assert (tmp / "results" / "demo" / "loss_curves.png").stat().st_size > 1000
     # a rerun retries the failed cell only
     monkeypatch.delenv("FAKE_FAIL_SEED")
@@ -322,7 +322,7 @@ def test_one_real_tiny_cell(tmp_path, capsys):
     assert reproduce.main([*ov, "--rows", "prolora_r8"]) == 0, capsys.readouterr().out
     rec = _cell(tmp_path, "prolora_r8_u1_m7_n7__demo__lr0.01__seed1")
     assert rec["status"] == "done"
-    assert rec["trainable_params"] == rec["trainable_params_run"] == 4828  # the counter agrees with training
+    assert rec["trainable_params"] == rec["trainable_params_run"] == 5008  # the counter agrees with training
     assert rec["train"]["steps"] == 4 and rec["train"]["final_loss"] > 0
     assert set(rec["metrics"]) == {"demo_em"} and 0.0 <= rec["metrics"]["demo_em"] <= 100.0
     assert rec["eval"]["tasks"]["demo"]["n_examples"] == 4

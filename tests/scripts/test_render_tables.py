@@ -130,7 +130,7 @@ def test_demo_loss_curves_and_wandb_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")  # offline-safe path, no service started in the test
     assert R.main(["--experiment", "demo", "--results-dir", str(tmp_path), "--wandb", "experiment.seeds=[1,2]"]) == 0
     out = capsys.readouterr().out
-    assert "| LoRA | 2 | 4,672 | 15.00 ± 7.07 |" in out
+    assert "| LoRA | 2 | 4,864 | 15.00 ± 7.07 |" in out
     assert (tmp_path / "demo" / "loss_curves.png").stat().st_size > 5000
     assert f"wrote {tmp_path / 'demo' / 'table.md'}" in out
     assert "logged the table to W&B (disabled, group demo)" in out
