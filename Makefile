@@ -4,26 +4,40 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# LATEST=1: the newest releases the version ranges of pyproject.toml allow, instead of the locked ones
+LATEST ?=
+MODE := $(if $(LATEST),latest,locked)
+STAMP := $(VENV)/.installed-$(MODE)
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(LOCK))
 
-.PHONY: help install test lint demo reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval clean
+.PHONY: help install lock test lint demo reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv (CPU torch 2.13.0 unless a torch or a CUDA GPU is already there) and install the project with its dev extra
+install: $(STAMP)  ## create .venv with the locked versions of requirements.lock (LATEST=1: the newest allowed)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@rm -f $(VENV)/.installed-*
 	@if $(PY) -c "import torch" 2>/dev/null; then \
-		echo "keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
-	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		echo "CUDA GPU found: installing the default (CUDA) torch build"; $(PIP) install -q torch; \
+		echo "keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)') (tested: $(TORCH_VERSION))"; \
 	else \
-		echo "no GPU: installing the CPU build torch==2.13.0"; $(PIP) install -q torch==2.13.0; \
+		echo "installing torch==$(TORCH_VERSION) (the CPU build where pip finds it on disk, else the default build)"; \
+		$(PIP) install -q torch==$(TORCH_VERSION); \
 	fi
-	$(PIP) install -q -e '.[dev]'
+	@if [ "$(MODE)" = latest ]; then \
+		echo "LATEST=1: installing the newest versions pyproject.toml allows (untested combination)"; \
+		$(PIP) install -q -U -e '.[dev]' && $(PY) scripts/check_env.py --warn; \
+	else \
+		grep -v '^torch==' $(LOCK) > $(VENV)/constraints.txt; \
+		$(PIP) install -q -c $(VENV)/constraints.txt -e '.[dev]' && $(PY) scripts/check_env.py; \
+	fi
 	@touch $(STAMP)
+
+lock: install  ## write requirements.lock from .venv (run after `make test` passed with the versions to lock)
+	$(PIP) freeze --exclude-editable | sed 's/^\(torch==[^+]*\)+.*/\1/' | LC_ALL=C sort -f > $(LOCK)
 
 test: install  ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -32,7 +46,7 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
 demo: install  ## the embedded end-to-end run: tiny 4-bit Llama, mini grid, evaluation, table + loss curves in results/demo/
-	$(PY) recipes/reproduce.py experiment=demo
+	$(PY) recipes/reproduce.py experiment=demo --require-complete
 
 reproduce-table2: install  ## LLaMA2-7B Table 2 grid (GPU + weights); ARGS="--plan" lists the cells
 	$(PY) recipes/reproduce.py experiment=table2 $(ARGS)

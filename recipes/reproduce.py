@@ -14,6 +14,7 @@ Experiments: ``table2`` (LLaMA2-7B), ``table3`` (13B), ``table4`` (share/rotate 
     --slurm             submit the cells as a Hydra multirun through hydra-submitit-launcher
                         (--launcher slurm_a100, configs/hydra/launcher/) instead of running them here
     --no-render         do not render the table after running
+    --require-complete  exit 2 unless every selected cell is done afterwards (``make demo``, CI)
 
 Anything else of the form key=value is a Hydra override of ``configs/reproduce.yaml`` (results_dir=,
 runs_dir=, data_dir=, eval_backend=, train_logger=none, experiment.seeds=[1], commands.train=[...]).
@@ -56,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm", action="store_true")
     p.add_argument("--launcher", default="slurm_a100", help="hydra/launcher for --slurm (default slurm_a100)")
     p.add_argument("--no-render", action="store_true")
+    p.add_argument("--require-complete", action="store_true")
     return p
 
 
@@ -115,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  FAILED {cid}: see {E.cells_dir(cfg, name) / (cid + '.json')}")
     if cfg.render and not args.no_render and not args.dry_run:
         render(cfg, name)
+    if args.require_complete and not args.dry_run:
+        done = sum(E.cell_state(cfg, c)[0] == "done" for c in grid.cells)
+        if done < len(grid.cells):
+            print(f"{name}: INCOMPLETE: {done} of {len(grid.cells)} cells done")
+            return 2
     return 1 if out["failed"] else 0
 
 
