@@ -18,7 +18,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 @dataclass
 class ModelSpec:
-    model_path: str  # what load_base_model loads: hub name, local dir (a merged model), or "tiny"
+    model_path: str  # what load_base_model loads: a hub name or a local directory
     tokenizer_path: str
     adapter_dir: str | None = None  # compact adapter (hf backend)
     peft_dir: str | None = None  # PEFT LoRA export (vllm backend)

@@ -18,6 +18,7 @@ from typing import Any
 
 from eval.backends.base import Backend
 from eval.tasks.base import Task
+from prolora.io import write_json_atomic
 
 
 @dataclass
@@ -119,8 +120,4 @@ def write_results(results: dict[str, TaskResult], out_dir: str | Path, extra: di
         "tasks": {name: r.summary() for name, r in results.items()},
         **(extra or {}),
     }
-    path = out / "eval.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(summary), indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json_atomic(out / "eval.json", _jsonable(summary), ensure_ascii=False)

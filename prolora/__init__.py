@@ -8,19 +8,19 @@
     prolora.export_lora(model, "peft_dir")                    # a standard rank-r PEFT LoRA (vLLM-ready)
     prolora.merge(model)                                      # plain transformers model
 
-The library never imports Hydra; the recipes pass ``**cfg.method`` to :func:`make_config`.
+Modules: ``methods/`` (one module per method: its config, its layer, its math), ``inject`` (attach),
+``export`` (save/load/export/merge), ``counting`` (exact counts, budget solver), ``models`` (loading),
+``bnb_cpu`` (the 4-bit CPU path), ``checkpointing`` (activation recomputation), ``trainer`` (the loop and its
+settings), ``data/`` (records, chat format, batches), ``io`` (atomic writes).  The library never imports
+Hydra; the recipes build configs with ``make_config(**cfg.method)``.
 """
 
 from prolora.config import (
-    PRESETS,
     SEVEN_MODULES,
     AdapterConfig,
     ConfigError,
-    LoRAConfig,
-    PRoLoRAConfig,
-    TiedLoRAConfig,
-    VeRAConfig,
     config_from_dict,
+    known_names,
     make_config,
 )
 from prolora.counting import (
@@ -28,16 +28,21 @@ from prolora.counting import (
     count_by_module_type,
     count_for,
     lora_equivalent_rank,
+    paper_count,
     solve_sharing,
 )
 from prolora.export import export_lora, load_adapter, merge, save_adapter
 from prolora.inject import adapter_layers, attach, count_trainable, detach, find_targets
 from prolora.methods import METHODS, AdapterLayer, Method
+from prolora.methods.lora import LoRAConfig
+from prolora.methods.prolora import PRESETS, PRoLoRAConfig
+from prolora.methods.tied_lora import TiedLoRAConfig
+from prolora.methods.vera import VeRAConfig
 
 __all__ = [
     "METHODS", "PRESETS", "SEVEN_MODULES", "AdapterConfig", "AdapterLayer", "ConfigError", "LoRAConfig",
     "Method", "PRoLoRAConfig", "SharingSolution", "TiedLoRAConfig", "VeRAConfig", "adapter_layers", "attach",
     "config_from_dict", "count_by_module_type", "count_for", "count_trainable", "detach", "export_lora",
-    "find_targets", "load_adapter", "lora_equivalent_rank", "make_config", "merge", "save_adapter",
-    "solve_sharing",
+    "find_targets", "known_names", "load_adapter", "lora_equivalent_rank", "make_config", "merge",
+    "paper_count", "save_adapter", "solve_sharing",
 ]

@@ -1,9 +1,12 @@
 """Exact trainable-parameter counts on the meta device (no weights: seconds even for 70B), per module
-type, and the sharing-rate solver for a budget.
+type, the paper's own formula, and the sharing-rate solver for a budget.
 
-The counts come from attaching the real adapter layers to a meta-device model, so they cannot drift
-from what training uses.  LLaMA2-7B reference (SPEC §3): LoRA r8 = 19,988,480; PRoLoRA r8 u1 m=n=7 =
-4,999,520 (⌈h/m⌉ chunks; the paper's h/m formula gives 4,997,120 = LoRA r2).
+The counts come from attaching the real adapter layers to a meta-device model, so they cannot drift from
+what training uses.  A model given by name or directory is counted at depth 1, 2 and 3 and extrapolated to
+its real depth (every method's count is affine in depth: per-layer adapters plus model-level shared ones),
+which is checked by the depth-3 count and equals counting the whole model (tested).
+LLaMA2-7B: LoRA r8 = 19,988,480; PRoLoRA r8 u1 m=n=7 = 4,999,520 (⌈h/m⌉ chunks; the paper's h/m formula,
+:func:`paper_count`, gives 4,997,120 = LoRA r2).
 """
 
 from __future__ import annotations
@@ -12,32 +15,42 @@ import copy
 from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from prolora.config import SEVEN_MODULES, AdapterConfig, LoRAConfig, PRoLoRAConfig
+from prolora.config import SEVEN_MODULES, AdapterConfig
 from prolora.inject import SHARED_ATTR, adapter_layers, attach, count_trainable, find_targets
-from prolora.methods.prolora import trainable_per_module
+from prolora.methods.prolora import PRoLoRAConfig, trainable_per_module
 
 
-def meta_model(model_name_or_model: str | nn.Module) -> nn.Module:
-    """A fresh meta-device skeleton: ``llama2_7b``/``llama2_13b``/``llama2_70b``/``tiny`` or a model's
-    shapes (a transformers model is rebuilt from its config; others are deep-copied onto meta)."""
-    from prolora.models import LLAMA2_CONFIGS, meta_llama2, tiny_llama_config
+def model_config(name_or_path: str):
+    """The transformers config of ``llama2_7b``/``llama2_13b``/``llama2_70b`` or of a local model directory."""
+    from prolora.models import LLAMA2_CONFIGS, llama2_config
 
-    if isinstance(model_name_or_model, str):
-        name = model_name_or_model
-        if name in LLAMA2_CONFIGS:
-            return meta_llama2(name)
-        if name in ("tiny", "tiny_pretrained"):  # same shapes: the pretrained one is built from this config
-            from transformers import LlamaForCausalLM
+    if name_or_path in LLAMA2_CONFIGS:
+        return llama2_config(name_or_path)
+    if (Path(name_or_path) / "config.json").is_file():
+        from transformers import AutoConfig
 
-            with torch.device("meta"):
-                return LlamaForCausalLM(tiny_llama_config())
-        raise ValueError(f"unknown model {name!r}; known: {sorted(LLAMA2_CONFIGS) + ['tiny']} or pass a model")
-    model = model_name_or_model
+        return AutoConfig.from_pretrained(name_or_path)
+    raise ValueError(f"unknown model {name_or_path!r}: give one of {sorted(LLAMA2_CONFIGS)}, a local model "
+                     "directory (with config.json), or a model")
+
+
+def _meta_from_config(config) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def meta_model(model: str | nn.Module) -> nn.Module:
+    """A fresh meta-device skeleton of a model name, a model directory, or a model's shapes (a transformers
+    model is rebuilt from its config; other modules are deep-copied onto meta)."""
+    if isinstance(model, str):
+        return _meta_from_config(model_config(model))
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(type(model), "_from_config"):
         with torch.device("meta"):
@@ -45,11 +58,33 @@ def meta_model(model_name_or_model: str | nn.Module) -> nn.Module:
     return copy.deepcopy(model).to("meta")
 
 
-def count_for(model_name_or_model: str | nn.Module, config: AdapterConfig) -> int:
-    """Trainable parameters ``config`` adds to the model (a name or a model; counted on the meta device)."""
-    model = meta_model(model_name_or_model)
-    attach(model, config)
-    return count_trainable(model)
+def count_for(model: str | nn.Module, config: AdapterConfig) -> int:
+    """Trainable parameters ``config`` adds to the model (a name, a directory or a model; meta device)."""
+    if not isinstance(model, str):
+        return count_trainable(attach(meta_model(model), config))
+    base = model_config(model)
+    depth = int(getattr(base, "num_hidden_layers", 0) or 0)
+    if depth <= 3:
+        return count_trainable(attach(_meta_from_config(base), config))
+    counts = []
+    for d in (1, 2, 3):
+        c = copy.deepcopy(base)
+        c.num_hidden_layers = d
+        counts.append(count_trainable(attach(_meta_from_config(c), config)))
+    per_layer = counts[1] - counts[0]
+    if counts[2] - counts[1] != per_layer:  # layers that differ: count the whole model
+        return count_trainable(attach(_meta_from_config(base), config))
+    return counts[0] + (depth - 1) * per_layer
+
+
+def paper_count(model: str | nn.Module, config: AdapterConfig) -> Fraction | int:
+    """The count as the paper writes its formula: chunks of h/m and o/n (a fraction) where PRoLoRA's real
+    chunks are ⌈h/m⌉ and ⌈o/n⌉ wide; the exact count (:func:`count_for`) for every other config."""
+    if not isinstance(config, PRoLoRAConfig) or config.share_dim != "hidden":
+        return count_for(model, config)
+    shapes = [(h, o) for _, h, o in target_shapes(model, config.target_modules)]
+    s = config.r - config.u
+    return sum(config.u * (h + o) + Fraction(h, config.m) * s + Fraction(o, config.n) * s for h, o in shapes)
 
 
 def count_by_module_type(model: nn.Module) -> dict[str, int]:
@@ -159,7 +194,3 @@ def lora_equivalent_rank(model: str | nn.Module, count: int,
     """``count`` in units of one LoRA rank on ``target_modules`` (the paper's budgets use all seven)."""
     per_rank = sum(h + o for _, h, o in target_shapes(model, target_modules))
     return count / per_rank
-
-
-def lora_count(model: str | nn.Module, r: int, **kw: Any) -> int:
-    return count_for(model, LoRAConfig(r=r, **kw))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from prolora.inject import (
     get_config,
     trainable_parameters,
 )
+from prolora.io import write_dir_atomic
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -44,29 +43,6 @@ def _require_attached(model: nn.Module, what: str) -> AdapterConfig:
     if config is None or not adapter_layers(model):
         raise ValueError(f"{what}: the model has no adapter attached (use prolora.attach(model, config) first)")
     return config
-
-
-def _write_atomically(directory: str | os.PathLike, write) -> Path:
-    """Run ``write(tmp_dir)`` then move ``tmp_dir`` into place: readers see the old dir or the new one."""
-    target = Path(directory).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        for f in (f for f in tmp.iterdir() if f.is_file()):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def _base_name(model: nn.Module) -> str | None:
@@ -90,7 +66,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt", "prolora": FORMAT})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
-    return _write_atomically(directory, write)
+    return write_dir_atomic(directory, write)
 
 
 def read_adapter_config(directory: str | os.PathLike) -> AdapterConfig:
@@ -200,7 +176,7 @@ def export_lora(model: nn.Module, directory: str | os.PathLike, vllm_compatible:
         cfg_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
 
-    return _write_atomically(directory, write)
+    return write_dir_atomic(directory, write)
 
 
 # ----------------------------------------------------------------------------------------- merge

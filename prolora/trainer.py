@@ -1,4 +1,6 @@
-"""A small, resumable QLoRA training loop for adapter-only finetuning (the paper's recipe, SPEC §4).
+"""A small, resumable QLoRA training loop for adapter-only finetuning (the paper's recipe, appendix A.2),
+and its settings (:class:`OptimArgs`, :class:`TrainArgs`: the recipes use these dataclasses as the Hydra
+schema of ``optim`` and ``trainer``, so each setting and its default are written once, here).
 
 Why not the HF ``Trainer``: its checkpoints hold the full model state (a 7B base for an adapter of a few
 MB), and it cannot guarantee that a half-written checkpoint is never resumed from.  What it does that we
@@ -28,49 +30,97 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from prolora import checkpointing
 
 CHECKPOINT_PREFIX = "step_"
 FINAL_WINDOW = 10  # final_loss = mean loss of the last FINAL_WINDOW optimizer steps (one step is noisy)
 TRAINER_STATE = "trainer_state.pt"
 
 
+OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit", "adamw")
+
+
+def _positive_int(owner: str, name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}.{name}={value!r}: must be an integer >= {minimum}")
+
+
+def _number(owner: str, name: str, value, lo: float, hi: float, fix: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise ValueError(f"{owner}.{name}={value!r}: must be a number in [{lo:g}, {hi:g}]; {fix}")
+    return float(value)
+
+
 @dataclass
-class TrainArgs:
-    max_steps: int = 10_000
-    batch_size: int = 16
-    micro_batch_size: int = 16
+class OptimArgs:
+    """The optimizer and schedule (``optim.*``).  Defaults are the paper's: paged AdamW 32-bit, no weight
+    decay, max grad norm 0.3, linear schedule with 3% warm-up; ``lr`` comes from the dataset's config."""
+
+    name: str = "paged_adamw_32bit"  # paged_adamw_32bit | paged_adamw_8bit | adamw
     lr: float = 2e-4
-    shared_lr: float | None = None
-    optimizer: str = "paged_adamw_32bit"
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    shared_lr: float | None = None  # own LR for PRoLoRA's shared chunks (the paper's future work); off
     weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
     max_grad_norm: float = 0.3
-    scheduler: str = "linear"
+    scheduler: str = "linear"  # any transformers.get_scheduler name
     warmup_ratio: float = 0.03
-    group_by_length: bool = True
-    save_every: int = 1000
-    keep_last: int = 2
-    log_every: int = 10
-    seed: int = 1
-    resume: bool = False
-    progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1:
-            raise ValueError(f"trainer.max_steps={self.max_steps}: must be >= 1")
-        if self.micro_batch_size < 1 or self.batch_size < 1 or self.batch_size % self.micro_batch_size:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optim.name={self.name!r}: use one of {list(OPTIMIZERS)} (the paper: paged_adamw_32bit)")
+        # an Adam step moves a weight by about lr, so lr >= 1 throws the adapter away (1e12 made every weight 1e12)
+        self.lr = _number("optim", "lr", self.lr, 1e-12, 0.999, "use e.g. optim.lr=2e-4")
+        if self.shared_lr is not None:
+            self.shared_lr = _number("optim", "shared_lr", self.shared_lr, 1e-12, 0.999, "use e.g. 2e-4 or null")
+        self.weight_decay = _number("optim", "weight_decay", self.weight_decay, 0.0, 1.0, "use e.g. 0")
+        self.max_grad_norm = _number("optim", "max_grad_norm", self.max_grad_norm, 1e-12, float("inf"),
+                                     "use e.g. 0.3")
+        self.warmup_ratio = _number("optim", "warmup_ratio", self.warmup_ratio, 0.0, 0.999, "use e.g. 0.03")
+        if len(list(self.betas)) != 2:
+            raise ValueError(f"optim.betas={self.betas!r}: give two numbers, e.g. [0.9, 0.999]")
+        self.betas = [_number("optim", "betas", b, 0.0, 0.999999, "use e.g. [0.9, 0.999]") for b in self.betas]
+
+
+@dataclass
+class TrainArgs:
+    """The loop (``trainer.*``): the paper runs 10,000 steps of 16 sequences."""
+
+    max_steps: int = 10_000
+    batch_size: int = 16  # effective batch (sequences per optimizer step)
+    micro_batch_size: int = 16  # per forward; batch_size / micro_batch_size = gradient accumulation
+    group_by_length: bool = True
+    save_every: int = 1000  # compact checkpoint every N optimizer steps (0 = only the final adapter)
+    keep_last: int = 2  # checkpoints kept
+    log_every: int = 10  # metrics.jsonl / W&B row every N steps (and the first and last)
+    resume: bool = False  # continue from the newest complete checkpoint in the output directory
+    device: str = "auto"  # auto | cpu | cuda[:i]
+    # true = every decoder layer (as the authors ran), false, a number of layers, or auto = as few as fit in
+    # memory, measured on the first (longest) batch (prolora.checkpointing)
+    gradient_checkpointing: Any = "auto"
+    max_train_samples: int = 0  # 0 = every training example; N = the first N
+    progress: bool = True  # a tqdm bar (also off when PROLORA_NO_PROGRESS is set)
+
+    def __post_init__(self) -> None:
+        t = "trainer"
+        _positive_int(t, "max_steps", self.max_steps)
+        _positive_int(t, "micro_batch_size", self.micro_batch_size)
+        _positive_int(t, "batch_size", self.batch_size)
+        if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"trainer.batch_size={self.batch_size} must be a positive multiple of "
                 f"trainer.micro_batch_size={self.micro_batch_size} (gradient accumulation = their ratio)")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"optim.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr={self.lr}: must be > 0")
+        _positive_int(t, "save_every", self.save_every, 0)
+        _positive_int(t, "keep_last", self.keep_last)
+        _positive_int(t, "log_every", self.log_every)
+        _positive_int(t, "max_train_samples", self.max_train_samples, 0)
+        checkpointing.parse(self.gradient_checkpointing, 1 << 30)  # a bad value fails here, before any work
 
     @property
     def grad_accum(self) -> int:
@@ -138,18 +188,15 @@ def split_param_groups(model: torch.nn.Module, lr: float, shared_lr: float | Non
     return groups
 
 
-def make_optimizer(groups: list[dict], args: TrainArgs) -> torch.optim.Optimizer:
-    name = args.optimizer
-    kwargs = dict(betas=tuple(args.betas), eps=args.eps)
-    if name == "adamw":
+def make_optimizer(groups: list[dict], optim: OptimArgs) -> torch.optim.Optimizer:
+    kwargs = dict(betas=tuple(optim.betas), eps=optim.eps)
+    if optim.name == "adamw":
         return torch.optim.AdamW(groups, **kwargs)
     import bitsandbytes as bnb
 
-    if name == "paged_adamw_32bit":
-        return bnb.optim.PagedAdamW(groups, **kwargs)
-    if name == "paged_adamw_8bit":
+    if optim.name == "paged_adamw_8bit":
         return bnb.optim.PagedAdamW8bit(groups, **kwargs)
-    raise ValueError(f"optim.name={name!r}: use paged_adamw_32bit (the paper's), paged_adamw_8bit or adamw")
+    return bnb.optim.PagedAdamW(groups, **kwargs)
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -173,60 +220,6 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
     logits = head(hidden[keep])
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
-
-
-def layers_to_checkpoint(n_layers: int, peak_all: int, per_layer: int, budget: int) -> int:
-    """The fewest checkpointed layers k (of ``n_layers``) with ``peak_all + (n_layers − k)·per_layer ≤ budget``;
-    all of them when even that does not fit."""
-    keep = max(budget - peak_all, 0) // max(per_layer, 1)
-    return int(max(0, n_layers - keep))
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device | str) -> int:
-    """Bytes of tensor memory ``fn()`` needs at its peak above what was allocated when it started.
-
-    CUDA: the caching allocator's statistics.  CPU: the allocation events of ``torch.profiler`` (with
-    ``profile_memory``) summed in order, so the number is exact and deterministic, unlike a resident set that
-    depends on what malloc kept from earlier work (the profiler slows ``fn`` down; use it only for probes)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - start
-    import tempfile
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text())["traceEvents"]
-    live = peak = 0
-    for e in sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: (e["ts"], e["args"].get("Ev Idx", 0))):
-        if e["args"].get("Device Type", 0) == 0:
-            live += int(e["args"]["Bytes"])
-            peak = max(peak, live)
-    return peak
-
-
-def memory_budget(device: torch.device | str, fraction: float) -> int:
-    """Bytes a training step may add to what is allocated now: ``fraction`` of the GPU's memory minus what
-    this process holds on it; on a CPU ``fraction`` of the memory the OS reports available."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        _, total = torch.cuda.mem_get_info(device)
-        return int(total * fraction) - torch.cuda.memory_allocated(device)
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(int(line.split()[1]) * 1024 * fraction)
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") * fraction)
 
 
 def full_logits_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -257,31 +250,33 @@ class Trainer:
     ``step`` (a pure function of the step, so resuming replays the same data)."""
 
     def __init__(self, model: torch.nn.Module, batches: Callable[[int], list[dict]], args: TrainArgs,
-                 output_dir: str | os.PathLike, *, save_fn: Callable[[torch.nn.Module, Path], None],
-                 load_fn: Callable[[torch.nn.Module, Path], None],
-                 log_fn: Callable[[int, dict], None] | None = None, device: str | torch.device = "cpu",
-                 autocast_dtype: torch.dtype | None = None,
+                 optim: OptimArgs, output_dir: str | os.PathLike, *,
+                 save_fn: Callable[[torch.nn.Module, Path], None], load_fn: Callable[[torch.nn.Module, Path], None],
+                 log_fn: Callable[[int, dict], None] | None = None, autocast_dtype: torch.dtype | None = None,
                  loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None):
-        self.model, self.batches, self.args = model, batches, args
+        from prolora.models import resolve_device
+
+        self.model, self.batches, self.args, self.optim = model, batches, args, optim
         self.loss_fn = loss_fn or causal_lm_loss
         self.autocast_dtype = autocast_dtype  # e.g. bf16 on CUDA, as HF Trainer's --bf16 (the authors' runs)
         self.output_dir = Path(output_dir)
         self.ckpt_dir = self.output_dir / "checkpoints"
         self.save_fn, self.load_fn, self.log_fn = save_fn, load_fn, log_fn
-        self.device = torch.device(device)
-        groups = split_param_groups(model, args.lr, args.shared_lr, args.weight_decay)
+        self.device = torch.device(resolve_device(args.device))
+        groups = split_param_groups(model, optim.lr, optim.shared_lr, optim.weight_decay)
         self.trainable = [p for g in groups for p in g["params"]]  # what the optimizer updates and clipping sees
-        self.optimizer = make_optimizer(groups, args)
+        self.optimizer = make_optimizer(groups, optim)
         from transformers import get_scheduler
 
-        self.scheduler = get_scheduler(args.scheduler, self.optimizer,
-                                       num_warmup_steps=math.ceil(args.warmup_ratio * args.max_steps),
+        self.scheduler = get_scheduler(optim.scheduler, self.optimizer,
+                                       num_warmup_steps=math.ceil(optim.warmup_ratio * args.max_steps),
                                        num_training_steps=args.max_steps)
         self.step = 0
         self.tokens = 0
         self.initial_loss: float | None = None
         self.last_loss = float("nan")
         self.recent_losses: list[float] = []  # the last FINAL_WINDOW step losses
+        self.checkpointing_probe: dict | None = None  # what `auto` measured, when it ran
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -294,7 +289,7 @@ class Trainer:
                     "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "tokens": self.tokens,
                     "initial_loss": self.initial_loss, "last_loss": self.last_loss,
                     "recent_losses": self.recent_losses,
-                    "args": asdict(self.args)}, tmp / TRAINER_STATE)
+                    "args": asdict(self.args), "optim": asdict(self.optim)}, tmp / TRAINER_STATE)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -328,40 +323,30 @@ class Trainer:
         (loss * scale).backward()
         return loss.item(), int(batch["attention_mask"].sum().item())
 
-    def fit_checkpointing(self, fraction: float = 0.85, budget_bytes: int | None = None) -> int:
-        """Checkpoint as few decoder layers as fit: recomputing a layer's forward in the backward pass costs
-        about a third of its step time, keeping its activations costs memory.  Two probes (forward + backward of
-        step 0's first micro-batch, which holds the run's longest example; :func:`peak_memory`) with every
-        layer and with all but one layer checkpointed give the memory a step adds at its peak, P_all, and the
-        memory d one un-checkpointed layer adds; the first ``k`` layers are checkpointed where ``k`` is the
-        smallest number with P_all + (L − k)·d + optimizer states ≤ the budget: ``budget_bytes`` if given,
-        else :func:`memory_budget` (``fraction`` of the GPU minus what is allocated, or of the CPU's free memory).
-        The probes leave no gradients and restore the RNG, so the run is the same as with ``k`` set by hand.
-        Sets and returns ``k``."""
-        from prolora.models import decoder_layers, set_checkpointing
+    def configure_checkpointing(self) -> int:
+        """Apply ``args.gradient_checkpointing`` (``auto``: :meth:`fit_checkpointing`); returns the number of
+        decoder layers that recompute their activations."""
+        n = len(checkpointing.decoder_layers(self.model))
+        setting = checkpointing.parse(self.args.gradient_checkpointing, n)
+        if setting == "auto":
+            return self.fit_checkpointing()
+        return checkpointing.apply(self.model, setting)
 
-        n = len(decoder_layers(self.model))
-        if n == 0:
-            return 0
-        budget = budget_bytes if budget_bytes is not None else memory_budget(self.device, fraction)
+    def fit_checkpointing(self, fraction: float = 0.85, budget_bytes: int | None = None) -> int:
+        """:func:`prolora.checkpointing.fit` on step 0's first micro-batch (which holds the run's longest
+        example), counting the optimizer's two fp32 moments as the rest of a step.  The probes leave no
+        gradients and restore the RNG, so the run is the same as with the chosen number set by hand."""
         batch = self.batches(0)[0]
         rng = _rng_state()
-        peaks = []
         try:
-            self.model.train()
-            for k in (n, n - 1):
-                set_checkpointing(self.model, k)
-                peaks.append(peak_memory(lambda: self._micro_step(batch, 1.0), self.device))
-                self.optimizer.zero_grad(set_to_none=True)
+            self.checkpointing_probe = checkpointing.fit(
+                self.model, lambda: self._micro_step(batch, 1.0),
+                lambda: self.optimizer.zero_grad(set_to_none=True), self.device,
+                extra_bytes=2 * 4 * sum(p.numel() for p in self.trainable), budget_bytes=budget_bytes,
+                fraction=fraction)
         finally:
             _set_rng_state(rng)
-        per_layer = max(peaks[1] - peaks[0], 1)
-        optimizer_states = 2 * 4 * sum(p.numel() for p in self.trainable)  # AdamW's two fp32 moments
-        k = layers_to_checkpoint(n, peaks[0] + optimizer_states, per_layer, budget)
-        set_checkpointing(self.model, k)
-        self.checkpointing_probe = {"layers": n, "checkpointed": k, "peak_all_bytes": peaks[0],
-                                    "per_layer_bytes": per_layer, "budget_bytes": budget}
-        return k
+        return self.checkpointing_probe["checkpointed"]
 
     def train_step(self) -> dict:
         """One optimizer step (its micro-batches, clipping, optimizer and scheduler); returns its metrics row
@@ -375,7 +360,7 @@ class Trainer:
             ntok += n
         if not all(math.isfinite(x) for x in losses):
             raise FloatingPointError(f"non-finite loss {losses} at step {self.step}: lower optim.lr")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.optim.max_grad_norm).item()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -391,7 +376,9 @@ class Trainer:
                 "grad_norm": grad_norm, "tokens": self.tokens, "step_s": time.perf_counter() - t0}
 
     def train(self) -> TrainResult:
+        """Apply the checkpointing setting, resume if asked, and run to ``max_steps``."""
         args = self.args
+        self.configure_checkpointing()
         resumed = self.maybe_resume()
         metrics_path = self.output_dir / "metrics.jsonl"
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -429,4 +416,5 @@ class Trainer:
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+    disable = not enabled or bool(os.environ.get("PROLORA_NO_PROGRESS"))
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=disable, dynamic_ncols=True)

@@ -1,6 +1,14 @@
-"""Thin Hydra entry points that turn a config into calls of the ``prolora`` library and ``eval``."""
+"""Thin Hydra entry points that turn a config into calls of the ``prolora`` library and ``eval``.
 
+``train.py``/``recipes/train.py`` (one training run), ``recipes/evaluate.py`` (one evaluation),
+``recipes/reproduce.py`` (a paper grid, built on :mod:`recipes.paper`), ``recipes/schema.py`` (the Hydra schema
+of training).
+"""
+
+import functools
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,3 +29,20 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def one_line_errors(main):
+    """Wrap a recipe's ``main``: a bad setting or a missing file (``ValueError``, ``FileNotFoundError``) ends the
+    run with ONE line that names it and exit status 2, not a traceback; ``HYDRA_FULL_ERROR=1`` shows it all."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapped

@@ -9,7 +9,9 @@ benchmarks with open-instruct's protocols.
 ``run.json``) or a run dir holding ``final/`` or a merged model dir; the base model comes from
 ``model=`` if given, else from ``run.json``'s ``config.model``. Writes ``eval.json`` and
 ``predictions/<task>.jsonl`` into ``output_dir`` (default: the Hydra run dir). Task options sit under
-the task's name: ``gsm.max_examples=50 bbh.max_per_task=10 humaneval.n_samples=5 mmlu.precision=null``.
+the task's name: ``gsm.max_examples=50 bbh.max_per_task=10 humaneval.n_samples=5 mmlu.precision=null``;
+each task's node IS its dataclass (``eval/tasks/<task>.py``), so every option and its default is the task's
+own.  ``chat`` and ``seed`` are the run's (set once at the top level).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,61 +28,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from recipes import CONFIG_DIR, git_commit
+from eval.tasks import PAPER_TASKS
+from recipes import CONFIG_DIR, git_commit, one_line_errors
 from recipes.schema import ModelConfig  # importing schema registers the model/ group
-
-PAPER_TASKS = ["mmlu", "bbh", "gsm", "tydiqa", "humaneval"]
-
-
-@dataclass
-class MMLUOptions:
-    ntrain: int = 0  # 0-shot, as the paper
-    max_per_subject: int | None = None  # None: all 14,042 test questions
-    subjects: list[str] | None = None
-    precision: str | None = "8bit"  # the paper loads the model in 8-bit for MMLU (hf backend); null: as the rest
-
-
-@dataclass
-class BBHOptions:
-    max_per_task: int | None = 40
-    tasks: list[str] | None = None
-    cot: bool = False  # the paper: direct answers
-
-
-@dataclass
-class GSMOptions:
-    max_examples: int | None = 200
-    n_shot: int = 8
-    cot: bool = True
-
-
-@dataclass
-class TyDiQAOptions:
-    max_per_lang: int | None = 100
-    dev_file: str = "tydiqa-goldp-v1.1-dev.json"  # relative to <data_dir>/tydiqa/ (or absolute)
-    oneshot_file: str = "tydiqa-one-shot.json"
-    n_shot: int = 1
-    no_context: bool = False  # closed-book variant (not a Table 2 column)
-    max_context_tokens: int | None = 512
-
-
-@dataclass
-class HumanEvalOptions:
-    n_samples: int = 20
-    temperature: float = 0.1
-    top_p: float = 0.95
-    ks: list[int] = field(default_factory=lambda: [1, 10])
-    max_examples: int | None = None  # None: all 164
-    timeout_s: float = 3.0
-    workers: int | None = None
-    memory_mb: int = 1024
-
-
-@dataclass
-class DemoOptions:
-    file: str | None = None  # None: prolora/assets/demo/test.jsonl
-    max_examples: int | None = None
-    max_new_tokens: int = 32
 
 
 @dataclass
@@ -95,7 +45,7 @@ class VLLMOptions:
 
 
 @dataclass
-class EvalConfig:
+class RunOptions:
     model: ModelConfig | None = None  # None: the base named in the checkpoint's run.json
     checkpoint: str | None = None
     tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
@@ -110,13 +60,18 @@ class EvalConfig:
     seed: int = 42
     device: str = "auto"
     output_dir: str | None = None  # None: the Hydra run directory
-    mmlu: MMLUOptions = field(default_factory=MMLUOptions)
-    bbh: BBHOptions = field(default_factory=BBHOptions)
-    gsm: GSMOptions = field(default_factory=GSMOptions)
-    tydiqa: TyDiQAOptions = field(default_factory=TyDiQAOptions)
-    humaneval: HumanEvalOptions = field(default_factory=HumanEvalOptions)
-    demo: DemoOptions = field(default_factory=DemoOptions)
     vllm: VLLMOptions = field(default_factory=VLLMOptions)
+
+
+def _eval_schema() -> type:
+    """``EvalConfig``: the run's options plus one node per registered task, typed by the task's dataclass."""
+    from eval.tasks import TASKS
+
+    tasks = [(name, cls, field(default_factory=cls)) for name, cls in TASKS.items()]
+    return make_dataclass("EvalConfig", tasks, bases=(RunOptions,))
+
+
+EvalConfig = _eval_schema()
 
 
 def register() -> None:
@@ -137,22 +92,14 @@ def model_settings(cfg: DictConfig, run_model: dict) -> dict:
     return merged
 
 
-def task_options(cfg: DictConfig, name: str, chat: bool) -> dict:
-    opts: dict[str, Any] = {"chat": chat, "seed": cfg.seed}
-    if name in ("mmlu", "bbh", "gsm", "tydiqa", "humaneval", "demo"):
-        section = OmegaConf.to_container(cfg[name], resolve=True)
-        section.pop("precision", None)
-        opts.update(section)
-    return opts
-
-
 def build_tasks(cfg: DictConfig, chat: bool):
-    from eval.tasks import TASKS, get_task
+    """The asked tasks as configured (their ``__post_init__`` checks the options), with the run's chat/seed."""
+    from eval.tasks import TASKS
 
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"tasks={list(cfg.tasks)}: unknown {unknown}; known: {sorted(TASKS)}")
-    return [get_task(name, **task_options(cfg, name, chat)) for name in cfg.tasks]
+    return [replace(OmegaConf.to_object(cfg[name]), chat=chat, seed=cfg.seed) for name in cfg.tasks]
 
 
 class BackendPool:
@@ -164,8 +111,9 @@ class BackendPool:
         self.cpu_4bit: dict[str, Any] = {}  # precision -> prolora.bnb_cpu report (which 4-bit CPU path ran)
 
     def precision_for(self, task) -> str:
-        if task.name == "mmlu" and self.cfg.mmlu.precision and self.cfg.backend == "hf":
-            return self.cfg.mmlu.precision
+        """A task's own precision (MMLU: 8-bit, as the paper) on the hf backend, else the run's."""
+        if task.precision and self.cfg.backend == "hf":
+            return task.precision
         return self.precision
 
     def __call__(self, task):
@@ -198,11 +146,8 @@ class BackendPool:
             if spec.kind == "adapter" and not spec.peft_dir:
                 raise FileNotFoundError(f"backend=vllm serves the PEFT export <checkpoint>/{cfg.vllm.peft_subdir}/, "
                                         f"missing in {spec.adapter_dir}; export it with prolora.export_lora")
-            model_path = spec.model_path
-            if model_path == "tiny":
-                model_path = materialize_tiny()
             v = cfg.vllm
-            return VLLMBackend(model_path, tokenizer_path=None if spec.tokenizer_path == "tiny" else spec.tokenizer_path,
+            return VLLMBackend(spec.model_path, tokenizer_path=spec.tokenizer_path,
                                lora_dir=spec.peft_dir, max_lora_rank=v.max_lora_rank, dtype=v.dtype,
                                quantization=v.quantization, gpu_memory_utilization=v.gpu_memory_utilization,
                                tensor_parallel_size=v.tensor_parallel_size, max_model_len=v.max_model_len,
@@ -213,18 +158,6 @@ class BackendPool:
         for b in self.backends.values():
             b.close()
         self.backends.clear()
-
-
-def materialize_tiny() -> str:
-    """The tiny model (weights + tokenizer) in a directory, for engines that need a path (vLLM)."""
-    import tempfile
-
-    from prolora.models import build_tiny_llama, load_tiny_tokenizer
-
-    path = tempfile.mkdtemp(prefix="prolora-tiny-full-")
-    build_tiny_llama(seed=0).save_pretrained(path)
-    load_tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -284,6 +217,7 @@ def _version(module: str) -> str | None:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="evaluate", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run(cfg)

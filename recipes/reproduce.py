@@ -20,7 +20,7 @@ Anything else of the form key=value is a Hydra override of ``configs/reproduce.y
 runs_dir=, data_dir=, eval_backend=, train_logger=none, experiment.seeds=[1], commands.train=[...]).
 Running trains and evaluates every cell that is not done, one subprocess per step; a failed cell is
 recorded (with its stderr tail) and the grid goes on; rerunning after a crash or kill skips finished
-cells and steps.  See ``recipes/experiments.py`` for the cell layout.
+cells and steps.  The grids, the runner, the plan and the tables are the package :mod:`recipes.paper`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import CONFIG_DIR  # noqa: E402
-from recipes import experiments as E  # noqa: E402
+from recipes import CONFIG_DIR, REPO  # noqa: E402
+from recipes.paper.grid import build_grid, cells_dir, load_config, with_defaults  # noqa: E402
+from recipes.paper.plan import plan_text  # noqa: E402
+from recipes.paper.runner import Runner, cell_state  # noqa: E402
+from recipes.paper.tables import render_experiment  # noqa: E402
 
 CELL_JOB_FLAG = "--cell-job"  # internal: this process is one Hydra (submitit) job running cell=<id>
 
@@ -62,14 +65,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def render(cfg, experiment: str) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("render_tables", E.ROOT / "scripts" / "render_tables.py")
-    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules.setdefault("render_tables", mod)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    written = mod.render_experiment(cfg, experiment)
-    for path in written:
+    for path in render_experiment(cfg, experiment):
         print(f"wrote {path}")
 
 
@@ -87,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.lr_sweep:
         overrides.append("lr_sweep=true")
-    cfg = E.load_config(overrides)
-    grid = E.build_grid(cfg, rows=_csv(args.rows), datasets=_csv(args.datasets),
+    cfg = load_config(overrides)
+    grid = build_grid(cfg, rows=_csv(args.rows), datasets=_csv(args.datasets),
                         seeds=[int(s) for s in _csv(args.seeds) or []] or None)
     name = cfg.experiment.name
     if args.plan:
-        print(E.plan_text(cfg, grid))
+        print(plan_text(cfg, grid))
         return 0
     if args.slurm:
-        todo = [c.id for c in grid.cells if E.cell_state(cfg, c)[0] in ("to do", "failed")]
+        todo = [c.id for c in grid.cells if cell_state(cfg, c)[0] in ("to do", "failed")]
         if args.max_cells is not None:
             todo = todo[: args.max_cells]
         if not todo:
@@ -107,18 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(" ".join(cmd))
             return 0
-        return subprocess.call(cmd, cwd=E.ROOT)
-    print(f"{name}: {len(grid.cells)} cell(s) selected; results in {E.cells_dir(cfg, name)}")
-    out = E.Runner(cfg, grid).run(max_cells=args.max_cells, dry_run=args.dry_run)
+        return subprocess.call(cmd, cwd=REPO)
+    print(f"{name}: {len(grid.cells)} cell(s) selected; results in {cells_dir(cfg, name)}")
+    out = Runner(cfg, grid).run(max_cells=args.max_cells, dry_run=args.dry_run)
     print(f"{name}: ran {len(out['done']) + len(out['failed'])} cell(s): {len(out['done'])} done, "
           f"{len(out['failed'])} failed, {len(out['skipped'])} already finished, "
           f"{len(out['running'])} running elsewhere")
     for cid in out["failed"]:
-        print(f"  FAILED {cid}: see {E.cells_dir(cfg, name) / (cid + '.json')}")
+        print(f"  FAILED {cid}: see {cells_dir(cfg, name) / (cid + '.json')}")
     if cfg.render and not args.no_render and not args.dry_run:
         render(cfg, name)
     if args.require_complete and not args.dry_run:
-        done = sum(E.cell_state(cfg, c)[0] == "done" for c in grid.cells)
+        done = sum(cell_state(cfg, c)[0] == "done" for c in grid.cells)
         if done < len(grid.cells):
             print(f"{name}: INCOMPLETE: {done} of {len(grid.cells)} cells done")
             return 2
@@ -127,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _job(hcfg) -> str:
     """One Hydra job: run cell ``hcfg.cell`` of the experiment (train + evaluate + record)."""
-    cfg = E.normalize(hcfg)
-    grid = E.build_grid(cfg)
-    result = E.Runner(cfg, grid).run_cell(grid.cell(str(cfg.cell)))
+    cfg = with_defaults(hcfg)
+    grid = build_grid(cfg)
+    result = Runner(cfg, grid).run_cell(grid.cell(str(cfg.cell)))
     if result == "failed":  # recorded in the cell file; not raised, so the other jobs of the sweep go on
-        print(f"cell {cfg.cell} FAILED: see {E.cells_dir(cfg, cfg.experiment.name) / (cfg.cell + '.json')}")
+        print(f"cell {cfg.cell} FAILED: see {cells_dir(cfg, cfg.experiment.name) / (cfg.cell + '.json')}")
     return result
 
 

@@ -1,70 +1,66 @@
-"""Structured configs (the schema) for the Hydra entry points; YAML under ``configs/`` only picks values.
+"""The Hydra schema of the training entry point; YAML under ``configs/`` only picks values.
 
-Everything Hydra-specific lives in ``recipes/``: the ``prolora`` library never imports Hydra.  Importing
-this module registers the schema in Hydra's ConfigStore and the ``pick`` resolver used by the
-``rank=``/``unshared=``/``sharing=`` shorthands.
+Each setting is declared once, where it is used: ``optim`` and ``trainer`` ARE the library's
+:class:`~prolora.trainer.OptimArgs` and :class:`~prolora.trainer.TrainArgs`; the ``method`` node is generated
+from the method registry (the union of every method's config fields, all null = the method's own default),
+so a new method module needs no change here.  Importing this module registers the schema in Hydra's
+ConfigStore and the resolvers the YAML uses.
+
+Shorthands: ``rank=``, ``unshared=`` and ``sharing=`` (both m and n) are the defaults of ``method.r``,
+``method.u``, ``method.m``/``method.n``; an explicit ``method.<field>=`` wins.  A shorthand a method has no
+field for is refused (``method=lora unshared=1``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-SEVEN_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from prolora.trainer import OptimArgs, TrainArgs
 
-
-def _pick(name: str, value: Any, default: Any, minimum: int = 0) -> Any:
-    """``${pick:rank,${rank},8}``: the shorthand's value if set, else the method's default; checked."""
-    chosen = default if value is None else value
-    if chosen is None:
-        return None
-    if isinstance(chosen, bool) or not isinstance(chosen, int) or chosen < minimum:
-        raise ValueError(
-            f"{name}={value!r} is invalid: {name} must be an integer >= {minimum} "
-            f"(e.g. {name}={max(minimum, 1)})")
-    return chosen
-
-
-if not OmegaConf.has_resolver("pick"):
-    OmegaConf.register_new_resolver("pick", _pick)
+SHORTHANDS = {"r": "rank", "u": "unshared", "m": "sharing", "n": "sharing"}  # method field -> top-level key
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # tiny | llama2_7b | llama2_13b | llama2_70b
-    path: str = MISSING  # hub name or local directory of the weights; "tiny" builds the embedded model
+    name: str = MISSING  # the config's name: tiny | tiny_pretrained | llama2_7b | llama2_13b | llama2_70b | ...
+    path: str = MISSING  # hub name or local directory of the weights (the tiny models are shipped directories)
     quantize: bool = True  # 4-bit NF4 (bitsandbytes) as QLoRA; false = full precision
     double_quant: bool = True
     compute_dtype: str = "auto"  # auto = bfloat16 where the hardware has it, else float32
     # 4-bit on a CPU: false = bitsandbytes' portable path on every CPU (the same numbers everywhere); true = its
     # AVX512-BF16 packed path where the CPU has it (faster, bf16 rounding; layers it cannot take stay portable)
     cpu_packed_4bit: bool = False
-    layers: int = 0  # informational: number of decoder layers
-    gpu_hours_per_1k_steps: float = 0.0  # rough cost used by the reproduce planner
+    gpu_hours_per_1k_steps: float = 0.0  # rough cost, for the reproduce planner only
 
 
-@dataclass
-class MethodConfig:
-    """One flat schema for every method; ``prolora.make_config(**method)`` builds the library config."""
+def method_fields() -> list[str]:
+    """Every field of every registered method's config (``preset`` is the method name's business)."""
+    from prolora.methods import METHODS
 
-    name: str = MISSING  # lora | vera | tied_lora | clora | rolora | prolora | prolora_nr | prolora_ni | ...
-    r: int = 8
-    u: int | None = None  # PRoLoRA family: unshared ranks
-    m: int | None = None  # sharing rate of A
-    n: int | None = None  # sharing rate of B
-    alpha: float = 16.0
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: list(SEVEN_MODULES))
-    rotate: bool | None = None
-    rectified_init: bool | None = None
-    share_dim: str | None = None  # hidden | rank (Table 4)
-    rotate_dim: str | None = None  # rank | hidden (Table 4)
-    stride_from: str | None = None  # PRoLoRA roll stride from the shared rank r-u (authors) or r (paper)
-    d_init: float | None = None  # VeRA lambda_d init
-    projection_seed: int | None = None  # VeRA frozen pair seed
+    names: list[str] = []
+    for method in METHODS.values():
+        for f in method.config_cls.field_names():
+            if f != "preset" and f not in names:
+                names.append(f)
+    return names
+
+
+def _method_schema() -> type:
+    """``MethodConfig``: ``name`` (a method or preset) + every method field, null by default (the method's
+    own default applies) or, for the shorthands' fields, the shorthand."""
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=MISSING))]
+    for f in method_fields():
+        default = f"${{{SHORTHANDS[f]}}}" if f in SHORTHANDS else None
+        fields.append((f, Any, field(default=default)))
+    return dataclasses.make_dataclass("MethodConfig", fields)
+
+
+MethodConfig = _method_schema()
 
 
 @dataclass
@@ -72,39 +68,9 @@ class DatasetConfig:
     name: str = MISSING  # superni | flan_v2 | cot | code_alpaca | demo
     train_file: str = MISSING  # the jsonl written by scripts/prepare_data.py (records: dataset, id, messages)
     lr: float = 2e-4  # the paper's learning rate for this dataset
-    eval_tasks: list[str] = field(default_factory=list)  # benchmarks this dataset feeds
+    eval_tasks: list[str] = field(default_factory=list)  # THE dataset -> benchmark map (experiments read it)
     max_seq_len: int = 512
     raw_source: str = ""  # where prepare_data.py reads the published data (hub name or local path)
-
-
-@dataclass
-class OptimConfig:
-    name: str = "paged_adamw_32bit"  # paged_adamw_32bit | paged_adamw_8bit | adamw
-    lr: float = "${dataset.lr}"  # type: ignore[assignment]
-    shared_lr: float | None = None  # separate LR for shared PRoLoRA chunks (paper's future work); off
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    max_grad_norm: float = 0.3
-    scheduler: str = "linear"
-    warmup_ratio: float = 0.03
-
-
-@dataclass
-class TrainerConfig:
-    max_steps: int = 10_000
-    batch_size: int = 16  # effective batch (sequences per optimizer step)
-    micro_batch_size: int = 16  # per forward; batch_size / micro_batch_size = gradient accumulation
-    group_by_length: bool = True
-    save_every: int = 1000  # compact adapter checkpoint every N optimizer steps (0 = only at the end)
-    keep_last: int = 2  # checkpoints kept besides the final one
-    log_every: int = 10
-    resume: bool = False  # pick the last complete checkpoint in output_dir
-    device: str = "auto"  # auto | cpu | cuda
-    # true = every decoder layer (as the authors ran: 16 x 512 on a 40 GB GPU needs it), false, a number of
-    # layers, or auto = as few layers as fit in memory (measured on the first, longest batch)
-    gradient_checkpointing: Any = "auto"
-    max_train_samples: int = 0  # 0 = all
 
 
 @dataclass
@@ -125,13 +91,13 @@ class LoggerConfig:
 @dataclass
 class TrainConfig:
     model: ModelConfig = MISSING
-    method: MethodConfig = MISSING
+    method: MethodConfig = MISSING  # type: ignore[valid-type]
     dataset: DatasetConfig = MISSING
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    trainer: TrainArgs = field(default_factory=TrainArgs)
     logger: LoggerConfig = MISSING
     seed: int = 1
-    # Shorthands resolved into the method config (`python train.py method=prolora rank=8 unshared=1`).
+    # Shorthands, the defaults of method fields (`python train.py method=prolora rank=8 unshared=1`).
     rank: int | None = None
     unshared: int | None = None
     sharing: int | None = None  # sets both m and n
@@ -152,13 +118,52 @@ def register() -> None:
 register()
 
 
+def counting_ref(model: Any) -> str:
+    """What the parameter counter reads for a model node: a LLaMA-2 name (its published shapes, no weights
+    needed) or the model's path (the directory's config.json)."""
+    from prolora.models import LLAMA2_CONFIGS
+
+    return str(model["name"]) if model["name"] in LLAMA2_CONFIGS else str(model["path"])
+
+
+def adapter_config(method: Any):
+    """The library config of a ``method`` node: ``prolora.make_config(**method)``.  An error caused by a
+    shorthand says so (``unshared=1 does not apply to method=lora``, ``rank=-3: ...``)."""
+    import prolora
+
+    if not OmegaConf.is_config(method):
+        return prolora.make_config(**dict(method))
+    fields = OmegaConf.to_container(method, resolve=True)
+    raw = OmegaConf.to_container(method, resolve=False)
+    given = {SHORTHANDS[k]: v for k, v in fields.items()
+             if k in SHORTHANDS and v is not None and raw.get(k) == f"${{{SHORTHANDS[k]}}}"}
+    try:
+        config = prolora.make_config(**fields)
+    except prolora.ConfigError as e:
+        from prolora.methods import lookup
+
+        cls = lookup(fields["name"])[0].config_cls
+        for key, value in given.items():
+            own = [f for f, s in SHORTHANDS.items() if s == key]
+            if not any(f in cls.field_names() for f in own):
+                raise prolora.ConfigError(
+                    f"{key}={value} does not apply to method={fields['name']} ({cls.__name__} has no "
+                    f"{'/'.join(own)}): drop {key}=, or pick a method that has it") from None
+            if any(f"{cls.__name__}.{f}={value!r}" in str(e) for f in own):
+                raise prolora.ConfigError(f"{key}={value}: {e}") from None
+        raise
+    return config
+
+
 def method_tag(method: Any) -> str:
-    """Directory-safe name of a method config from its choices: ``prolora_r8_u1_m7_n7``, ``lora_r2``."""
-    parts = [str(method["name"]), f"r{method['r']}"]
-    for key in ("u", "m", "n"):
-        if method.get(key) is not None:
-            parts.append(f"{key}{method[key]}")
-    return "_".join(parts)
+    """``${method_tag:${method}}``: the directory-safe name of a method node (``prolora_r8_u1_m7_n7``); a node
+    the library rejects gets ``<name>_invalid`` (the recipe reports the error itself, in one line)."""
+    from prolora import ConfigError
+
+    try:
+        return adapter_config(method).tag()
+    except (ConfigError, TypeError, ValueError):
+        return f"{method['name']}_invalid"
 
 
 def asset_path(rel: str) -> str:

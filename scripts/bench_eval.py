@@ -58,7 +58,7 @@ for _path in (REPO, REPO / "scripts"):
 
 from _benchkit import MEDIUM_SHAPE, describe_device, versions, write_report  # noqa: E402
 
-from prolora.models import LLAMA2_COMMON, llama2_config, load_tiny_tokenizer  # noqa: E402
+from prolora.models import LLAMA2_COMMON, TINY_DIR, llama2_config, load_tokenizer  # noqa: E402
 
 # Fallback without ../shared/data: deciles (0%, 10%, ..., 100%) of the estimated LLaMA-2 prompt lengths
 # (BOS included) of the prompts the task classes build from the real files (GSM: 200, BBH: 27 x 40).
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     set_seed(args.seed)
     rng = random.Random(args.seed)
-    tok = load_tiny_tokenizer()
+    tok = load_tokenizer(TINY_DIR)
     tok.model_max_length = LLAMA2_COMMON["max_position_embeddings"]  # the tiny model's 512 limit does not apply
     words = word_tokens(tok)
     silence = sorted({tok.eos_token_id} | {i for i in range(len(tok)) if "\n" in tok.decode([i])})

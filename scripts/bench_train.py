@@ -37,7 +37,7 @@ per-round ratios: with ``--steps 1 --warmup 0 --rounds 12`` the configurations a
 which is the tightest comparison on a machine whose step times wander by ±20%.  tokens/s counts the
 non-padding tokens of the batch (what the step processed).
 
-Memory (``prolora.trainer.peak_memory``): the peak tensor memory a block of steps adds above what was
+Memory (``prolora.checkpointing.peak_memory``): the peak tensor memory a block of steps adds above what was
 allocated before it (activations, gradients, optimizer states, temporaries), plus the configuration's own
 resident model (parameters, buffers, quantisation state).  On CUDA from the allocator's statistics during
 the timed blocks; on a CPU from the allocation events of ``torch.profiler`` in two extra, untimed steps per
@@ -77,8 +77,8 @@ for _path in (REPO, REPO / "scripts"):
 from _benchkit import MEDIUM_SHAPE, describe_device, versions, write_report  # noqa: E402
 
 import prolora  # noqa: E402
-from prolora.models import LLAMA2_COMMON, LLAMA2_CONFIGS, decoder_layers, load_base_model  # noqa: E402
-from prolora.trainer import peak_memory  # noqa: E402
+from prolora.checkpointing import decoder_layers, peak_memory  # noqa: E402
+from prolora.models import LLAMA2_COMMON, LLAMA2_CONFIGS, load_base_model  # noqa: E402
 
 SHAPES = {
     "7b": dict(LLAMA2_CONFIGS["llama2_7b"]),
@@ -166,25 +166,26 @@ class HarnessRun:
 
     def __init__(self, label: str, config, model_dir: str, batches: list[dict], device: torch.device,
                  variant: str, compute_dtype: torch.dtype, seed: int, total_steps: int):
-        from prolora.trainer import TrainArgs, Trainer, causal_lm_loss, full_logits_loss
+        from prolora.trainer import OptimArgs, TrainArgs, Trainer, causal_lm_loss, full_logits_loss
 
         self.model = load_base_model(model_dir, quantize=True, compute_dtype=compute_dtype, device=device.type)
         n = len(decoder_layers(self.model))
         # before: every layer recomputed and every position's logits (this harness before issue 8);
         # all: every layer recomputed; auto: the default (as few layers as fit); an int: that many layers
-        fixed = n if variant in ("before", "all") else (0 if variant == "auto" else int(variant))
-        self.model = prolora.models.prepare_for_training(self.model, quantized=True, checkpoint_layers=fixed)
+        setting = n if variant in ("before", "all") else ("auto" if variant == "auto" else int(variant))
+        self.model = prolora.models.prepare_for_training(self.model, quantized=True)
         torch.manual_seed(seed)
         self.model = prolora.attach(self.model, config)
         args = TrainArgs(max_steps=total_steps, batch_size=batches[0]["input_ids"].shape[0],
-                         micro_batch_size=batches[0]["input_ids"].shape[0], lr=LR, save_every=0, progress=False)
+                         micro_batch_size=batches[0]["input_ids"].shape[0], save_every=0, progress=False,
+                         device=str(device), gradient_checkpointing=setting)
         self.batches = batches
         autocast = compute_dtype if device.type == "cuda" and compute_dtype != torch.float32 else None
-        self.trainer = Trainer(self.model, lambda step: [batches[step % len(batches)]], args,
+        self.trainer = Trainer(self.model, lambda step: [batches[step % len(batches)]], args, OptimArgs(lr=LR),
                                tempfile.mkdtemp(prefix="bench-train-"), save_fn=prolora.save_adapter,
-                               load_fn=prolora.load_adapter, device=device, autocast_dtype=autocast,
+                               load_fn=prolora.load_adapter, autocast_dtype=autocast,
                                loss_fn=full_logits_loss if variant == "before" else causal_lm_loss)
-        k = self.trainer.fit_checkpointing() if variant == "auto" else fixed
+        k = self.trainer.configure_checkpointing()
         self.row = Row(label, self.kind, k, variant=variant, trainable=prolora.count_trainable(self.model),
                        resident=resident_bytes(self.model))
         self.model.train()

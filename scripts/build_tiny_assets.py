@@ -7,6 +7,8 @@
 * ``prolora/assets/tiny/tokenizer.json`` + ``tokenizer_config.json``: a byte-level BPE tokenizer
   (``tokenizers`` library) with LLaMA's special tokens ``<s>``/``</s>``/``<unk>``; ``<|user|>`` and
   ``<|assistant|>`` are plain text, as they are for LLaMA-2 in open-instruct.
+* ``prolora/assets/tiny/config.json`` + ``model.safetensors``: the tiny Llama (:data:`TINY_CONFIG`) with
+  random weights (seed 0), a checkpoint directory like any other, for tests.
 * ``prolora/assets/tiny_pretrained/``: the tiny Llama *pretrained* (full training, plain language
   modelling) on the demo task written WITHOUT the chat format (``{question}\n{answer}</s>``), so that, like
   LLaMA-2, the base knows the task but not the chat format: prompted in the chat format it fails, and
@@ -27,6 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "prolora" / "assets" / "tiny"
 TINY_PRETRAINED = ROOT / "prolora" / "assets" / "tiny_pretrained"
 PRETRAIN_STEPS, PRETRAIN_LR, PRETRAIN_BATCH = 3000, 3e-3, 32
+# The tiny Llama's shape: every linear width a multiple of 32 and every input width of 64 (bitsandbytes' packed
+# CPU path), hidden 64 and intermediate 192 not multiples of the sharing rate 7, GQA (k/v 32 wide).
+TINY_CONFIG = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
+                   hidden_act="silu", tie_word_embeddings=False)
 DEMO = ROOT / "prolora" / "assets" / "demo"
 
 WORDS = (
@@ -110,11 +117,11 @@ def pretrain(records: list[dict]) -> None:
 
     import torch
 
-    from prolora.models import build_tiny_llama, load_tiny_tokenizer
-    from prolora.trainer import TrainArgs, Trainer
+    from prolora.models import build_tiny_llama, load_tokenizer
+    from prolora.trainer import OptimArgs, TrainArgs, Trainer
 
     torch.manual_seed(0)
-    tok = load_tiny_tokenizer()
+    tok = load_tokenizer(TINY)
     ids = [tok(plain_text(r) + tok.eos_token).input_ids for r in records]
     model = build_tiny_llama(seed=0).train()
 
@@ -130,11 +137,13 @@ def pretrain(records: list[dict]) -> None:
         return [{"input_ids": x, "attention_mask": mask, "labels": x.masked_fill(mask == 0, -100)}]
 
     args = TrainArgs(max_steps=PRETRAIN_STEPS, batch_size=PRETRAIN_BATCH, micro_batch_size=PRETRAIN_BATCH,
-                     lr=PRETRAIN_LR, optimizer="adamw", max_grad_norm=1.0, save_every=0, log_every=500)
+                     save_every=0, log_every=500, device="cpu", gradient_checkpointing=False)
+    optim = OptimArgs(name="adamw", lr=PRETRAIN_LR, max_grad_norm=1.0)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = Trainer(model, batches, args, tmp, save_fn=lambda m, d: None, load_fn=lambda m, d: None).train()
+        result = Trainer(model, batches, args, optim, tmp, save_fn=lambda m, d: None,
+                         load_fn=lambda m, d: None).train()
     print(f"pretrained tiny base: loss {result.initial_loss:.3f} -> {result.final_loss:.3f} "
           f"in {result.wall_time_s:.0f}s")
     if TINY_PRETRAINED.exists():
@@ -142,6 +151,22 @@ def pretrain(records: list[dict]) -> None:
     model.eval().save_pretrained(TINY_PRETRAINED)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(TINY / name, TINY_PRETRAINED / name)
+
+
+def write_tiny_model() -> None:
+    """``prolora/assets/tiny``: the config (shape + the shipped tokenizer's ids) and random weights (seed 0)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prolora.models import load_tokenizer
+
+    tok = load_tokenizer(TINY)
+    config = LlamaConfig(**TINY_CONFIG, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.eval().save_pretrained(TINY)
 
 
 def main() -> None:
@@ -182,6 +207,7 @@ def main() -> None:
     }, indent=2) + "\n")
     (TINY / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>"}, indent=2) + "\n")
+    write_tiny_model()
     print(f"vocab={tok.get_vocab_size()} demo train={len(train)} test={len(test)} -> {TINY}, {DEMO}")
     if "--skip-pretrain" not in sys.argv:
         pretrain(train)

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from recipes import schema  # noqa: E402,F401  (registers the structured configs and resolvers)
+from recipes import schema  # noqa: E402  (also registers the structured configs and resolvers)
 
 # A count is a read-only query: no Hydra run directory, no log files.
 _QUIET = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
@@ -34,8 +34,9 @@ def main(cfg: DictConfig) -> None:
     from prolora.counting import count_by_module_type, lora_equivalent_rank, meta_model, module_instances
 
     method = OmegaConf.to_container(cfg.method, resolve=True)
-    config = prolora.make_config(**method)
-    model = meta_model(cfg.model.name)
+    config = schema.adapter_config(cfg.method)
+    ref = schema.counting_ref(cfg.model)
+    model = meta_model(ref)
     prolora.attach(model, config)
     total = prolora.count_trainable(model)
     by_type = count_by_module_type(model)
@@ -47,7 +48,7 @@ def main(cfg: DictConfig) -> None:
         k = instances.get(mtype, 1)
         print(f"{mtype:<12}{k:>8}{count // k:>14,}{count:>16,}")
     print(f"{'TOTAL':<12}{'':>8}{'':>14}{total:>16,}")
-    equiv = lora_equivalent_rank(cfg.model.name, total)
+    equiv = lora_equivalent_rank(ref, total)
     print(json.dumps({"model": cfg.model.name, "method": config.to_dict(), "trainable_params": total,
                       "lora_equivalent_rank": round(equiv, 4), "by_module_type": by_type}))
 

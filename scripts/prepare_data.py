@@ -26,18 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prolora.data.formats import (  # noqa: E402
-    CODE_ALPACA_TEMPLATES,
-    COT_ROWS_PER_SOURCE,
-    DOWNLOADS,
-    HUB_SOURCES,
-    OPEN_INSTRUCT_SEED,
-    SUPERNI_FALLBACK_SPLIT,
-    SUPERNI_SPLIT,
-    SUPERNI_TEMPLATES,
-    get_converter,
-)
+from prolora.data.formats import CODE_ALPACA_TEMPLATES, COT_ROWS_PER_SOURCE, get_converter  # noqa: E402
 from prolora.data.records import write_records  # noqa: E402
+from prolora.data.sources import DOWNLOADS, HUB_SOURCES, OPEN_INSTRUCT_SEED  # noqa: E402
+from prolora.data.superni import SUPERNI_FALLBACK_SPLIT, SUPERNI_SPLIT, SUPERNI_TEMPLATES  # noqa: E402
 
 SOURCES_HELP = "\n".join(
     [f"  {name:<12} {DOWNLOADS[name]}" for name in DOWNLOADS]

@@ -13,11 +13,9 @@
 * KV cache: ``kv_cache="dynamic"`` (default, transformers' own) concatenates each layer's keys and values
   anew at every step (a copy that grows with the sequence); ``"static"`` preallocates them for prompt +
   ``max_new_tokens`` and attends over that whole length at every step.  Greedy outputs are the same token
-  for token (tested).  On the CPU profile of ``scripts/bench_eval.py`` (106M model, 16 prompts × 128 new
-  tokens, two runs) static gave 1.24× and 1.34× the tokens/s on GSM-shaped prompts and 0.93× and 1.77×
-  on BBH-shaped ones: mostly faster, on a machine whose timings wander.  It stays opt-in because it was
-  never run on a GPU; transformers' automatic ``torch.compile`` of static-cache generation is turned off
-  (it would recompile for every batch shape).
+  for token (tested); the measured speed is in ``results/bench/`` (``scripts/bench_eval.py``).  It stays
+  opt-in because it was never run on a GPU; transformers' automatic ``torch.compile`` of static-cache
+  generation is turned off (it would recompile for every batch shape).
 * Loading: base model through ``prolora.models.load_base_model`` in 4-bit NF4, 8-bit or full
   precision, then optionally a compact adapter directory (``prolora.load_adapter``), optionally merged
   (``prolora.merge``); a merged model directory loads like a base model.
@@ -94,8 +92,8 @@ class HFBackend(Backend):
     @classmethod
     def load(cls, model_path: str, adapter_dir: str | None = None, tokenizer_path: str | None = None,
              precision: str = "nf4", compute_dtype: str = "auto", device: str = "auto", double_quant: bool = True,
-             merge: bool = False, merge_from: str = "nf4", batch_size: int = 8, tiny_seed: int = 0,
-             kv_cache: str = "dynamic", cpu_packed_4bit: bool = False) -> HFBackend:
+             merge: bool = False, merge_from: str = "nf4", batch_size: int = 8, kv_cache: str = "dynamic",
+             cpu_packed_4bit: bool = False) -> HFBackend:
         """``merge=True`` does what the paper's authors did (open-instruct ``merge_lora.py --qlora``, then
         loading the merged model for evaluation): the adapter is loaded onto the base in the precision it
         was trained on (``merge_from``: nf4 for QLoRA), merged (4-bit weights dequantized first), and the
@@ -110,8 +108,7 @@ class HFBackend(Backend):
         def base(path: str, prec: str):
             return load_base_model(path, quantize=prec == "nf4", load_in_8bit=prec == "8bit",
                                    double_quant=double_quant, compute_dtype=compute_dtype, device=device,
-                                   cpu_packed_4bit=cpu_packed_4bit,
-                                   tiny_seed=tiny_seed)
+                                   cpu_packed_4bit=cpu_packed_4bit)
 
         if adapter_dir and merge:
             import tempfile

@@ -1,17 +1,20 @@
-"""Benchmarks: one class per task, one registry name each (see :mod:`eval.tasks.base` for the interface)."""
+"""Benchmarks: one dataclass per task, registered by name (see :mod:`eval.tasks.base` for the interface).
+
+Every module of this package (but ``base`` and private ``_*`` ones) is imported here and registers its task
+with ``@register``: a new benchmark is one module.
+"""
 
 from __future__ import annotations
 
-from eval.tasks.base import DataMissingError, GenSpec, Task, chat_format
-from eval.tasks.bbh import BBH
-from eval.tasks.demo import Demo
-from eval.tasks.gsm import GSM
-from eval.tasks.humaneval import HumanEval
-from eval.tasks.mmlu import MMLU
-from eval.tasks.tydiqa import TyDiQA
+import importlib
+import pkgutil
 
-TASKS: dict[str, type[Task]] = {"mmlu": MMLU, "bbh": BBH, "gsm": GSM, "tydiqa": TyDiQA, "humaneval": HumanEval,
-                                "demo": Demo}
+from eval.tasks.base import TASKS, DataMissingError, GenSpec, Task, chat_format, register
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base" and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+
 PAPER_TASKS = ["mmlu", "bbh", "gsm", "tydiqa", "humaneval"]
 
 
@@ -24,5 +27,4 @@ def get_task(name: str, **options) -> Task:
     return cls(**options)
 
 
-__all__ = ["TASKS", "PAPER_TASKS", "get_task", "Task", "GenSpec", "DataMissingError", "chat_format",
-           "MMLU", "BBH", "GSM", "TyDiQA", "HumanEval", "Demo"]
+__all__ = ["TASKS", "PAPER_TASKS", "get_task", "register", "Task", "GenSpec", "DataMissingError", "chat_format"]

@@ -1,7 +1,8 @@
-"""The task interface shared by every benchmark, and open-instruct's chat wrapping.
+"""The task interface shared by every benchmark, and the registry.
 
-A task is a small object configured with its options (``chat``, sample sizes, seed, ...) that knows
-how to
+A task is a small dataclass whose fields are its options (``chat``, sample sizes, seed, ...: the recipe's
+Hydra schema is generated from these fields, so every option is reachable as ``<task>.<field>=`` and its
+default is written once, here) and that knows how to
 
 * ``load(data_dir) -> list[dict]``: read the published files (and sample, deterministically);
 * ``prompt(example, tokenizer=None) -> str``: the exact prompt string (a tokenizer is needed only where
@@ -12,7 +13,10 @@ how to
 * ``score(examples, predictions) -> dict``: ``predictions[i]`` is the list of the ``n`` parsed samples
   for example ``i``; returns metrics in percent with the headline one under ``"score"``.
 
-The driver (:mod:`eval.driver`) does the rest, identically for every task.
+``columns`` names the table columns the task feeds (``{"gsm_em": ("GSM EM", "exact_match")}``: header and
+metric key).  A new benchmark is one module in ``eval/tasks/`` with a ``@register``-ed subclass: the
+package imports every module, the evaluation schema and the tables pick it up.  The driver
+(:mod:`eval.driver`) does the rest, identically for every task.
 """
 
 from __future__ import annotations
@@ -23,15 +27,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-USER_TAG = "<|user|>\n"
-ASSISTANT_TAG = "<|assistant|>\n"
+from prolora.data.chat import prompt_for_generation
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task known by its ``name`` (``get_task``, the schema, the tables)."""
+    if not cls.name or cls.name in TASKS and TASKS[cls.name] is not cls:
+        raise TypeError(f"{cls.__name__}: task name {cls.name!r} is empty or already registered")
+    TASKS[cls.name] = cls
+    return cls
 
 
 def chat_format(user_text: str, answer_prefix: str = "") -> str:
-    """open-instruct's Tulu chat format for one user turn (``create_prompt_with_tulu_chat_format`` with
-    ``add_bos=False``: the tokenizer adds BOS), then the task's answer prefix, joined the way every
-    open-instruct eval script joins it (directly after a trailing newline/space, else after a space)."""
-    prompt = USER_TAG + user_text + "\n" + ASSISTANT_TAG
+    """open-instruct's Tulu chat format for one user turn (the library's
+    :func:`~prolora.data.chat.prompt_for_generation`, as the model was trained), then the task's answer
+    prefix, joined the way every open-instruct eval script joins it (directly after a trailing newline or
+    space, else after a space)."""
+    prompt = prompt_for_generation(user_text)
     if answer_prefix:
         prompt += answer_prefix if prompt[-1] in ("\n", " ") else " " + answer_prefix
     return prompt
@@ -60,14 +74,20 @@ class GenSpec:
     stop: list[str] = field(default_factory=list)
 
 
+@dataclass
 class Task:
+    """Options every task has.  ``chat``: prompt in the chat format (the run sets it); ``seed``: sampling of
+    subsets and exemplars (the run sets it); ``precision``: load the model in this precision for this task
+    (hf backend; ``None``: the run's)."""
+
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "generate"  # generate | choice
     layout: ClassVar[str] = ""
+    columns: ClassVar[dict[str, tuple[str, str]]] = {}
 
-    def __init__(self, chat: bool = False, seed: int = 42):
-        self.chat = chat
-        self.seed = seed
+    chat: bool = False
+    seed: int = 42
+    precision: str | None = None
 
     # --- to implement
     def load(self, data_dir: str | Path) -> list[dict]:

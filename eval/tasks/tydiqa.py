@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from eval.metrics import squad_em, squad_scores
-from eval.tasks.base import GenSpec, Task, chat_format, require, sample
+from eval.tasks.base import GenSpec, Task, chat_format, register, require, sample
 
 LAYOUT = """  tydiqa/tydiqa-goldp-v1.1-dev.json   (SQuAD v1.1 json; question ids start with "<language>-")
   tydiqa/tydiqa-one-shot.json          ({language: [{"id","lang","context","question","answers"}]})"""
@@ -60,22 +61,22 @@ WITHOUT_CONTEXT = {
 }
 
 
+@register
+@dataclass
 class TyDiQA(Task):
     name = "tydiqa"
     layout = LAYOUT
+    columns = {"tydiqa_f1": ("TyDiQA F1", "f1"), "tydiqa_em": ("TyDiQA EM", "exact_match")}
 
-    def __init__(self, chat: bool = False, seed: int = 42, max_per_lang: int | None = 100,
-                 dev_file: str = "tydiqa-goldp-v1.1-dev.json", oneshot_file: str = "tydiqa-one-shot.json",
-                 n_shot: int = 1, no_context: bool = False, max_context_tokens: int | None = 512,
-                 max_new_tokens: int = 50):
-        super().__init__(chat, seed)
-        self.max_per_lang = max_per_lang
-        self.dev_file = dev_file
-        self.oneshot_file = oneshot_file
-        self.n_shot = n_shot
-        self.no_context = no_context
-        self.max_context_tokens = max_context_tokens
-        self.max_new_tokens = max_new_tokens
+    max_per_lang: int | None = 100  # a random subset per language; None: every dev question
+    dev_file: str = "tydiqa-goldp-v1.1-dev.json"  # relative to <data_dir>/tydiqa/ (or absolute)
+    oneshot_file: str = "tydiqa-one-shot.json"
+    n_shot: int = 1
+    no_context: bool = False  # closed-book variant (not a Table 2 column)
+    max_context_tokens: int | None = 512
+    max_new_tokens: int = 50
+
+    def __post_init__(self) -> None:
         self.exemplars: dict[str, list[dict]] = {}
 
     def load(self, data_dir) -> list[dict]:

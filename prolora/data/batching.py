@@ -14,44 +14,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from prolora.data.chat import IGNORE_INDEX, tokenize_example
-from prolora.data.records import load_records
 
-__all__ = ["LengthGroupedSampler", "PadCollator", "PaddingCollator", "TokenizedDataset", "load_records",
-           "plan_epoch", "tokenize_records"]
-
-
-def tokenize_records(records: Sequence[dict], tokenizer, max_len: int, *,
-                     progress: bool = False) -> tuple[list[dict], int]:
-    """``(examples, n_dropped)``: the tokenized records (:func:`tokenize_example`) and how many were dropped
-    because truncation at ``max_len`` left them no assistant token."""
-    items: Iterable[dict] = records
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(records, desc="tokenize", unit="ex", dynamic_ncols=True)
-    examples, dropped = [], 0
-    for rec in items:
-        ex = tokenize_example(rec, tokenizer, max_len)
-        if ex is None:
-            dropped += 1
-        else:
-            examples.append(ex)
-    return examples, dropped
-
-
-def plan_epoch(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int, group_by_length: bool = True,
-               mega_batch_mult: int = 50, drop_last: bool = False) -> list[list[int]]:
-    """The batches (lists of indices) of epoch ``epoch``: ``LengthGroupedSampler(...).epoch_batches(epoch)``,
-    a pure function of its arguments (``make_epoch`` for :func:`prolora.trainer.cycle_batches`)."""
-    return LengthGroupedSampler(lengths, batch_size, seed=seed, mega_batch_mult=mega_batch_mult,
-                                group_by_length=group_by_length, drop_last=drop_last).epoch_batches(epoch)
+__all__ = ["LengthGroupedSampler", "PadCollator", "TokenizedDataset"]
 
 
 class PadCollator:
@@ -78,8 +48,6 @@ class PadCollator:
             mask[i, :k] = torch.as_tensor(f.get("attention_mask", [1] * k), dtype=torch.long)
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
-
-PaddingCollator = PadCollator
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -113,10 +81,6 @@ class TokenizedDataset(torch.utils.data.Dataset):
         self.lengths = [len(e["input_ids"]) for e in self.examples]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.collator = PadCollator(pad)
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike, tokenizer, max_len: int, **kw) -> TokenizedDataset:
-        return cls(load_records(path), tokenizer, max_len, **kw)
 
     @property
     def n_dropped(self) -> int:

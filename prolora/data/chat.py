@@ -68,11 +68,6 @@ def prompt_for_generation(user_text: str) -> str:
     return USER + user_text + "\n" + ASSISTANT
 
 
-def prompt_for_messages(messages: Sequence[dict], eos: str = "</s>") -> str:
-    """Multi-turn generation prompt: the formatted history followed by ``<|assistant|>\\n``."""
-    return format_messages(messages, eos) + ASSISTANT
-
-
 def _encode(tokenizer, text: str) -> list[int]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id

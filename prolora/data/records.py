@@ -54,11 +54,6 @@ class SkipReport:
     def skip(self, path: str | os.PathLike, line: int | None, reason: str) -> None:
         self.skipped.append(Skip(str(path), line, reason))
 
-    def merge(self, other: SkipReport) -> SkipReport:
-        self.kept += other.kept
-        self.skipped.extend(other.skipped)
-        return self
-
     @property
     def n_skipped(self) -> int:
         return len(self.skipped)

@@ -1,8 +1,11 @@
 """The one interface every adapter method implements (PEFT-tuners style), and the registry.
 
-A method is a :class:`Method` subclass that names its config class and its layer class and may create
-model-level shared modules once (``create_shared``).  Every adapter layer exposes its update as two
-expanded fp32 factors and a scalar::
+A method is one module in ``prolora/methods/``: its config class (an :class:`~prolora.config.AdapterConfig`
+subclass with its own fields and checks), its layer class, and a :class:`Method` subclass registered with
+``@register`` that names both and may create model-level shared modules once (``create_shared``) and name
+presets (fixed field values under a name of their own, e.g. ``clora``).  The package imports every module
+in it, so a new method is that one module plus its Hydra YAML (``configs/method/<name>.yaml``).
+Every adapter layer exposes its update as two expanded fp32 factors and a scalar::
 
     ΔW = scaling · B_full @ A_full,      A_full: (r × h),  B_full: (o × r)
 
@@ -12,13 +15,13 @@ only writes its own parameters and how they expand into (A_full, B_full).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prolora.config import AdapterConfig
+from prolora.config import AdapterConfig, ConfigError
 
 
 def kaiming_bound(fan_in: int) -> float:
@@ -84,11 +87,28 @@ class AdapterLayer(nn.Module):
 
 
 class Method:
-    """A registered adapter method: its config class, its layer class, and model-level shared state."""
+    """A registered adapter method: its config class, its layer class, its presets, model-level shared state."""
 
     name: ClassVar[str]
     config_cls: ClassVar[type[AdapterConfig]]
     layer_cls: ClassVar[type[AdapterLayer]]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # preset name -> the fields it fixes
+    preset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # preset name -> defaults of its free fields
+
+    @classmethod
+    def build_config(cls, preset: str | None, fields: dict[str, Any]) -> AdapterConfig:
+        """The config from user ``fields`` (already checked to be fields of ``config_cls``); a preset's fixed
+        fields are filled in and may not be contradicted."""
+        if preset is not None:
+            for key, value in cls.preset_defaults.get(preset, {}).items():
+                fields.setdefault(key, value)
+            for key, want in cls.presets[preset].items():
+                got = fields.setdefault(key, want)
+                if got != want:
+                    raise ConfigError(f"{cls.config_cls.__name__}.{key}={got!r} is invalid: preset {preset!r} "
+                                      f"fixes {key}={want!r}; drop {key} or pick another preset "
+                                      f"(known: {sorted(cls.presets)})")
+        return cls.config_cls(**fields)
 
     @classmethod
     def check_target(cls, config: AdapterConfig, path: str, module: nn.Module) -> None:
@@ -111,8 +131,13 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register(method: type[Method]) -> type[Method]:
+    """Class decorator: make ``method`` known by its ``name`` (and its presets by theirs)."""
     if method.config_cls.method != method.name:
         raise TypeError(f"{method.__name__}: config method {method.config_cls.method!r} != {method.name!r}")
+    taken = {p: m.name for m in METHODS.values() if m.name != method.name for p in (m.name, *m.presets)}
+    clash = sorted(n for n in (method.name, *method.presets) if n in taken)
+    if clash:
+        raise TypeError(f"{method.__name__}: name(s) {clash} already registered by {[taken[n] for n in clash]}")
     METHODS[method.name] = method
     return method
 
@@ -122,3 +147,14 @@ def get_method(name: str) -> type[Method]:
         return METHODS[name]
     except KeyError:
         raise KeyError(f"unknown adapter method {name!r}; registered: {sorted(METHODS)}") from None
+
+
+def lookup(name: str) -> tuple[type[Method], str | None]:
+    """``(method, preset)`` for a method name (preset None) or a preset name."""
+    if name in METHODS:
+        return METHODS[name], None
+    for method in METHODS.values():
+        if name in method.presets:
+            return method, name
+    known = sorted(set(METHODS) | {p for m in METHODS.values() for p in m.presets})
+    raise ConfigError(f"unknown adapter method {name!r}; known: {known}")

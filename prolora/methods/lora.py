@@ -11,12 +11,21 @@ Trainable parameters per module: r (h + o).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from prolora.config import LoRAConfig
+from prolora.config import AdapterConfig
 from prolora.methods.base import AdapterLayer, Method, register
+
+
+@dataclass
+class LoRAConfig(AdapterConfig):
+    """LoRA (Hu et al. 2021): ΔW = (alpha/r) B A, A Kaiming-uniform (PEFT's a=√5), B = 0."""
+
+    method: ClassVar[str] = "lora"
 
 
 class LoRALayer(AdapterLayer):

@@ -1,5 +1,5 @@
 """PRoLoRA (Wang et al. 2024, arXiv 2402.16902, section 3) and its family: CLoRA, RoLoRA, PRoLoRA⁻ʳ,
-PRoLoRA⁻ⁱ and the Table 4 variants, all one layer driven by :class:`~prolora.config.PRoLoRAConfig`.
+PRoLoRA⁻ⁱ and the Table 4 variants, all one layer driven by :class:`PRoLoRAConfig`.
 
 Paper Eq. 4 (unshared rank rows FIRST, then the r − u shared ones)::
 
@@ -47,12 +47,120 @@ matrix, a reshape and a concatenation with the unshared rows, no Python loop ove
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from prolora.config import ConfigError, PRoLoRAConfig
+from prolora.config import AdapterConfig, ConfigError, bad, is_int
 from prolora.methods.base import AdapterLayer, Method, kaiming_bound, register
+
+SHARE_DIMS = ("hidden", "rank")
+ROTATE_DIMS = ("rank", "hidden")
+STRIDE_FROM = ("shared", "full")
+
+# The named members of the family: the fields each fixes; everything else is free (r, u, m, n, ...).
+PRESETS: dict[str, dict[str, Any]] = {
+    "prolora": {},
+    "clora": {"u": 0, "rotate": False, "share_dim": "hidden", "rotate_dim": "rank"},
+    "rolora": {"u": 0, "rotate": True, "share_dim": "hidden", "rotate_dim": "rank"},
+    "prolora_nr": {"rotate": False, "share_dim": "hidden", "rotate_dim": "rank"},
+    "prolora_ni": {"rectified_init": False, "share_dim": "hidden", "rotate_dim": "rank"},
+    "share_hidden_rotate_hidden": {"share_dim": "hidden", "rotate_dim": "hidden", "rotate": True},
+    "share_rank_rotate_rank": {"share_dim": "rank", "rotate_dim": "rank", "rotate": True},
+    "share_rank_rotate_hidden": {"share_dim": "rank", "rotate_dim": "hidden", "rotate": True},
+}
+# Defaults of the free fields per preset: the paper's setting of each at the budget it compares (the class
+# defaults r8 u1 m7 are PRoLoRA's at the LoRA-r2 budget); explicit values win.
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "clora": {"r": 16, "m": 2},  # u0: 16/2 = the LoRA-r8 budget
+    "rolora": {"r": 16, "m": 2},
+    "prolora_nr": {"r": 16, "u": 7, "m": 9},  # 7 + 9/9 = 8
+    "prolora_ni": {"r": 16, "u": 7, "m": 9},
+    "share_hidden_rotate_hidden": {"r": 32, "u": 4, "m": 7},  # 4 + 28/7 = 8 (Table 4)
+    "share_rank_rotate_rank": {"r": 32, "u": 4, "m": 7},
+    "share_rank_rotate_hidden": {"r": 32, "u": 4, "m": 7},
+}
+
+
+@dataclass
+class PRoLoRAConfig(AdapterConfig):
+    """PRoLoRA and its family (the module docstring has the math).
+
+    u: unshared ranks (u = r is plain LoRA).  m, n: sharing rates of A and B (n=None → m).
+    rotate: roll the copies.  rectified_init: A_0 uses the full fan-in h (else the chunk's).
+    share_dim: "hidden" (paper) or "rank" (Table 4).  rotate_dim: "rank" (paper) or "hidden".
+    stride_from: "shared" (authors' code, stride from r−u) or "full" (paper's formula, stride from r).
+    preset: the named variant this config was built as (checked against the fields it fixes).
+    """
+
+    method: ClassVar[str] = "prolora"
+
+    r: int = 8
+    u: int = 1
+    m: int = 7
+    n: int | None = None
+    rotate: bool = True
+    rectified_init: bool = True
+    share_dim: str = "hidden"
+    rotate_dim: str = "rank"
+    stride_from: str = "shared"
+    preset: str = "prolora"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        c = "PRoLoRAConfig"
+        if self.n is None:
+            self.n = self.m
+        if not is_int(self.u) or self.u < 0:
+            raise bad(c, "u", self.u, "the number of unshared ranks must be an integer >= 0", "use e.g. u=1")
+        if self.u > self.r:
+            raise bad(c, "u", self.u, f"u (unshared ranks) cannot exceed r={self.r}",
+                      f"use u <= {self.r} (u = r is plain LoRA) or raise r")
+        for key in ("m", "n"):
+            v = getattr(self, key)
+            if not is_int(v) or v < 1:
+                raise bad(c, key, v, "the sharing rate must be an integer >= 1 (1 = no sharing)", f"use e.g. {key}=7")
+        for key in ("rotate", "rectified_init"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(c, key, getattr(self, key), "expected true or false", f"use {key}=true")
+        for key, known, fix in (("share_dim", SHARE_DIMS, "'hidden' (the paper) or 'rank' (Table 4)"),
+                                ("rotate_dim", ROTATE_DIMS, "'rank' (the paper) or 'hidden' (Table 4)"),
+                                ("stride_from", STRIDE_FROM, "'shared' (authors' code) or 'full' (paper formula)")):
+            if getattr(self, key) not in known:
+                raise bad(c, key, getattr(self, key), f"unknown value (known: {list(known)})", f"use {key}={fix}")
+        if self.stride_from == "full" and self.rotate_dim != "rank":
+            raise bad(c, "stride_from", self.stride_from,
+                      "the paper's stride max(floor(r/m),1) is defined for rotation along the rank dim only",
+                      "use stride_from='shared' with rotate_dim='hidden'")
+        shared = self.r - self.u
+        if self.share_dim == "rank" and shared > 0:
+            for key in ("m", "n"):
+                v = getattr(self, key)
+                if v > shared:
+                    raise bad(c, key, v, f"share_dim='rank' splits the r-u={shared} shared ranks into {key} "
+                              "chunks, so it cannot exceed r-u", f"use {key} <= {shared}")
+        if self.preset not in PRESETS:
+            raise bad(c, "preset", self.preset, f"unknown preset (known: {sorted(PRESETS)})",
+                      "use make_config(<preset>, ...)")
+        for key, want in PRESETS[self.preset].items():
+            got = getattr(self, key)
+            if got != want:
+                raise bad(c, key, got, f"preset {self.preset!r} fixes {key}={want!r}",
+                          f"drop {key} or pick another preset (known: {sorted(PRESETS)})")
+
+    @property
+    def shared_rank(self) -> int:
+        return self.r - self.u
+
+    @property
+    def name(self) -> str:
+        return self.preset
+
+    def tag(self) -> str:
+        """``prolora_r8_u1_m7_n7``, ``clora_r16_u0_m2_n2``."""
+        return f"{self.preset}_r{self.r}_u{self.u}_m{self.m}_n{self.n}"
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -164,6 +272,22 @@ class PRoLoRA(Method):
     name = "prolora"
     config_cls = PRoLoRAConfig
     layer_cls = PRoLoRALayer
+    presets = {k: v for k, v in PRESETS.items() if k != "prolora"}
+    preset_defaults = PRESET_DEFAULTS
+
+    @classmethod
+    def build_config(cls, preset, fields):
+        named = fields.pop("preset", None)  # the preset given as a field (as to_dict writes it)
+        if named is not None and preset is not None and named != preset:
+            raise ConfigError(f"make_config({preset!r}, preset={named!r}): the preset is the name; drop preset")
+        if preset is None and named not in (None, "prolora"):
+            if named not in cls.presets:
+                raise bad("PRoLoRAConfig", "preset", named, f"unknown preset (known: {sorted(PRESETS)})",
+                          "use make_config(<preset>, ...)")
+            preset = named
+        if preset is not None:
+            fields["preset"] = preset
+        return super().build_config(preset, fields)
 
     @classmethod
     def check_target(cls, config: PRoLoRAConfig, path: str, module: nn.Module) -> None:

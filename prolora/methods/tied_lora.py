@@ -8,8 +8,9 @@ compares with: on q, k, v only, with
 
 * A (r × d): ONE matrix shared by q, k, v and by all layers (d = hidden size, the common input width);
 * B_t (o_t × r): one per projection t, shared by all layers (o_t = d for q; the k/v width under GQA);
-* u^(ℓ) (r): per layer, shared by that layer's q, k, v; v_t^(ℓ) (o_t): per layer and projection
-  (the "3d" vector of the paper: one d-vector per q/k/v).
+* u^(ℓ) (r): per layer, shared by that layer's q, k, v — the parameter ``layer_scale``;
+* v_t^(ℓ) (o_t): per layer and projection (the "3d" vector of the paper: one d-vector per q/k/v) — the
+  parameter ``out_scale`` (the paper's u/v are named apart from PRoLoRA's ``u``, its unshared ranks).
 
 Init: A and every B_t Kaiming-uniform like PEFT's LoRA A (a = √5, bound 1/√fan_in: 1/√d for A, 1/√r
 for B_t), u = 1, v = 0, so ΔW = 0 at the start while every factor is nonzero and gets gradients
@@ -17,18 +18,40 @@ for B_t), u = 1, v = 0, so ΔW = 0 at the start while every factor is nonzero an
 
 A, B_q, B_k, B_v and the per-layer u's live in ``model.prolora_shared["tied_lora"]`` (counted once);
 each q/k/v layer holds its own v.  As a rank-r LoRA: A_full = diag(u) A, B_full = diag(v_t) B_t.
-Trainable on LLaMA2-7B at r = 256: 256·4096 + 3·4096·256 + 32·(256 + 3·4096) = 4,595,712.
+Trainable parameters: r·d + r·Σ_t o_t + L·(r + Σ_t o_t) for L layers (4,595,712 on LLaMA2-7B at r = 256).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from prolora.config import ConfigError, TiedLoRAConfig
+from prolora.config import AdapterConfig, ConfigError, bad
 from prolora.methods.base import AdapterLayer, Method, register, weight_device
+
+QKV_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+
+
+@dataclass
+class TiedLoRAConfig(AdapterConfig):
+    """Tied LoRA on q/k/v (one A tied across them), rank 256 by default as in the paper's Table 2."""
+
+    method: ClassVar[str] = "tied_lora"
+
+    r: int = 256
+    target_modules: list[str] = field(default_factory=lambda: list(QKV_MODULES))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        extra = [t for t in self.target_modules if t not in QKV_MODULES]
+        if extra:
+            raise bad("TiedLoRAConfig", "target_modules", self.target_modules,
+                      f"Tied LoRA ties one A across q/k/v, so it only adapts {list(QKV_MODULES)} (got {extra})",
+                      f"use target_modules={list(QKV_MODULES)}")
 
 
 def layer_key(path: str) -> str:
@@ -48,13 +71,13 @@ class TiedLoRAShared(nn.Module):
 
         self.A = param(config.r, d)
         self.B = nn.ParameterDict({t: param(o, config.r) for t, o in outs.items()})
-        self.u = nn.ParameterDict({key: param(config.r) for key in layers})
+        self.layer_scale = nn.ParameterDict({key: param(config.r) for key in layers})  # the paper's u^(l)
         if not meta:
             nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
             for t in outs:
                 nn.init.kaiming_uniform_(self.B[t], a=math.sqrt(5))
             for key in layers:
-                nn.init.ones_(self.u[key])
+                nn.init.ones_(self.layer_scale[key])
 
 
 class TiedLoRALayer(AdapterLayer):
@@ -62,12 +85,12 @@ class TiedLoRALayer(AdapterLayer):
         super().__init__(base_layer, config, path, shared)
         self.scaling = config.alpha / config.r
         self.layer_key = layer_key(path)
-        self.v = self._param(self.out_features)  # zeros: ΔW = 0 at the start
+        self.out_scale = self._param(self.out_features)  # the paper's v_t^(l); zeros: ΔW = 0 at the start
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        u = self.shared.u[self.layer_key]
+        u = self.shared.layer_scale[self.layer_key]
         b = self.shared.B[self.module_type]
-        return u.unsqueeze(1) * self.shared.A, self.v.unsqueeze(1) * b
+        return u.unsqueeze(1) * self.shared.A, self.out_scale.unsqueeze(1) * b
 
 
 @register

@@ -17,12 +17,35 @@ As a rank-r LoRA: A_full = diag(λ_d) A, B_full = diag(λ_b) B, scaling 1.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from prolora.config import ConfigError, VeRAConfig
+from prolora.config import AdapterConfig, ConfigError, bad, is_int
 from prolora.methods.base import AdapterLayer, Method, kaiming_bound, register, weight_device
+
+
+@dataclass
+class VeRAConfig(AdapterConfig):
+    """VeRA's fields: ``d_init`` (λ_d's initial value) and ``projection_seed`` (regenerates the frozen pairs).
+    ``alpha`` is accepted for a uniform schema and ignored (VeRA has no α/r scaling)."""
+
+    method: ClassVar[str] = "vera"
+
+    r: int = 256
+    d_init: float = 0.1
+    projection_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.d_init, bool) or not isinstance(self.d_init, (int, float)):
+            raise bad("VeRAConfig", "d_init", self.d_init, "d_init must be a number", "use e.g. d_init=0.1")
+        self.d_init = float(self.d_init)
+        if not is_int(self.projection_seed) or self.projection_seed < 0:
+            raise bad("VeRAConfig", "projection_seed", self.projection_seed,
+                      "the seed must be a non-negative integer", "use e.g. projection_seed=0")
 
 
 def projection_seed_for(seed: int, module_type: str) -> int:

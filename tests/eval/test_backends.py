@@ -15,9 +15,9 @@ PROMPTS = ["<|user|>\nWhat is 13 + 15?\n<|assistant|>\n", "Hi", "A much longer p
 
 @pytest.fixture(scope="module")
 def backend():
-    from prolora.models import build_tiny_llama, load_tokenizer
+    from prolora.models import TINY_DIR, build_tiny_llama, load_tokenizer
 
-    return HFBackend(build_tiny_llama(seed=0), load_tokenizer("tiny"), batch_size=8)
+    return HFBackend(build_tiny_llama(seed=0), load_tokenizer(TINY_DIR), batch_size=8)
 
 
 def test_truncate_at_stop():
@@ -95,13 +95,13 @@ def test_vllm_rank_choice(tmp_path):
 
 def test_checkpoint_sampling_defaults_are_ignored(backend):
     """LLaMA-2 ships do_sample/temperature/top_p in generation_config.json; greedy must stay greedy."""
-    from prolora.models import build_tiny_llama, load_tokenizer
+    from prolora.models import TINY_DIR, build_tiny_llama, load_tokenizer
 
     model = build_tiny_llama(seed=0)
     model.generation_config.do_sample = True
     model.generation_config.temperature = 5.0
     model.generation_config.top_p = 0.5
-    noisy = HFBackend(model, load_tokenizer("tiny"))
+    noisy = HFBackend(model, load_tokenizer(TINY_DIR))
     a = noisy.generate(PROMPTS, max_new_tokens=6, seed=1)
     b = noisy.generate(PROMPTS, max_new_tokens=6, seed=2)
     assert a == b == backend.generate(PROMPTS, max_new_tokens=6)
@@ -110,9 +110,9 @@ def test_checkpoint_sampling_defaults_are_ignored(backend):
 def test_static_kv_cache_gives_the_dynamic_caches_greedy_outputs():
     """The preallocated KV cache changes speed only: the same text for every prompt, padded or not, with and
     without stop sequences, and a nonsense setting is refused by name."""
-    from prolora.models import build_tiny_llama, load_tokenizer
+    from prolora.models import TINY_DIR, build_tiny_llama, load_tokenizer
 
-    model, tok = build_tiny_llama(seed=0), load_tokenizer("tiny")
+    model, tok = build_tiny_llama(seed=0), load_tokenizer(TINY_DIR)
     static = HFBackend(model, tok, batch_size=8, kv_cache="static")
     dynamic = HFBackend(model, tok, batch_size=8)
     assert dynamic.kv_cache == "dynamic"

@@ -7,6 +7,7 @@ import pytest
 from eval.backends.hf import HFBackend
 from eval.driver import evaluate, write_results
 from eval.tasks import TASKS, get_task
+from prolora.models import TINY_DIR
 from tests.conftest import REPO
 
 FIX = REPO / "tests" / "fixtures" / "eval"
@@ -16,18 +17,22 @@ OPTIONS = {"mmlu": {}, "bbh": {"max_per_task": 2}, "gsm": {"max_examples": 3},
            "demo": {"max_examples": 4}}
 
 
+ORDER = ["mmlu", "bbh", "gsm", "tydiqa", "humaneval", "demo"]
+
+
 def make_tasks(chat):
-    return [get_task(name, chat=chat, **OPTIONS[name]) for name in TASKS]
+    assert set(TASKS) == set(ORDER)  # every registered task is exercised
+    return [get_task(name, chat=chat, **OPTIONS[name]) for name in ORDER]
 
 
 @pytest.fixture(scope="module")
 def backend():
-    return HFBackend.load("tiny", precision="full", device="cpu", batch_size=8)
+    return HFBackend.load(str(TINY_DIR), precision="full", device="cpu", batch_size=8)
 
 
 def test_driver_all_tasks_and_eval_json(backend, tmp_path):
     results = evaluate(make_tasks(chat=True), backend, data_dir=FIX, max_new_tokens=8, log=None)
-    assert list(results) == ["mmlu", "bbh", "gsm", "tydiqa", "humaneval", "demo"]
+    assert list(results) == ORDER
     counts = {name: (r.n_examples, r.n_generations) for name, r in results.items()}
     assert counts == {"mmlu": (5, 5), "bbh": (4, 4), "gsm": (3, 3), "tydiqa": (4, 4), "humaneval": (2, 6),
                       "demo": (4, 4)}

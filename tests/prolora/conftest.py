@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prolora import LoRAConfig, PRoLoRAConfig, TiedLoRAConfig, VeRAConfig, make_config
-from prolora.models import build_tiny_llama, load_base_model
+from prolora.models import TINY_DIR, build_tiny_llama, load_base_model
 
 
 def all_method_configs(dropout: float = 0.1) -> dict[str, object]:
@@ -48,10 +48,17 @@ def tiny():
 
 
 @pytest.fixture
-def tiny4bit():
+def tiny4bit(tmp_path_factory):
+    """``load(seed)``: the tiny Llama with random weights of ``seed``, saved and loaded in 4-bit NF4 through
+    the real loader (seed 0 is the shipped ``prolora/assets/tiny``)."""
+
     def load(seed: int = 0):
+        path = TINY_DIR
+        if seed:
+            path = tmp_path_factory.mktemp(f"tiny_seed{seed}")
+            build_tiny_llama(seed).save_pretrained(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return load_base_model("tiny", quantize=True, tiny_seed=seed)
+            return load_base_model(str(path), quantize=True, device="cpu")
 
     return load

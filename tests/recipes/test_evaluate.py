@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from eval.checkpoint import resolve_checkpoint
+from prolora.models import TINY_DIR
 from recipes import CONFIG_DIR
 from recipes import evaluate as recipe
 from tests.conftest import REPO
@@ -42,7 +43,7 @@ def test_model_group_reuses_model_configs():
 
 
 def test_resolve_checkpoint(tmp_path):
-    assert resolve_checkpoint(None, "tiny").kind == "base"
+    assert resolve_checkpoint(None, "some/model").kind == "base"
     with pytest.raises(ValueError, match="nothing to evaluate"):
         resolve_checkpoint(None, None)
     final = tmp_path / "run" / "final"
@@ -56,15 +57,15 @@ def test_resolve_checkpoint(tmp_path):
     spec = resolve_checkpoint(str(final.parent))  # a run dir resolves to its final/
     assert (spec.kind, spec.model_path, spec.adapter_dir, spec.peft_dir) == (
         "adapter", "meta-llama/Llama-2-7b-hf", str(final), str(final / "peft"))
-    assert resolve_checkpoint(str(final), "tiny").model_path == "tiny"  # model= wins over run.json
+    assert resolve_checkpoint(str(final), "some/model").model_path == "some/model"  # model= wins over run.json
     assert resolve_checkpoint(str(final), peft_subdir="lora").peft_dir is None
     merged = tmp_path / "merged"
     merged.mkdir()
     (merged / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="without tokenizer files"):
         resolve_checkpoint(str(merged))
-    spec = resolve_checkpoint(str(merged), "tiny")
-    assert (spec.kind, spec.model_path, spec.tokenizer_path) == ("merged", str(merged), "tiny")
+    spec = resolve_checkpoint(str(merged), "some/model")
+    assert (spec.kind, spec.model_path, spec.tokenizer_path) == ("merged", str(merged), "some/model")
     with pytest.raises(FileNotFoundError):
         resolve_checkpoint(str(tmp_path / "nowhere"))
 
@@ -86,7 +87,7 @@ def test_cli_writes_eval_json_and_predictions(tmp_path):
     data = json.loads((out / "eval.json").read_text())
     assert set(data["scores"]) == {"bbh", "gsm", "demo"}
     assert data["chat"] is False and data["backend"] == "hf" and data["precision"]["gsm"] == "nf4"
-    assert data["config"]["model"]["path"] == "tiny" and data["config"]["gsm"]["max_examples"] == 2
+    assert data["config"]["model"]["path"] == str(TINY_DIR) and data["config"]["gsm"]["max_examples"] == 2
     assert "git_commit" in data and data["wall_time_s"] > 0
     assert data["tasks"]["bbh"]["n_examples"] == 2 and "timings_s" in data["tasks"]["gsm"]
     gsm = [json.loads(line) for line in (out / "predictions" / "gsm.jsonl").read_text().splitlines()]

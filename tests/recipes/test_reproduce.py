@@ -1,8 +1,7 @@
-"""The reproduction runner: the grids of the paper's artefacts, the plan, and a resumable, crash-proof run."""
+"""recipes/reproduce.py: a resumable, crash-proof run of a grid (fake and real steps), SLURM submission, --dry-run."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -13,131 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from recipes import experiments as E
 from recipes import reproduce
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# SPEC section 3: LLaMA2-7B trainable parameters, exact.
-TABLE2_PARAMS = {
-    "lora_r2": 4_997_120, "lora_r8": 19_988_480, "lora_r16": 39_976_960, "vera_r256": 1_417_216,
-    "tied_lora_r256": 4_595_712, "tied_lora_r280": 4_989_696, "prolora_r8_u1_m7_n7": 4_999_520,
-    "clora_r16_u0_m2_n2": 19_988_480, "clora_r32_u0_m4_n4": 19_988_480,
-}
-
-
 def _plan(capsys, *argv: str) -> str:
     assert reproduce.main(["--plan", *argv]) == 0
     return capsys.readouterr().out
-
-
-@pytest.fixture(scope="module")
-def table2_plan(tmp_path_factory) -> str:
-    """``python recipes/reproduce.py experiment=table2 --plan`` (in-process: the script's main with the same
-    argv; the runner tests below go through the script itself)."""
-    out = tmp_path_factory.mktemp("plan")
-    mp = pytest.MonkeyPatch()
-    buf = io.StringIO()
-    mp.setattr(sys, "stdout", buf)
-    try:
-        assert reproduce.main(["experiment=table2", "--plan", f"results_dir={out / 'results'}",
-                               f"runs_dir={out / 'runs'}"]) == 0
-    finally:
-        mp.undo()
-    return buf.getvalue()
-
-
-def test_table2_plan_lists_every_cell_with_counts(table2_plan):
-    text = table2_plan
-    assert "Rows: 15 (13 trained, 2 eval-only)" in text
-    assert "sub-rows (a 4/8 or 16/32 row counts each of its variants): 19; distinct trained variants: 18" in text
-    assert "Cells: 218 = 216 training + 2 eval-only; counted per sub-row" in text
-    assert "228 training + 2 eval-only" in text
-    cells = [ln.split() for ln in text.splitlines() if ln.startswith("  to do ")]
-    ids = [c[2] for c in cells]
-    assert len(ids) == len(set(ids)) == 218
-    assert {"vanilla_chat__eval__seed1", "vanilla_nochat__eval__seed1"} <= set(ids)
-    trained = [i for i in ids if "__eval__" not in i]
-    # 18 variants x 4 datasets x 3 seeds, with the paper's LRs (5e-5 for CodeAlpaca, 1e-2 for VeRA/Tied LoRA)
-    assert len(trained) == 216
-    assert {i.split("__")[1] for i in trained} == {"superni", "flan_v2", "cot", "code_alpaca"}
-    assert {i.split("__")[3] for i in trained} == {"seed1", "seed2", "seed3"}
-    assert "lora_r2__code_alpaca__lr5e-05__seed3" in ids and "lora_r2__superni__lr0.0002__seed1" in ids
-    assert "vera_r256__cot__lr0.01__seed2" in ids and "tied_lora_r280__code_alpaca__lr0.01__seed1" in ids
-    per_variant = {}
-    for i in trained:
-        per_variant[i.split("__")[0]] = per_variant.get(i.split("__")[0], 0) + 1
-    assert len(per_variant) == 18 and set(per_variant.values()) == {12}
-    # the shared PRoLoRA r8 variant serves both the "8" and the "4/8" rows
-    line = next(ln for ln in text.splitlines() if "prolora_r8_u1_m7_n7__flan_v2__lr0.0002__seed1" in ln)
-    assert "prolora_r8,prolora_4_8" in line
-
-
-def test_table2_plan_param_column(table2_plan):
-    rows = {}
-    for ln in table2_plan.splitlines():
-        m = re.match(r"^  (\S+)\s+(\S+)\s+(\S+)\s+([\d,]+)\s+(\S+)\s+(.*)$", ln)
-        if m and m.group(3) != "variant":
-            rows.setdefault(m.group(3), []).append((m.group(1), int(m.group(4).replace(",", "")), m.group(5),
-                                                    m.group(6)))
-    for variant, n in TABLE2_PARAMS.items():
-        assert rows[variant][0][1] == n, variant
-    assert rows["prolora_r4_u1_m3_n3"][0][1] == 4_998_016
-    assert rows["prolora_r16_u7_m9_n9"][0][1] == 19_992_064
-    assert rows["prolora_r32_u4_m7_n7"][0][1] == 19_998_080
-    # paper's printed value beside each, its LoRA-r16 typo flagged, the ceil(h/m) overhead explained
-    row, n, printed, check = rows["lora_r16"][0]
-    assert (printed, check.split(" (")[0]) == ("40.98M", "MISMATCH: paper prints 40.98M")
-    assert "typo" in check
-    assert rows["lora_r2"][0][2:] == ("5.00M", "ok")
-    assert rows["vera_r256"][0][2:] == ("1.42M", "ok")
-    assert rows["prolora_r32_u4_m7_n7"][0][3] == (
-        "ok with the paper's h/m formula (19,988,480); ceil(h/m) chunks add 9,600")
-    assert "1 printed value(s) differ from the count" in table2_plan
-    assert "[analytic formula" not in table2_plan  # the library's meta-device counter did the counting
-    assert "Summary: done 0, running 0, failed 0, to do 218" in table2_plan
-
-
-def test_meta_count_shortcut_equals_full_model_count():
-    counting = pytest.importorskip("prolora.counting")
-    for spec in ({"method": "tied_lora", "r": 256}, {"method": "prolora", "r": 32, "u": 4, "m": 7, "n": 7}):
-        v = E.make_variant("llama2_7b", spec)
-        full = counting.count_for("llama2_7b", E.library_config(v.method))
-        assert E.count_params("llama2_7b", v.method)[0] == full
-
-
-def test_other_grids(capsys):
-    cfg = E.load_config(["experiment=table3"])
-    g = E.build_grid(cfg)
-    assert (len(g.cells), sum(c.eval_only for c in g.cells)) == (29, 2)
-    assert {c.dataset for c in g.cells if not c.eval_only} == {"superni", "flan_v2", "cot"}
-    assert next(c for c in g.cells if c.dataset == "superni").tasks == ["mmlu"]
-    assert next(c for c in g.cells if c.eval_only).tasks == ["mmlu", "bbh", "gsm"]
-    # 13B counted from its real 40 layers; the paper's 6.26M (32 layers) is flagged
-    lora = next(v for r in g.rows for v in r.variants if v.id == "lora_r2")
-    assert E.count_params("llama2_13b", lora.method)[0] == 7_823_360
-    g4 = E.build_grid(E.load_config(["experiment=table4"]))
-    assert len(g4.cells) == 12 and {c.dataset for c in g4.cells} == {"flan_v2"}
-    assert {c.variant.method["name"] for c in g4.cells} == {
-        "prolora", "share_hidden_rotate_hidden", "share_rank_rotate_rank", "share_rank_rotate_hidden"}
-    # Table 4's PRoLoRA cell is the same run directory as Table 2's r32 variant (reused, not retrained)
-    g2 = E.build_grid(E.load_config(["experiment=table2"]), rows=["prolora_16_32"], datasets=["flan_v2"], seeds=[1])
-    run2 = {c.variant.id: c.run_dir for c in g2.cells}["prolora_r32_u4_m7_n7"]
-    assert run2 == next(c.run_dir for c in g4.cells if c.variant.id == "prolora_r32_u4_m7_n7" and c.seed == 1)
-    gf = E.build_grid(E.load_config(["experiment=figure2"]))
-    assert len(gf.cells) == 9 * 5 * 3
-    assert sorted({c.lr for c in gf.cells}) == [5e-5, 1e-4, 2e-4, 5e-4, 1e-3]
-    ms = {c.variant.method.get("u", 8) if c.variant.method["name"] != "lora" else 8: c.variant.method.get("m")
-          for c in gf.cells}
-    assert ms == {0: 4, 1: 5, 2: 5, 3: 6, 4: 7, 5: 9, 6: 13, 7: 25, 8: None}
-    solve = getattr(pytest.importorskip("prolora.counting"), "solve_sharing", None)
-    if solve is not None:  # m = the budget solver's answer (paper h/m counting, at or under LoRA r8)
-        for u in range(8):
-            assert solve("llama2_7b", 32, u, lora_rank=8, counting="paper").m == ms[u], u
-    # VeRA / Tied LoRA: a single default LR unless the sweep is asked for
-    sweep = E.build_grid(E.load_config(["experiment=table2", "lr_sweep=true"]), rows=["vera_r256"])
-    assert len(sweep.cells) == 5 * 4 * 3
-    assert sorted({c.lr for c in sweep.cells}) == [2e-3, 5e-3, 1e-2, 2e-2, 5e-2]
 
 
 # --------------------------------------------------------------------------------------------- runner
@@ -297,20 +178,6 @@ def test_dry_run_prints_commands_and_runs_nothing(fake, capsys):
     assert "trainer.max_steps=300 experiment_name=demo" in out and "tasks=[demo]" in out
     assert log.read_text() == ""
     assert not list((tmp / "results").rglob("*.json"))
-
-
-def test_eval_json_to_paper_columns():
-    """eval.json as eval/driver.py's write_results lays it out (percent) -> the paper's six columns."""
-    ev = {"scores": {"mmlu": 41.18, "tydiqa": 17.4, "bbh": 33.43, "gsm": 3.03, "humaneval": 0.64},
-          "tasks": {"mmlu": {"score": 41.18, "accuracy": 41.18, "n_examples": 14042},
-                    "tydiqa": {"score": 17.4, "f1": 17.4, "exact_match": 0.1, "languages": {}},
-                    "bbh": {"score": 33.43, "exact_match": 33.43}, "gsm": {"score": 3.03, "exact_match": 3.03},
-                    "humaneval": {"score": 0.64, "pass@1": 0.64, "pass@10": 2.0}}}
-    got = E.eval_to_columns(ev, ["mmlu_em", "bbh_em", "gsm_em", "tydiqa_f1", "tydiqa_em", "humaneval_p1"])
-    assert got == {"mmlu_em": 41.18, "bbh_em": 33.43, "gsm_em": 3.03, "tydiqa_f1": 17.4, "tydiqa_em": 0.1,
-                   "humaneval_p1": 0.64}
-    assert E.eval_to_columns({"tasks": {"bbh": {"exact_match": 50.0}}}, ["mmlu_em", "bbh_em"]) == {"bbh_em": 50.0}
-    assert E.eval_to_columns(None, ["mmlu_em"]) == {}
 
 
 @pytest.mark.slow

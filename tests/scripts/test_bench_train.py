@@ -5,24 +5,13 @@ Nothing here is timed: the script's speed numbers are for people to read, not fo
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "scripts" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from scripts import bench_train
 
 
 def test_bench_train_small_shape_runs_and_matches_the_hf_peft_losses(tmp_path):
-    bench = _load()
+    bench = bench_train
     out = tmp_path / "train.json"
     result = bench.main(["--device", "cpu", "--shape", "small", "--batch", "2", "--seq", "64", "--steps", "2",
                          "--rounds", "1", "--methods", "lora_r8,prolora_r8_u1_m7", "--variants", "before,auto",

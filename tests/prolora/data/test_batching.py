@@ -10,10 +10,8 @@ from prolora.data import (
     PadCollator,
     TokenizedDataset,
     load_records,
-    plan_epoch,
-    tokenize_records,
 )
-from prolora.models import DEMO_DATA_DIR, load_tiny_tokenizer
+from prolora.models import DEMO_DATA_DIR, TINY_DIR, load_tokenizer
 
 RNG = np.random.default_rng(0)
 LENGTHS = RNG.integers(5, 500, size=1003).tolist()
@@ -84,7 +82,7 @@ def test_pad_collator_right_pads():
 
 
 def test_tokenized_dataset_on_demo_records_feeds_the_trainer():
-    tok = load_tiny_tokenizer()
+    tok = load_tokenizer(TINY_DIR)
     records = load_records(DEMO_DATA_DIR / "train.jsonl")
     ds = TokenizedDataset(records, tok, max_len=64)
     assert len(ds) == len(records) and ds.n_dropped == 0
@@ -98,12 +96,3 @@ def test_tokenized_dataset_on_demo_records_feeds_the_trainer():
         assert (b["labels"][pad] == IGNORE_INDEX).all() and (b["input_ids"][pad] == tok.pad_token_id).all()
         assert ((b["labels"] != IGNORE_INDEX).sum(dim=1) > 0).all()
     assert [x["input_ids"].tolist() for x in batches(3)] == [x["input_ids"].tolist() for x in ds.step_fn(4, 1, 2)(3)]
-
-
-def test_functional_helpers_match_the_classes():
-    tok = load_tiny_tokenizer()
-    records = load_records(DEMO_DATA_DIR / "train.jsonl")[:50]
-    examples, dropped = tokenize_records(records, tok, max_len=64)
-    ds = TokenizedDataset(records, tok, max_len=64)
-    assert examples == ds.examples and dropped == ds.n_dropped == 0
-    assert plan_epoch(LENGTHS, 16, seed=3, epoch=2) == LengthGroupedSampler(LENGTHS, 16, seed=3).epoch_batches(2)

@@ -6,10 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-
-import check_env  # noqa: E402
+from scripts import check_env
 
 
 def test_lock_parses_and_pins_the_core_packages():

@@ -43,7 +43,7 @@ def test_gradients_only_on_adapters_and_loss_decreases(tiny4bit, ids, name):
                     assert p.grad is None, n
             if name == "tied_lora":
                 # v = 0 at init: the gradient reaches v; shared A/B/u get theirs once v moves
-                assert model.model.layers[0].self_attn.q_proj.v.grad.abs().sum() > 0
+                assert model.model.layers[0].self_attn.q_proj.out_scale.grad.abs().sum() > 0
             if name == "vera":
                 assert model.model.layers[0].self_attn.q_proj.lambda_b.grad.abs().sum() > 0
         opt.step()
@@ -52,7 +52,7 @@ def test_gradients_only_on_adapters_and_loss_decreases(tiny4bit, ids, name):
     if name == "tied_lora":
         shared = model.prolora_shared["tied_lora"]
         assert shared.A.grad is not None and shared.A.grad.abs().sum() > 0  # after v moved
-        assert next(iter(shared.u.values())).grad.abs().sum() > 0
+        assert next(iter(shared.layer_scale.values())).grad.abs().sum() > 0
 
 
 def test_bf16_base_keeps_fp32_adapters_and_base_dtype_output(tiny, ids):

@@ -109,11 +109,12 @@ def test_layer_dependent_errors_name_field_and_layer(tiny):
 
 def test_meta_device_attach_every_method():
     from prolora.counting import meta_model
+    from prolora.models import TINY_DIR
 
     from .conftest import all_method_configs
 
     for name, cfg in all_method_configs().items():
-        model = attach(meta_model("tiny"), cfg)
+        model = attach(meta_model(str(TINY_DIR)), cfg)
         assert all(p.is_meta for p in model.parameters()), name
         layer = next(iter(adapter_layers(model).values()))
         a, b = layer.factors()

@@ -7,10 +7,9 @@ from prolora.data import (
     TokenizedDataset,
     format_messages,
     prompt_for_generation,
-    prompt_for_messages,
     tokenize_example,
 )
-from prolora.models import load_tiny_tokenizer
+from prolora.models import TINY_DIR, load_tokenizer
 
 from .helpers import sentencepiece_like_tokenizer
 
@@ -24,10 +23,10 @@ WITH_SYSTEM = {"id": "s", "messages": [
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_tiny_tokenizer()
+    return load_tokenizer(TINY_DIR)
 
 
-TOKENIZERS = {"tiny_byte_level": load_tiny_tokenizer, "sentencepiece_like": sentencepiece_like_tokenizer}
+TOKENIZERS = {"tiny_byte_level": lambda: load_tokenizer(TINY_DIR), "sentencepiece_like": sentencepiece_like_tokenizer}
 
 
 def test_tokens_merging_across_the_header_boundary_are_masked():
@@ -50,8 +49,6 @@ def test_format_strings_exact():
     assert format_messages(WITH_SYSTEM["messages"], eos="<EOS>") == (
         "<|system|>\nBe terse.\n<|user|>\nCapital of France?\n<|assistant|>\nParis.<EOS>\n")
     assert prompt_for_generation("What is 1 + 1?") == "<|user|>\nWhat is 1 + 1?\n<|assistant|>\n"
-    assert prompt_for_messages(TWO_TURNS["messages"][:3]) == (
-        "<|user|>\nHi! What is 2 + 3?\n<|assistant|>\n2 + 3 = 5.</s>\n<|user|>\nAnd times 4?\n<|assistant|>\n")
 
 
 def _assistant_targets(record, eos):

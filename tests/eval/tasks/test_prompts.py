@@ -12,9 +12,9 @@ TYDI_DEV = "tydiqa-goldp-v1.1-dev-fixture.json"
 
 @pytest.fixture(scope="module")
 def tok():
-    from prolora.models import load_tokenizer
+    from prolora.models import TINY_DIR, load_tokenizer
 
-    return load_tokenizer("tiny")
+    return load_tokenizer(TINY_DIR)
 
 
 def first(name, chat, **kw):

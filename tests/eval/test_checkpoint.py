@@ -6,14 +6,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import prolora
+from prolora.models import TINY_DIR
+from recipes import CONFIG_DIR
+from recipes import evaluate as recipe
 from tests.conftest import REPO
-
-prolora = pytest.importorskip("prolora")
-if not hasattr(prolora, "attach"):
-    pytest.skip("the adapter library has not landed yet", allow_module_level=True)
-
-from recipes import CONFIG_DIR  # noqa: E402
-from recipes import evaluate as recipe  # noqa: E402
 
 FIX = REPO / "tests" / "fixtures" / "eval"
 COMMON = ["tasks=[mmlu,bbh,gsm,tydiqa,demo]", f"data_dir={FIX}", "max_new_tokens=8", "mmlu.precision=null",
@@ -36,7 +33,7 @@ def checkpoints(tmp_path_factory):
     from prolora.models import load_base_model
 
     tmp = tmp_path_factory.mktemp("ckpt")
-    model = load_base_model("tiny", quantize=False, device="cpu")
+    model = load_base_model(str(TINY_DIR), quantize=False, device="cpu")
     model = prolora.attach(model, prolora.PRoLoRAConfig(r=4, u=1, m=2))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -47,7 +44,7 @@ def checkpoints(tmp_path_factory):
     prolora.save_adapter(model, final)
     prolora.export_lora(model, final / "peft")
     (final / "run.json").write_text(json.dumps({"config": {"model": {
-        "name": "tiny", "path": "tiny", "quantize": False, "compute_dtype": "float32"}}}))
+        "name": "tiny", "path": str(TINY_DIR), "quantize": False, "compute_dtype": "float32"}}}))
     merged = tmp / "merged"
     prolora.merge(model).save_pretrained(merged)
     return final, merged
@@ -58,7 +55,7 @@ def test_adapter_and_merged_model_score_the_same(checkpoints, tmp_path):
     a = _run([f"checkpoint={final.parent}", f"output_dir={tmp_path / 'adapter'}"])  # run dir → final/
     m = _run([f"checkpoint={merged}", "model=tiny", "precision=full", "chat=true", f"output_dir={tmp_path / 'merged'}"])
     _run(["model=tiny", "precision=full", "chat=true", f"output_dir={tmp_path / 'base'}"])
-    assert a["model"]["kind"] == "adapter" and a["model"]["model_path"] == "tiny" and a["chat"] is True
+    assert a["model"]["kind"] == "adapter" and a["model"]["model_path"] == str(TINY_DIR) and a["chat"] is True
     assert a["precision"]["gsm"] == "full" and m["model"]["kind"] == "merged"
     assert a["scores"] == m["scores"]
     differs = False
@@ -87,7 +84,7 @@ def test_merge_as_the_authors_did_from_an_nf4_base(tmp_path):
     from eval.backends.hf import HFBackend
     from prolora.models import load_base_model
 
-    model = prolora.attach(load_base_model("tiny", device="cpu"), prolora.PRoLoRAConfig(r=4, u=1, m=2))
+    model = prolora.attach(load_base_model(str(TINY_DIR), device="cpu"), prolora.PRoLoRAConfig(r=4, u=1, m=2))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -96,9 +93,9 @@ def test_merge_as_the_authors_did_from_an_nf4_base(tmp_path):
     adapter = prolora.save_adapter(model, tmp_path / "adapter")
     prompts = ["<|user|>\nWhat is 12 + 30?\n<|assistant|>\n", "<|user|>\nReverse: red cat sun\n<|assistant|>\n"]
     common = dict(adapter_dir=str(adapter), compute_dtype="float32", device="cpu", batch_size=2)
-    unmerged = HFBackend.load("tiny", precision="nf4", **common)
-    merged = HFBackend.load("tiny", precision="full", merge=True, merge_from="nf4", **common)
-    eight = HFBackend.load("tiny", precision="8bit", merge=True, merge_from="nf4", **common)
+    unmerged = HFBackend.load(str(TINY_DIR), precision="nf4", **common)
+    merged = HFBackend.load(str(TINY_DIR), precision="full", merge=True, merge_from="nf4", **common)
+    eight = HFBackend.load(str(TINY_DIR), precision="8bit", merge=True, merge_from="nf4", **common)
     assert not any(type(m).__name__ == "Linear4bit" for m in merged.model.modules())
     assert any(type(m).__name__ == "Linear8bitLt" for m in eight.model.modules())
     assert merged.generate(prompts, max_new_tokens=8) == unmerged.generate(prompts, max_new_tokens=8)

@@ -4,8 +4,9 @@ import json
 from collections import Counter
 
 from prolora.data import TokenizedDataset
-from prolora.data.formats import convert_superni, read_task_list
-from prolora.models import load_tiny_tokenizer
+from prolora.data.formats import convert_superni
+from prolora.data.superni import read_task_list
+from prolora.models import TINY_DIR, load_tokenizer
 
 PRESENT = {"task062_bigbench_repeat_copy_logic": 29, "task1149_item_check_edible": 119,
            "task1319_country_by_barcode_prefix": 101}
@@ -43,7 +44,7 @@ def test_real_superni_tasks_tk_instruct(shared_data):
     assert convert_superni(raw, template="tk_instruct", split="default", max_per_task=100)[0] == records
     assert convert_superni(raw, template="tk_instruct", split="default", max_per_task=100, seed=7)[0] != records
 
-    ds = TokenizedDataset(records, load_tiny_tokenizer(), max_len=512)
+    ds = TokenizedDataset(records, load_tokenizer(TINY_DIR), max_len=512)
     assert len(ds) + ds.n_dropped == len(records) and len(ds) > 0 and max(ds.lengths) <= 512
 
 
@@ -75,5 +76,5 @@ def test_real_superni_open_instruct(shared_data):
     few = [r["messages"][0]["content"] for r in records[80 + 60:80 + 80]]
     assert all(u.count("\nOutput:\n") == 3 for u in few)
 
-    ds = TokenizedDataset(records, load_tiny_tokenizer(), max_len=512)
+    ds = TokenizedDataset(records, load_tokenizer(TINY_DIR), max_len=512)
     assert len(ds) + ds.n_dropped == len(records) and len(ds) > 0

@@ -1,11 +1,9 @@
 """Reformatters: each raw fixture -> the exact records; malformed rows skipped and reported; clear errors."""
 
-import importlib.util
-import json
 
 import pytest
 
-from prolora.data import convert, get_converter, load_records, read_records
+from prolora.data import get_converter, load_records, read_records
 from prolora.data.formats import (
     convert_code_alpaca,
     convert_cot,
@@ -18,14 +16,6 @@ from prolora.data.formats import (
 from .helpers import FIXTURES
 
 BAD = FIXTURES / "malformed"
-REPO = FIXTURES.parents[2]
-
-
-def load_cli():
-    spec = importlib.util.spec_from_file_location("prepare_data_cli", REPO / "scripts" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 ANTONYM_PROMPT = (
     "Definition: Given a word, write its antonym.\n\n"
@@ -195,41 +185,5 @@ def test_files_with_no_usable_rows_and_missing_files():
 def test_unknown_dataset_lists_known_ones():
     with pytest.raises(ValueError, match="unknown dataset 'alpaca_gpt5'; known: code_alpaca, cot, flan_v2, messages, superni"):
         get_converter("alpaca_gpt5")
-    records, _ = convert("code_alpaca", FIXTURES / "code_alpaca.json")
+    records, _ = get_converter("code_alpaca")(FIXTURES / "code_alpaca.json")
     assert len(records) == 3
-
-
-def test_prepare_data_cli(tmp_path, capsys):
-    main = load_cli().main
-    out = tmp_path / "superni.jsonl"
-    assert main(["superni", "--raw", str(FIXTURES / "superni"), "--split", "default", "--out", str(out),
-                 "--no-progress"]) == 0
-    text = capsys.readouterr().out
-    assert "wrote 4 records" in text and "task file missing" in text and "empty target" in text
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows == convert_superni(FIXTURES / "superni", split="default")[0]
-    assert rows[0]["dataset"] == "super_ni" and load_records(out) == rows
-
-    # the shared-copy case: no xlingual split -> default, with a warning
-    with pytest.warns(UserWarning, match="xlingual"):
-        assert main(["superni", "--raw", str(FIXTURES / "superni"), "--out", str(out), "--no-progress",
-                     "--template", "tk_instruct", "--seed", "3"]) == 0
-    assert [json.loads(line) for line in out.read_text().splitlines()] == convert_superni(
-        FIXTURES / "superni", template="tk_instruct", split="default", seed=3)[0]
-    capsys.readouterr()
-
-    for args, expected in ((["--seed", "7"], convert_code_alpaca(FIXTURES / "code_alpaca.json", seed=7)[0]),
-                           (["--template", "fixed"],
-                            convert_code_alpaca(FIXTURES / "code_alpaca.json", template="fixed")[0]),
-                           ([], convert_code_alpaca(FIXTURES / "code_alpaca.json")[0])):
-        assert main(["code_alpaca", "--raw", str(FIXTURES / "code_alpaca.json"), "--out", str(out)] + args) == 0
-        assert [json.loads(line) for line in out.read_text().splitlines()] == expected
-    assert main(["code_alpaca", "--raw", str(FIXTURES / "code_alpaca.json"), "--out", str(out),
-                 "--template", "tk_instruct"]) == 2
-    assert "code_alpaca --template must be one of open_instruct, fixed" in capsys.readouterr().err
-    assert "reproduce open-instruct's processed files" in " ".join(load_cli().build_parser().format_help().split())
-
-    assert main(["flan_v2", "--raw", str(FIXTURES / "missing.jsonl"), "--out", str(tmp_path / "f.jsonl")]) == 1
-    assert "not found" in capsys.readouterr().err
-    assert main(["nope", "--raw", "x", "--out", str(tmp_path / "n.jsonl")]) == 2
-    assert "known: code_alpaca" in capsys.readouterr().err

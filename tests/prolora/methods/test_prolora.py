@@ -10,8 +10,7 @@ import torch
 
 from prolora import LoRAConfig, PRoLoRAConfig, adapter_layers, attach, count_trainable, make_config
 from prolora.methods.prolora import trainable_per_module
-
-from .conftest import randomize_trainable
+from tests.prolora.conftest import randomize_trainable
 
 # ----------------------------------------------------------------------------- slow references (paper)
 

@@ -1,0 +1,301 @@
+"""Running a grid: one subprocess per step (train, then evaluate), a lock per cell, a record per cell.
+
+State of a cell: *done* (cell file with status done), *running* (lock of a live process, or a heartbeat
+fresher than ``stale_lock_s``), *failed* (cell file with status failed: stage, return code, stderr tail),
+*to do* otherwise.  Each step runs in its own subprocess, so a crash or OOM of one cell only marks that
+cell failed; a killed grid resumes where it stopped (finished steps are never rerun: ``final/run.json``
+marks a finished training, ``eval.json`` a finished evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from prolora.io import read_json, read_tail, write_json_atomic
+from recipes import REPO, git_commit
+from recipes.paper.grid import Cell, Grid, cells_dir, compose, eval_command, train_args, train_command
+from recipes.paper.plan import count_params
+from recipes.paper.tables import COLUMNS, eval_to_columns
+
+CELL_SCHEMA = 1
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (killed, not yet reaped) is not alive
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def lock_alive(lock: dict[str, Any] | None, stale_s: float) -> bool:
+    if not lock:
+        return False
+    if lock.get("host") == socket.gethostname():
+        return any(_pid_alive(lock.get(k)) for k in ("pid", "child_pid"))
+    return time.time() - float(lock.get("heartbeat", 0)) < stale_s
+
+
+def cell_state(cfg: DictConfig, cell: Cell) -> tuple[str, str]:
+    """(state, detail): state in done | running | failed | to do."""
+    d = cells_dir(cfg, cell.experiment)
+    lock = read_json(d / f"{cell.id}.lock")
+    if lock_alive(lock, float(cfg.stale_lock_s)):
+        return "running", f"pid {lock.get('pid')} on {lock.get('host')}, {lock.get('stage', '')}"
+    rec = read_json(d / f"{cell.id}.json")
+    if rec and rec.get("status") == "done":
+        return "done", ""
+    if rec and rec.get("status") == "failed":
+        f = rec.get("failure") or {}
+        return "failed", f"{f.get('stage')} rc={f.get('returncode')}"
+    trained = cell.eval_only or (cell.run_dir is not None and (cell.run_dir / "final" / "run.json").exists())
+    evaluated = (cell.eval_dir / "eval.json").exists()
+    detail = "" if cell.eval_only else ("trained" if trained else "")
+    if evaluated:
+        detail = "trained+evaluated, to record"
+    return "to do", detail
+
+
+def _loss_curve(metrics: Path) -> list[list[float]]:
+    curve = []
+    try:
+        for line in metrics.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("loss") is not None and rec.get("step") is not None:
+                curve.append([rec["step"], rec["loss"]])
+    except OSError:
+        pass
+    return curve
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Runner:
+    """Runs the cells of a grid that are not done, one subprocess per step, recording each cell."""
+
+    def __init__(self, cfg: DictConfig, grid: Grid, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.grid = grid
+        self.log = log
+        self.dir = cells_dir(cfg, grid.experiment)
+        self._child: subprocess.Popen | None = None
+        self._lock_path: Path | None = None
+        self._lock: dict[str, Any] = {}
+        self._stop = threading.Event()
+
+    # -- locks
+    def _write_lock(self) -> None:
+        if self._lock_path is not None:
+            self._lock["heartbeat"] = time.time()
+            write_json_atomic(self._lock_path, self._lock)
+
+    def _acquire(self, cell: Cell) -> bool:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{cell.id}.lock"
+        self._lock = {"pid": os.getpid(), "child_pid": None, "host": socket.gethostname(),
+                      "started": time.time(), "heartbeat": time.time(), "stage": "starting"}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if lock_alive(read_json(path), float(self.cfg.stale_lock_s)):
+                    return False
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._lock, f)
+            self._lock_path = path
+            return True
+        return False
+
+    def _release(self) -> None:
+        if self._lock_path is not None:
+            self._lock_path.unlink(missing_ok=True)
+            self._lock_path = None
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(30):
+            try:
+                self._write_lock()
+            except OSError:
+                pass
+
+    # -- steps
+    def _step(self, stage: str, cmd: list[str], log_dir: Path) -> tuple[int, float, Path]:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        out, err = log_dir / f"{stage}.stdout.log", log_dir / f"{stage}.stderr.log"
+        self._lock["stage"] = stage
+        self.log(f"    {stage}: {' '.join(cmd)}")
+        t0 = time.time()
+        with open(out, "ab") as fo, open(err, "ab") as fe:
+            fe.write(f"\n==== {datetime.now(UTC).isoformat()} {' '.join(cmd)}\n".encode())
+            fe.flush()
+            self._child = subprocess.Popen(cmd, cwd=REPO, stdout=fo, stderr=fe)
+            self._lock["child_pid"] = self._child.pid
+            self._write_lock()
+            try:
+                rc = self._child.wait()
+            finally:
+                self._child = None
+                self._lock["child_pid"] = None
+        return rc, time.time() - t0, err
+
+    def _terminate_child(self) -> None:
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    def _record(self, cell: Cell, status: str, timings: dict[str, float], failure: dict[str, Any] | None,
+                commands: dict[str, list[str]]) -> dict[str, Any]:
+        run_json = read_json(cell.run_dir / "final" / "run.json") if cell.run_dir else None
+        ev = read_json(cell.eval_dir / "eval.json")
+        metrics_path = cell.run_dir / "metrics.jsonl" if cell.run_dir else None
+        resolved = None
+        if cell.variant:
+            try:
+                resolved = OmegaConf.to_container(compose("config", train_args(self.cfg, cell)), resolve=True)
+            except Exception as e:  # the recipe's config may reject the overrides: keep the record anyway
+                resolved = {"error": f"{type(e).__name__}: {e}"}
+        sha = git_commit()
+        rec: dict[str, Any] = {
+            "schema": CELL_SCHEMA, "status": status, **cell.as_dict(),
+            "metrics": eval_to_columns(ev, COLUMNS) if ev else {},
+            "trainable_params": count_params(cell.model, cell.variant.method) if cell.variant else None,
+            "trainable_params_run": (run_json or {}).get("trainable_params"),
+            "train": {k: (run_json or {}).get(k) for k in
+                      ("wall_time_s", "tokens_per_s", "initial_loss", "final_loss", "steps")} if run_json else None,
+            "loss_curve": _loss_curve(metrics_path) if metrics_path else [],
+            "eval": ev,
+            "timings": {**timings, "recorded_at": datetime.now(UTC).isoformat()},
+            "git": {"commit": sha.removesuffix("-dirty") if sha else None, "dirty": bool(sha and sha.endswith("-dirty"))},
+            "run_git_commit": (run_json or {}).get("git_commit"),
+            "paths": {
+                "run_dir": str(cell.run_dir) if cell.run_dir else None,
+                "checkpoint": str(cell.run_dir / "final") if cell.run_dir else None,
+                "metrics_jsonl": str(metrics_path) if metrics_path else None,
+                "eval_dir": str(cell.eval_dir), "eval_json": str(cell.eval_dir / "eval.json")},
+            "commands": commands,
+            "config": {"train": resolved, "run": (run_json or {}).get("config"),
+                       "experiment": OmegaConf.to_container(self.cfg.experiment, resolve=True)},
+        }
+        if failure:
+            rec["failure"] = failure
+        write_json_atomic(self.dir / f"{cell.id}.json", rec, sort_keys=False)
+        return rec
+
+    def _stage(self, stage: str, cmd: list[str], cwd: Path, marker: Path, timings: dict[str, float],
+               tail: int) -> dict | None:
+        """Run one step of a cell unless its ``marker`` file shows it finished; the failure record or None."""
+        if marker.exists():
+            self.log(f"    {stage}: already done ({marker.parent.name}/{marker.name}), reusing")
+            return None
+        rc, secs, err = self._step(stage, cmd, cwd)
+        timings[f"{stage}_s"] = round(secs, 3)
+        if rc == 0 and marker.exists():
+            return None
+        why = f"exit code {rc}" if rc != 0 else f"exit code 0 but no {marker.name}"
+        self.log(f"    {stage} FAILED ({why})")
+        return {"stage": stage, "returncode": rc, "reason": why, "stderr_tail": read_tail(err, tail),
+                "stderr_log": str(err)}
+
+    def run_cell(self, cell: Cell) -> str:
+        """Run what is missing of one cell; returns done | failed | running (someone else has it)."""
+        if not self._acquire(cell):
+            return "running"
+        self._stop.clear()
+        hb = threading.Thread(target=self._heartbeat, daemon=True)
+        hb.start()
+        timings: dict[str, float] = {}
+        commands: dict[str, list[str]] = {}
+        tail = int(self.cfg.stderr_tail_chars)
+        try:
+            if not cell.eval_only:
+                assert cell.run_dir is not None
+                commands["train"] = train_command(self.cfg, cell)
+                failure = self._stage("train", commands["train"], cell.run_dir,
+                                      cell.run_dir / "final" / "run.json", timings, tail)
+                if failure:
+                    return self._record(cell, "failed", timings, failure, commands)["status"]
+            commands["evaluate"] = eval_command(self.cfg, cell)
+            failure = self._stage("eval", commands["evaluate"], cell.eval_dir, cell.eval_dir / "eval.json",
+                                  timings, tail)
+            if failure:
+                return self._record(cell, "failed", timings, failure, commands)["status"]
+            return self._record(cell, "done", timings, None, commands)["status"]
+        except (KeyboardInterrupt, Interrupted):
+            self._terminate_child()
+            raise
+        finally:
+            self._stop.set()
+            self._release()
+
+    def run(self, cells: Sequence[Cell] | None = None, max_cells: int | None = None,
+            dry_run: bool = False) -> dict[str, list[str]]:
+        cells = list(self.grid.cells if cells is None else cells)
+        outcome: dict[str, list[str]] = {"done": [], "failed": [], "skipped": [], "running": []}
+        ran = 0
+
+        def on_term(signum, frame):  # noqa: ARG001
+            raise Interrupted(f"signal {signum}")
+
+        old = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() \
+            else None
+        try:
+            for i, cell in enumerate(cells, 1):
+                state, _ = cell_state(self.cfg, cell)
+                if state == "done" or (state == "failed" and not self.cfg.retry_failed):
+                    outcome["skipped"].append(cell.id)
+                    continue
+                if state == "running":
+                    self.log(f"[{i}/{len(cells)}] {cell.id}: running elsewhere, skipped")
+                    outcome["running"].append(cell.id)
+                    continue
+                if max_cells is not None and ran >= max_cells:
+                    break
+                ran += 1
+                self.log(f"[{i}/{len(cells)}] {cell.id} ({state}{', retry' if state == 'failed' else ''})")
+                if dry_run:
+                    if not cell.eval_only:
+                        self.log("    train: " + " ".join(train_command(self.cfg, cell)))
+                    self.log("    eval:  " + " ".join(eval_command(self.cfg, cell)))
+                    continue
+                status = self.run_cell(cell)
+                outcome.setdefault(status, []).append(cell.id)
+                self.log(f"    -> {status}")
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+        return outcome
+
+
+

@@ -1,0 +1,454 @@
+"""Tables and figures of an experiment, rendered from its cell result files only, next to the paper's numbers.
+
+Reads ``<results_dir>/<experiment>/cells/*.json`` (written by the runner; only cells with status ``done``
+count) and the paper's numbers (``results/paper_reference.json``), and writes ``<out_dir>/table.md`` and
+``table.csv`` (out_dir defaults to ``<results_dir>/<experiment>``):
+
+* each value is our mean ± sample std (n-1) over the seeds that finished, with the paper's value and
+  ours − paper beside it; a row with two variants ("4/8", "16/32") or several LRs (``--lr-sweep``) keeps,
+  per benchmark, the candidate with the better mean, as the paper does, and names it ([r32], [lr 0.01]);
+* ``n=2/3``: only 2 of the 3 planned seeds are in; ``†``: the pick was made while another candidate still
+  had missing seeds, so it may change; ``—``: no result yet (never filled in);
+* Avg. = the mean of the row's columns as the paper computes it (only when every column has a value).
+
+Figure 2 (layout ``heatmap``) also gets ``figure2.png`` (unshared rank x learning rate), Table 4 (layout
+``share_rotate``) the paper's 2 x 2 sharing/rotation grid, and experiments with ``loss_curves: true``
+(the demo) ``loss_curves.png`` from each cell's training loss.
+
+The table columns are the benchmarks' own (each task class declares its ``columns``): :data:`COLUMNS`.
+CLI: ``python scripts/render_tables.py --experiment table2`` (:func:`main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from prolora.io import read_json, write_text_atomic
+from recipes.paper import grid as G
+from recipes.paper import plan as P
+
+
+def _columns() -> dict[str, tuple[str, str, str]]:
+    """Table column -> (benchmark task, header, metric key in eval.json's ``tasks.<task>``)."""
+    from eval.tasks import TASKS
+
+    return {col: (name, header, metric) for name, cls in TASKS.items()
+            for col, (header, metric) in cls.columns.items()}
+
+
+COLUMNS: dict[str, tuple[str, str, str]] = _columns()
+
+
+def eval_to_columns(ev: dict[str, Any] | None, columns) -> dict[str, float]:
+    """THE mapping eval.json -> table columns (MMLU EM, BBH EM, GSM EM, TyDiQA F1, TyDiQA EM, HumanEval P@1;
+    Demo EM), in percent as the evaluator writes them.  A column whose task or metric is absent (not
+    evaluated, or the task failed) is left out, never filled in."""
+    out: dict[str, float] = {}
+    tasks = (ev or {}).get("tasks") or {}
+    for col in columns:
+        task, _, key = COLUMNS[col]
+        value = (tasks.get(task) or {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[col] = float(value)
+    return out
+
+
+DASH = "—"
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def load_cells(cells_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for p in sorted(cells_dir.glob("*.json")):
+        rec = read_json(p)
+        if isinstance(rec, dict) and rec.get("status") == "done":
+            out.append(rec)
+    return out
+
+
+def _key(lr: float | None) -> str:
+    return "none" if lr is None else G.fmt_lr(lr)
+
+
+class Index:
+    """Done cells by (variant, dataset, lr) -> {seed: metrics} and eval-only rows by row id."""
+
+    def __init__(self, records: list[dict[str, Any]]):
+        self.trained: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
+        self.eval_only: dict[str, dict[int, dict[str, float]]] = {}
+        self.records = records
+        for rec in records:
+            metrics = rec.get("metrics") or {}
+            seed = int(rec.get("seed") or 0)
+            if rec.get("eval_only"):
+                for row in rec.get("rows") or []:
+                    self.eval_only.setdefault(row, {})[seed] = metrics
+            elif rec.get("variant"):
+                k = (rec["variant"], rec.get("dataset") or "", _key(rec.get("lr")))
+                self.trained.setdefault(k, {})[seed] = metrics
+
+    def values(self, variant: str, dataset: str, lr: float, col: str, seeds: list[int]) -> list[float]:
+        by_seed = self.trained.get((variant, dataset, _key(lr)), {})
+        return [float(by_seed[s][col]) for s in seeds if s in by_seed and by_seed[s].get(col) is not None]
+
+
+@dataclass
+class Value:
+    mean: float | None = None
+    std: float | None = None
+    n: int = 0
+    planned: int = 0
+    choice: str = ""  # the candidate kept ([r32], [lr 0.01])
+    unsettled: bool = False  # another candidate still misses seeds
+    paper: float | None = None
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.mean is None or self.paper is None else self.mean - self.paper
+
+    def text(self) -> str:
+        if self.mean is None:
+            s = DASH
+        else:
+            s = f"{self.mean:.2f}"
+            if self.std is not None:
+                s += f" ± {self.std:.2f}"
+            if self.choice:
+                s += f" [{self.choice}]"
+            if self.n < self.planned:
+                s += f" n={self.n}/{self.planned}"
+            if self.unsettled:
+                s += " †"
+        if self.paper is not None:
+            s += f" ({self.paper:.2f}" + (f", {self.delta:+.2f})" if self.delta is not None else ")")
+        return s
+
+
+def summarize(values: list[float], planned: int) -> Value:
+    if not values:
+        return Value(planned=planned)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Value(mean=statistics.fmean(values), std=std, n=len(values), planned=planned)
+
+
+@dataclass
+class TableRow:
+    row: G.Row
+    values: dict[str, Value]
+    params: list[int | None]
+    params_paper: str | None
+    params_flag: str
+    avg: Value
+    notes: list[str] = field(default_factory=list)
+
+
+def dataset_of(exp: DictConfig, col: str) -> str | None:
+    task = COLUMNS[col][0]
+    for ds, tasks in G.experiment_datasets(exp).items():
+        if task in tasks:
+            return str(ds)
+    return None
+
+
+def row_values(exp: DictConfig, row: G.Row, index: Index, ref_row: dict[str, Any]) -> dict[str, Value]:
+    seeds = [int(s) for s in exp.seeds]
+    out: dict[str, Value] = {}
+    for col in exp.columns:
+        paper = (ref_row.get("values") or {}).get(col)
+        if row.eval_only:
+            by_seed = index.eval_only.get(row.id, {})
+            vals = [float(m[col]) for _, m in sorted(by_seed.items()) if m.get(col) is not None]
+            v = summarize(vals, 1)
+            v.planned = v.n or 1
+        else:
+            ds = dataset_of(exp, col)
+            cands = []
+            lrs_by_variant = {vt.id: row.candidate_lrs(ds) if ds else [] for vt in row.variants}
+            many_lrs = any(len(x) > 1 for x in lrs_by_variant.values())
+            for vt in row.variants:
+                for lr in lrs_by_variant[vt.id]:
+                    label = " ".join(x for x in (vt.short if len(row.variants) > 1 else "",
+                                                 f"lr {G.fmt_lr(lr)}" if many_lrs else "") if x)
+                    cands.append((label, summarize(index.values(vt.id, ds, lr, col, seeds), len(seeds))))
+            have = [(lab, v) for lab, v in cands if v.mean is not None]
+            if have:
+                label, v = max(have, key=lambda lv: lv[1].mean)  # first of equals wins
+                v.choice = label if len(cands) > 1 else ""
+                v.unsettled = len(cands) > 1 and any(c.n < c.planned for _, c in cands)
+            else:
+                v = Value(planned=len(seeds))
+        v.paper = paper
+        out[col] = v
+    return out
+
+
+def build_table(cfg: DictConfig, grid_rows: list[G.Row], index: Index, ref: dict[str, Any],
+                counts: bool = True) -> list[TableRow]:
+    exp = cfg.experiment
+    rows = []
+    for row in grid_rows:
+        ref_row = (ref.get("rows") or {}).get(row.id, {})
+        values = row_values(exp, row, index, ref_row)
+        params = [P.count_params(exp.model, v.method) for v in row.variants] if counts else []
+        flag = ""
+        notes: list[str] = []
+        for v, n in zip(row.variants, params):
+            chk = P.params_check(n, ref_row.get("params"), P.paper_formula_count(exp.model, v.method))
+            if chk.startswith("MISMATCH"):
+                flag = "≠"
+                if ref_row.get("params_note") and ref_row["params_note"] not in notes:
+                    notes.append(ref_row["params_note"])
+        avg = Value(paper=ref_row.get("avg"))
+        if exp.avg and all(values[c].mean is not None for c in exp.columns):
+            avg.mean = statistics.fmean(values[c].mean for c in exp.columns)  # type: ignore[misc]
+            avg.n = avg.planned = 1
+        if ref_row.get("note"):
+            notes.append(ref_row["note"])
+        rows.append(TableRow(row=row, values=values, params=params, params_paper=ref_row.get("params"),
+                             params_flag=flag, avg=avg, notes=notes))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+def params_text(tr: TableRow) -> str:
+    if tr.row.eval_only:
+        return "-"
+    ours = " / ".join(P.fmt_int(n) for n in tr.params) if tr.params else DASH
+    if tr.params_paper:
+        ours += f" ({tr.params_paper}{' ' + tr.params_flag if tr.params_flag else ''})"
+    return ours
+
+
+def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], n_records: int) -> str:
+    exp = cfg.experiment
+    cols = list(exp.columns)
+    heads = ["Method", "Rank", "Param. ours (paper)"] + [COLUMNS[c][1] for c in cols] + (["Avg."] if exp.avg else [])
+    lines = [f"# {exp.title or exp.name} (reproduced)", ""]
+    if ref.get("rows"):
+        lines.append(f"Ours: mean ± sample std over seeds {list(exp.seeds)}, in percent; in parentheses the paper's "
+                     f"value and ours − paper (paper: {ref.get('_source')}, via results/paper_reference.json).")
+    else:
+        lines.append(f"Ours: mean ± sample std over seeds {list(exp.seeds)}, in percent (the paper has no numbers "
+                     f"for this experiment).")
+    lines.append(f"[r32] / [lr x]: the candidate a multi-variant row kept for that benchmark (better mean, as the paper); "
+                 f"n=k/{len(exp.seeds)}: seeds finished so far; †: a candidate still misses seeds; {DASH}: no result yet; "
+                 f"≠: our parameter count does not round to the paper's.")
+    lines.append(f"Built from {n_records} finished cell file(s).")
+    lines.append("")
+    lines.append("| " + " | ".join(heads) + " |")
+    lines.append("|" + "|".join("---" for _ in heads) + "|")
+    for tr in table:
+        cells = [tr.row.label, tr.row.rank, params_text(tr)] + [tr.values[c].text() for c in cols]
+        if exp.avg:
+            cells.append(tr.avg.text())
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {tr.row.label} {tr.row.rank}: {n}" for tr in table for n in tr.notes]
+    if ref.get("budget_note"):
+        notes.append(f"- {ref['budget_note']}")
+    if notes:
+        lines += ["", "Notes:"] + notes
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def csv_text(cfg: DictConfig, table: list[TableRow]) -> str:
+    exp = cfg.experiment
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head = ["experiment", "row", "label", "rank", "params", "params_paper"]
+    for c in exp.columns:
+        head += [f"{c}_mean", f"{c}_std", f"{c}_n", f"{c}_choice", f"{c}_paper", f"{c}_delta"]
+    if exp.avg:
+        head += ["avg", "avg_paper", "avg_delta"]
+    w.writerow(head)
+    for tr in table:
+        line = [exp.name, tr.row.id, tr.row.label, tr.row.rank,
+                " / ".join(str(n) for n in tr.params if n is not None), tr.params_paper or ""]
+        for c in exp.columns:
+            v = tr.values[c]
+            line += [_num(v.mean), _num(v.std), v.n, v.choice, _num(v.paper), _num(v.delta)]
+        if exp.avg:
+            line += [_num(tr.avg.mean), _num(tr.avg.paper), _num(tr.avg.delta)]
+        w.writerow(line)
+    return buf.getvalue()
+
+
+def share_rotate_grid(table: list[TableRow], col: str) -> str:
+    """Table 4's layout: sharing dimension (rows) x rotation dimension (columns)."""
+    by = {(tr.row.extra.get("share"), tr.row.extra.get("rotate")): tr for tr in table}
+    lines = ["", f"Sharing \\ Rotation ({COLUMNS[col][1]}), as the paper's Table 4:", "",
+             "| Sharing / Rotation | Hidden. | Rank. |", "|---|---|---|"]
+    for share in ("hidden", "rank"):
+        cells = []
+        for rot in ("hidden", "rank"):
+            tr = by.get((share, rot))
+            cells.append(tr.values[col].text() if tr else DASH)
+        lines.append(f"| {share.capitalize()}. | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(cfg: DictConfig, grid_rows: list[G.Row], index: Index, out: Path) -> tuple[str, str]:
+    """Figure 2: rows (unshared rank) x the LR grid; Markdown + CSV text, and the PNG at ``out``."""
+    exp = cfg.experiment
+    col = exp.columns[0]
+    ds = dataset_of(exp, col)
+    lrs = [float(x) for x in exp.lr_grid]
+    seeds = [int(s) for s in exp.seeds]
+    grid: list[list[Value]] = []
+    for row in grid_rows:
+        vt = row.variants[0]
+        grid.append([summarize(index.values(vt.id, ds, lr, col, seeds), len(seeds)) for lr in lrs])
+    md = [f"# {exp.title} (reproduced)", "",
+          f"{COLUMNS[col][1]}: mean ± sample std over seeds {seeds}; {DASH}: no result yet. "
+          "The paper gives Figure 2 only as an image (no numbers to compare with).", "",
+          "| Unshared rank | variant | " + " | ".join(f"lr {G.fmt_lr(x)}" for x in lrs) + " |",
+          "|---|---|" + "---|" * len(lrs)]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["experiment", "row", "variant", "lr", f"{col}_mean", f"{col}_std", f"{col}_n"])
+    for row, vals in zip(grid_rows, grid):
+        md.append(f"| {row.label} | {row.variants[0].id} | " + " | ".join(v.text() for v in vals) + " |")
+        for lr, v in zip(lrs, vals):
+            w.writerow([exp.name, row.id, row.variants[0].id, G.fmt_lr(lr), _num(v.mean), _num(v.std), v.n])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = np.array([[np.nan if v.mean is None else v.mean for v in vals] for vals in grid], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.3 * len(lrs) + 2.5, 0.5 * len(grid_rows) + 1.8))
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, aspect="auto")
+    ax.set_xticks(range(len(lrs)), [G.fmt_lr(x) for x in lrs])
+    ax.set_yticks(range(len(grid_rows)), [r.label for r in grid_rows])
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("unshared rank u")
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            ax.text(j, i, DASH if math.isnan(data[i, j]) else f"{data[i, j]:.2f}", ha="center", va="center",
+                    fontsize=8, color="black" if math.isnan(data[i, j]) else "white")
+    ax.set_title(f"{exp.name}: {COLUMNS[col][1]} (r=32, LoRA-r8 budget)", fontsize=10)
+    if not np.all(np.isnan(data)):
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
+def loss_curves(records: list[dict[str, Any]], out: Path, title: str) -> bool:
+    curves = [(r, r.get("loss_curve") or []) for r in records if not r.get("eval_only")]
+    curves = [(r, c) for r, c in curves if c]
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for rec, curve in sorted(curves, key=lambda rc: rc[0]["cell_id"]):
+        ax.plot([p[0] for p in curve], [p[1] for p in curve],
+                label=f"{rec['variant']} seed {rec.get('seed')} (lr {G.fmt_lr(rec['lr'])})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def log_wandb(cfg: DictConfig, csv_body: str, out_dir: Path) -> None:
+    """Log the table as a W&B table in the experiment's group (offline unless configured)."""
+    try:
+        import wandb
+
+        rows = list(csv.reader(io.StringIO(csv_body)))
+        mode = os.environ.get("WANDB_MODE") or "offline"
+        run = wandb.init(project="prolora", group=str(cfg.experiment.name), job_type="table",
+                         name=f"{cfg.experiment.name}-table", mode=mode, dir=str(out_dir), reinit="finish_previous")
+        run.log({f"{cfg.experiment.name}_table": wandb.Table(columns=rows[0], data=rows[1:])})
+        run.finish()
+        print(f"logged the table to W&B ({mode}, group {cfg.experiment.name})")
+    except Exception as e:  # never fail the rendering for W&B
+        print(f"warning: W&B logging skipped: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def render_experiment(cfg: DictConfig, experiment: str | None = None, out_dir: Path | None = None,
+                      reference: Path | None = None, wandb: bool = False, echo: bool = False) -> list[Path]:
+    """Render ``cfg``'s experiment from its cell files; returns the paths written."""
+    exp = cfg.experiment
+    name = experiment or str(exp.name)
+    cells_dir = G.cells_dir(cfg, name)
+    out_dir = out_dir or cells_dir.parent
+    records = load_cells(cells_dir)
+    index = Index(records)
+    ref = dict(P.paper_table(name, reference))
+    ref["_source"] = "arXiv 2402.16902 " + name.replace("table", "Table ").replace("figure", "Figure ")
+    rows = G.build_grid(cfg).rows
+    written: list[Path] = []
+    if exp.layout == "heatmap":
+        md, body = heatmap(cfg, rows, index, out_dir / f"{name}.png")
+        written.append(out_dir / f"{name}.png")
+    else:
+        table = build_table(cfg, rows, index, ref)
+        md = markdown(cfg, table, ref, len(records))
+        if exp.layout == "share_rotate":
+            md += share_rotate_grid(table, exp.columns[0])
+        body = csv_text(cfg, table)
+    write_text_atomic(out_dir / "table.md", md)
+    write_text_atomic(out_dir / "table.csv", body)
+    written[:0] = [out_dir / "table.md", out_dir / "table.csv"]
+    if exp.loss_curves and loss_curves(records, out_dir / "loss_curves.png", f"{name}: training loss"):
+        written.append(out_dir / "loss_curves.png")
+    if echo:
+        print(md)
+    if wandb:
+        log_wandb(cfg, body, out_dir)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", required=True, help="table2 | table3 | table4 | figure2 | demo")
+    p.add_argument("--results-dir", help="where <experiment>/cells/ is (default: results_dir of reproduce.yaml)")
+    p.add_argument("--out-dir", help="where to write table.md/.csv/plots (default <results-dir>/<experiment>)")
+    p.add_argument("--reference", help="paper reference JSON (default results/paper_reference.json)")
+    p.add_argument("--wandb", action="store_true", help="also log the table as a W&B table (offline-safe)")
+    p.add_argument("--quiet", action="store_true", help="do not print the Markdown table")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of configs/reproduce.yaml (e.g. lr_sweep=true)")
+    args = p.parse_intermixed_args(argv)
+    overrides = [f"experiment={args.experiment}", *args.overrides]
+    if args.results_dir:
+        overrides.append(f"results_dir={Path(args.results_dir).resolve()}")
+    cfg = G.load_config(overrides)
+    written = render_experiment(cfg, out_dir=Path(args.out_dir).resolve() if args.out_dir else None,
+                                reference=Path(args.reference).resolve() if args.reference else None,
+                                wandb=args.wandb, echo=not args.quiet)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
