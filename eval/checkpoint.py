@@ -66,3 +66,16 @@ def resolve_checkpoint(checkpoint: str | None, model_path: str | None = None, pe
         return ModelSpec(model_path=str(ckpt), tokenizer_path=tokenizer, kind="merged", run_model=run_model)
     raise FileNotFoundError(f"{ckpt}: neither an adapter checkpoint (adapter_config.json + adapter.safetensors) "
                             "nor a model directory (config.json)")
+
+
+def merged_model(model_path: str, adapter_dir: str, *, merge_from: str = "nf4", dtype="auto",
+                 double_quant: bool = True, device: str = "auto"):
+    """The adapter merged into the base it was trained on, as the paper's authors did (open-instruct
+    ``merge_lora.py --qlora``): the base is loaded in ``merge_from`` (``nf4`` for QLoRA), the compact adapter
+    attached and merged (4-bit weights dequantized first); returns the dense transformers model."""
+    import prolora
+    from prolora.models import load_base_model
+
+    base = load_base_model(model_path, quantize=merge_from == "nf4", load_in_8bit=merge_from == "8bit",
+                           double_quant=double_quant, compute_dtype=dtype, device=device)
+    return prolora.merge(prolora.load_adapter(base, adapter_dir))

@@ -4,6 +4,14 @@ benchmarks with open-instruct's protocols.
     python -m recipes.evaluate checkpoint=outputs/.../final tasks=[mmlu,tydiqa] data_dir=/data/eval
     python -m recipes.evaluate model=llama2_7b chat=false backend=vllm            # "Vanilla (no-chat)"
     python -m recipes.evaluate model=tiny tasks=[bbh,gsm] data_dir=tests/fixtures/eval max_new_tokens=8
+    python -m recipes.evaluate ... protocol=quick        # subsets: GSM 200, BBH 40 per task, TyDi QA 100 per language
+
+Protocols (``configs/protocol/``): ``authors`` (default: the PRoLoRA authors' eval scripts: full sets, their
+MMLU suffix, TyDi QA exemplars drawn from the train file and their context cut, MMLU and GSM in 8-bit),
+``upstream`` (open-instruct's own: MMLU "The answer is:", the pre-made TyDi QA one-shot file, the clean cut)
+and ``quick`` (the authors' prompts on open-instruct's example subsets).  Every task's entry in eval.json says
+how many examples it scored of how many there are (``subset``), so a subset number never passes for a paper
+number; ``protocol`` records the preset.
 
 ``checkpoint`` is what the trainer writes (``<run>/final/``: compact adapter, ``peft/`` export,
 ``run.json``) or a run dir holding ``final/`` or a merged model dir; the base model comes from
@@ -19,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
@@ -59,6 +68,11 @@ class RunOptions:
     max_new_tokens: int | None = None  # caps every task's protocol value (smoke tests)
     seed: int = 42
     device: str = "auto"
+    # the compute dtype of the evaluated model (null: the model config's compute_dtype, i.e. auto = bf16 where
+    # the GPU has it). The paper grids set float16: the authors' 8-bit runs kept fp16 for the rest, and their
+    # vLLM runs served the merged model, saved as float32 by merge_lora.py, in vLLM's auto dtype: fp16
+    dtype: str | None = None
+    protocol: str = "authors"  # the preset the task settings came from (configs/protocol/): authors | upstream | quick
     output_dir: str | None = None  # None: the Hydra run directory
     vllm: VLLMOptions = field(default_factory=VLLMOptions)
 
@@ -107,6 +121,7 @@ class BackendPool:
 
     def __init__(self, cfg: DictConfig, spec, settings: dict, precision: str):
         self.cfg, self.spec, self.settings, self.precision = cfg, spec, settings, precision
+        self.dtype = cfg.dtype or settings.get("compute_dtype", "auto")
         self.backends: dict[str, Any] = {}
         self.cpu_4bit: dict[str, Any] = {}  # precision -> prolora.bnb_cpu report (which 4-bit CPU path ran)
 
@@ -135,7 +150,7 @@ class BackendPool:
             from eval.backends.hf import HFBackend
 
             return HFBackend.load(spec.model_path, adapter_dir=spec.adapter_dir, tokenizer_path=spec.tokenizer_path,
-                                  precision=precision, compute_dtype=s.get("compute_dtype", "auto"),
+                                  precision=precision, compute_dtype=self.dtype,
                                   device=cfg.device, double_quant=s.get("double_quant", True), merge=cfg.merge,
                                   cpu_packed_4bit=bool(s.get("cpu_packed_4bit", False)),
                                   merge_from="nf4" if s.get("quantize", True) else "full",
@@ -143,28 +158,56 @@ class BackendPool:
         if cfg.backend == "vllm":
             from eval.backends.vllm import VLLMBackend
 
-            if spec.kind == "adapter" and not spec.peft_dir:
+            require_vllm()  # before any merging work
+            model_path, lora_dir, tokenizer_path = spec.model_path, spec.peft_dir, spec.tokenizer_path
+            if spec.kind == "adapter" and cfg.merge:
+                model_path = self._merged_dir()  # as the authors: serve the merged model, not the adapter
+                lora_dir = None
+            elif spec.kind == "adapter" and not spec.peft_dir:
                 raise FileNotFoundError(f"backend=vllm serves the PEFT export <checkpoint>/{cfg.vllm.peft_subdir}/, "
                                         f"missing in {spec.adapter_dir}; export it with prolora.export_lora")
             v = cfg.vllm
-            return VLLMBackend(spec.model_path, tokenizer_path=spec.tokenizer_path,
-                               lora_dir=spec.peft_dir, max_lora_rank=v.max_lora_rank, dtype=v.dtype,
+            return VLLMBackend(model_path, tokenizer_path=tokenizer_path,
+                               lora_dir=lora_dir, max_lora_rank=v.max_lora_rank, dtype=v.dtype if v.dtype != "auto" else
+                               (self.cfg.dtype or "auto"),
                                quantization=v.quantization, gpu_memory_utilization=v.gpu_memory_utilization,
                                tensor_parallel_size=v.tensor_parallel_size, max_model_len=v.max_model_len,
                                seed=cfg.seed)
         raise ValueError(f"backend={cfg.backend!r}: use hf or vllm")
 
+    def _merged_dir(self) -> str:
+        """The adapter merged into the base it was trained on (NF4 dequantized for QLoRA) and saved in the
+        evaluation dtype, for an engine that serves a plain model (vLLM), as the authors' merge_lora.py."""
+        import tempfile
+
+        from eval.checkpoint import merged_model
+        from prolora.models import load_tokenizer
+
+        s = self.settings
+        self._tmp = tempfile.TemporaryDirectory(prefix="prolora-merged-")
+        model = merged_model(self.spec.model_path, self.spec.adapter_dir, merge_from="nf4" if s.get("quantize", True)
+                             else "full", dtype=self.dtype, double_quant=s.get("double_quant", True),
+                             device=self.cfg.device)
+        model.save_pretrained(self._tmp.name)
+        load_tokenizer(self.spec.tokenizer_path).save_pretrained(self._tmp.name)
+        print(f"merged {self.spec.adapter_dir} into {self.spec.model_path} for vLLM: {self._tmp.name}")
+        return self._tmp.name
+
     def close(self) -> None:
         for b in self.backends.values():
             b.close()
         self.backends.clear()
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------- run
 def run(cfg: DictConfig) -> dict:
-    """Evaluate; returns the eval.json content."""
+    """Evaluate; returns the eval.json content.  Every setting, the checkpoint and every task's files are
+    checked before a model is loaded; each task's result is written as soon as it is scored, and a task that
+    fails is recorded (``tasks_failed``) while the others go on."""
     from eval.checkpoint import resolve_checkpoint
-    from eval.driver import evaluate, write_results
+    from eval.driver import ResultWriter, evaluate
 
     started = time.time()
     if cfg.output_dir:
@@ -180,33 +223,44 @@ def run(cfg: DictConfig) -> dict:
     precision = cfg.precision or ("nf4" if settings.get("quantize", True) else "full")
     if precision not in ("nf4", "8bit", "full"):
         raise ValueError(f"precision={precision!r}: use nf4, 8bit or full")
+    if cfg.backend not in ("hf", "vllm"):
+        raise ValueError(f"backend={cfg.backend!r}: use hf or vllm")
+    if cfg.backend == "vllm":
+        require_vllm()
     tasks = build_tasks(cfg, chat)  # validates task names and options before any model is loaded
+    for task in tasks:  # a missing or malformed benchmark file fails here, before any model is loaded
+        task.load(cfg.data_dir)
     print(f"evaluating {spec.kind} model {spec.model_path}"
           + (f" + adapter {spec.adapter_dir}" if spec.adapter_dir else "")
-          + f" on {[t.name for t in tasks]} ({cfg.backend}, {precision}, chat={chat})")
+          + f" on {[t.name for t in tasks]} ({cfg.backend}, {precision}, chat={chat}, protocol={cfg.protocol})")
     pool = BackendPool(cfg, spec, settings, precision)
+    writer = ResultWriter(output_dir, [t.name for t in tasks], {
+        "protocol": cfg.protocol, "model": {**spec.to_dict(), "settings": settings}, "backend": cfg.backend,
+        "chat": chat, "precision": {t.name: pool.precision_for(t) for t in tasks}, "dtype": pool.dtype,
+        "config": OmegaConf.to_container(cfg, resolve=True), "git_commit": git_commit(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "host": {"python": platform.python_version(), "machine": platform.machine(),
+                 "torch": _version("torch"), "transformers": _version("transformers")}})
     try:
-        results = evaluate(tasks, pool, data_dir=cfg.data_dir, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        evaluate(tasks, pool, data_dir=cfg.data_dir, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, writer=writer)
     finally:
         pool.close()
-    extra = {
-        "model": {**spec.to_dict(), "settings": settings},
-        "backend": cfg.backend,
-        "chat": chat,
-        "precision": {t.name: pool.precision_for(t) for t in tasks},
-        "cpu_4bit_path": pool.cpu_4bit,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "git_commit": git_commit(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "wall_time_s": time.time() - started,
-        "host": {"python": platform.python_version(), "machine": platform.machine(),
-                 "torch": _version("torch"), "transformers": _version("transformers")},
-    }
-    path = write_results(results, output_dir, extra)
+        path = writer.write(cpu_4bit_path=pool.cpu_4bit, wall_time_s=time.time() - started)
     summary = json.loads(path.read_text())
     print("scores: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["scores"].items() if v is not None))
     print(f"wrote {path} and {output_dir / 'predictions'}/")
+    for name, error in writer.failed.items():
+        print(f"FAILED {name}: {error}", file=sys.stderr)
     return summary
+
+
+def require_vllm() -> None:
+    """backend=vllm needs the vllm package (CUDA); say so before any work."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("backend=vllm: the vllm package is not installed (it needs CUDA: pip install -e '.[vllm]'); "
+                         "use backend=hf")
 
 
 def _version(module: str) -> str | None:
@@ -220,7 +274,9 @@ def _version(module: str) -> str | None:
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(cfg)
+    summary = run(cfg)
+    if summary.get("tasks_failed"):  # the others are scored and written; the run still says it failed
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -113,9 +113,10 @@ class HFBackend(Backend):
         if adapter_dir and merge:
             import tempfile
 
-            import prolora
+            from eval.checkpoint import merged_model
 
-            model = prolora.merge(prolora.load_adapter(base(model_path, merge_from), adapter_dir))
+            model = merged_model(model_path, adapter_dir, merge_from=merge_from, dtype=compute_dtype,
+                                 double_quant=double_quant, device=device)
             if precision != "full":
                 with tempfile.TemporaryDirectory(prefix="prolora-merged-") as tmp:
                     model.save_pretrained(tmp)
@@ -181,7 +182,8 @@ class HFBackend(Backend):
             torch.manual_seed(seed)
             for batch in self._batches(rows):
                 ids, mask = self._pad_left([rows[i] for i in batch])
-                criteria = StoppingCriteriaList([_StopOnSequences(self.tokenizer, ids.shape[1], stop)]) if stop else None
+                stops = [s for s in stop or [] if s]  # an empty stop string stops nothing (vLLM ignores it too)
+                criteria = StoppingCriteriaList([_StopOnSequences(self.tokenizer, ids.shape[1], stops)]) if stops else None
                 out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                           stopping_criteria=criteria)
                 new = out[:, ids.shape[1]:].tolist()

@@ -14,7 +14,10 @@ default is written once, here) and that knows how to
   for example ``i``; returns metrics in percent with the headline one under ``"score"``.
 
 ``columns`` names the table columns the task feeds (``{"gsm_em": ("GSM EM", "exact_match")}``: header and
-metric key).  A new benchmark is one module in ``eval/tasks/`` with a ``@register``-ed subclass: the
+metric key).  ``load`` sets ``available`` (how many examples the files hold, of the parts the options select
+from) and ``full_size`` is the published size of the whole set (None where the harness cannot know it), so
+the driver records whether a score is on a subset or on an incomplete file, and ``info()`` what the task read
+(e.g. which exemplars).  A new benchmark is one module in ``eval/tasks/`` with a ``@register``-ed subclass: the
 package imports every module, the evaluation schema and the tables pick it up.  The driver
 (:mod:`eval.driver`) does the rest, identically for every task.
 """
@@ -84,6 +87,7 @@ class Task:
     kind: ClassVar[str] = "generate"  # generate | choice
     layout: ClassVar[str] = ""
     columns: ClassVar[dict[str, tuple[str, str]]] = {}
+    full_size: ClassVar[int | None] = None  # the published size of the whole evaluation set
 
     chat: bool = False
     seed: int = 42
@@ -107,6 +111,10 @@ class Task:
 
     def target(self, example: dict) -> Any:
         return example.get("target")
+
+    def info(self) -> dict:
+        """What the last ``load`` read beyond the options (files, exemplar sources), for the result file."""
+        return {}
 
     def score(self, examples: Sequence[dict], predictions: Sequence[Sequence[Any]]) -> dict:
         raise NotImplementedError

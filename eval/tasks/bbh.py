@@ -1,6 +1,7 @@
-"""BIG-Bench-Hard, open-instruct ``eval/bbh/run_eval.py`` (Feb 2024): 3-shot, direct answers
-(``--no_cot``), 40 examples per task (``random.seed(42)`` then ``random.sample`` task after task),
-exact match ignoring case and punctuation, averaged over tasks.
+"""BIG-Bench-Hard as the PRoLoRA authors ran it (open-instruct ``eval/bbh/run_eval.py``, their
+``eval_llama2_7b_flan_v2.sh``): 3-shot, direct answers (``--no_cot``), all 6,511 examples (no
+``--max_num_examples_per_task``; ``max_per_task`` samples with ``random.seed(42)`` then ``random.sample``
+task after task, as the script would), exact match ignoring case and punctuation, averaged over tasks.
 
 Task prompt: the official CoT prompt file minus its first two lines (canary, ``-----``); in direct mode
 each ``Q:`` block becomes ``question + "\\nA: " + <text after the last "So the answer is", stripped>``.
@@ -57,7 +58,9 @@ class BBH(Task):
     layout = LAYOUT
     columns = {"bbh_em": ("BBH EM", "exact_match")}
 
-    max_per_task: int | None = 40  # a random subset per task; None: all 6,511 examples
+    full_size = 6_511
+
+    max_per_task: int | None = None  # None: all 6,511 examples (the paper); N: a random subset per task
     tasks: list[str] | None = None  # None: every task in bbh/bbh/
     cot: bool = False  # the paper: direct answers
     max_new_tokens: int = 512
@@ -78,9 +81,11 @@ class BBH(Task):
                              f"only prompts {sorted(set(prompt_names) - set(names))}")
         rng = random.Random(self.seed)
         examples = []
+        self.available = 0
         for name in names:
             with open(data / f"{name}.json", encoding="utf-8") as f:
                 task_examples = json.load(f)["examples"]
+            self.available += len(task_examples)
             indexed = sample(list(enumerate(task_examples)), self.max_per_task, rng)
             if self.tasks is not None and name not in self.tasks:
                 continue  # sampled anyway so the chosen tasks get the same examples as in a full run

@@ -45,6 +45,7 @@ class Demo(Task):
                 answer = next(m["content"] for m in messages[user + 1:] if m["role"] == "assistant")
                 examples.append({"id": record.get("id", f"demo/{i}"), "user": messages[user]["content"],
                                  "target": answer})
+        self.available = len(examples)
         return sample(examples, self.max_examples, random.Random(self.seed))
 
     def prompt(self, example: dict, tokenizer=None) -> str:

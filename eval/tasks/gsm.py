@@ -1,6 +1,9 @@
-"""GSM8K, open-instruct ``eval/gsm/run_eval.py`` (Feb 2024): 8-shot chain of thought with the fixed
-exemplars of Wei et al. (2022, Table 20), 200 test examples (``random.seed(42)``; ``random.sample``),
-prediction = last number of the output (thousands commas removed), exact match.
+"""GSM8K as the PRoLoRA authors ran it (open-instruct ``eval/gsm/run_eval.py``, their
+``eval_llama2_7b_cot_gsm8k.sh``): 8-shot chain of thought with the fixed exemplars of Wei et al. (2022,
+Table 20), all 1,319 test questions (the script's ``--max_num_examples`` is not passed; ``max_examples``
+samples with ``random.seed(42)``/``random.sample`` as the script would), the model loaded in 8-bit (their
+GSM run is on the transformers path with ``--load_in_8bit``), prediction = last number of the output
+(thousands commas removed), exact match.
 
 Prompt: ``"Answer the following questions.\\n\\n" + "\\n\\n".join("Question: {q}\\nAnswer: {cot}") +
 "\\n\\n" + "Question: " + question.strip()``, then ``"\\nAnswer:"`` (no chat; generation stops at "\\n")
@@ -55,7 +58,10 @@ class GSM(Task):
     layout = LAYOUT
     columns = {"gsm_em": ("GSM EM", "exact_match")}
 
-    max_examples: int | None = 200  # a random subset (random.seed(42)); None: all 1,319
+    full_size = 1_319
+
+    precision: str | None = "8bit"  # the authors' GSM run: transformers + --load_in_8bit; null: the run's
+    max_examples: int | None = None  # None: all 1,319 (the paper); N: a random subset (random.seed(42))
     n_shot: int = 8
     cot: bool = True  # chain-of-thought exemplars (the paper); false: direct answers
     max_new_tokens: int = 512
@@ -73,6 +79,7 @@ class GSM(Task):
                     answer = remove_digit_commas(ex["answer"].split("####")[1].strip())
                     float(answer)  # every GSM8K answer is a number
                     data.append({"id": f"gsm/{i}", "question": ex["question"], "answer": answer})
+        self.available = len(data)
         rng = random.Random(self.seed)  # open-instruct: random.seed(42) once, then the samples below
         data = sample(data, self.max_examples, rng)
         exemplars = EXEMPLARS

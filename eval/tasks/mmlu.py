@@ -1,19 +1,23 @@
-"""MMLU, open-instruct ``eval/mmlu/run_eval.py``: 0-shot (``ntrain=0``) by default, the answer is the
-argmax of the next-token probabilities of " A".." D", micro-averaged accuracy over all test rows.
+"""MMLU as the PRoLoRA authors ran it (their fork of open-instruct's ``eval/mmlu/run_eval.py``): 0-shot
+(``ntrain=0``), all 14,042 test questions, the answer is the argmax of the next-token probabilities of
+" A".." D", micro-averaged accuracy.  The model is loaded in 8-bit (``precision: 8bit``, hf backend), as their
+``eval_llama2_7b_superni_mmlu.sh`` does (``--load_in_8bit``).
 
 Prompt (``format_subject`` puts a space before every word, hence the double space after "about"):
 
     The following are multiple choice questions (with answers) about  abstract algebra.\\n\\n
     {question}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}\\nAnswer:
 
-Chat: ``<|user|>\\n{that}\\n<|assistant|>\\nThe answer is:``. Candidate ids: the last token of
-``tokenizer.encode(" A", add_special_tokens=False)`` etc., as open-instruct (LLaMA's tokenizer encodes
-"A" and " A" differently after "The answer is:"/"Answer:").
+Chat: ``<|user|>\\n{that}\\n<|assistant|>\\n`` + ``answer_prefix``.  The authors' fork appends
+``"The answer is "`` (trailing space, no colon; with LLaMA-2's tokenizer the prompt then ends in the token
+"▁"); upstream open-instruct appends ``"The answer is:"`` (``protocol=upstream``).  Candidate ids: the last
+token of ``tokenizer.encode(" A", add_special_tokens=False)`` etc., as open-instruct.
 
-Deviation: files are read with the ``csv`` module, so every cell stays the string in the file; pandas
-(open-instruct) infers column types, which rewrites a few all-numeric option columns (e.g. "0.50" →
-"0.5", a bare "None" → "nan"). Optional per-subject subsampling (``max_per_subject``) uses
-``random.Random(seed)`` per subject, not pandas' ``sample(random_state=42)``.
+Files are read as both open-instruct versions read them, with pandas (``reader: pandas``): its default NA
+parsing turns a bare ``None`` cell into ``nan`` in the prompt (10 of the 14,042 test rows) and would turn an
+all-numeric column into numbers (``"{}".format`` of the value).  ``reader: csv`` keeps every cell as the text
+in the file.  Optional per-subject subsampling (``max_per_subject``) uses ``random.Random(seed)`` per
+subject, not pandas' ``sample(random_state=42)``.
 """
 
 from __future__ import annotations
@@ -36,9 +40,20 @@ def format_subject(subject: str) -> str:
     return "".join(" " + part for part in subject.split("_"))
 
 
-def read_rows(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [row for row in csv.reader(f) if row]
+READERS = ("pandas", "csv")
+
+
+def read_rows(path: Path, reader: str = "pandas") -> list[list[str]]:
+    """The rows of one MMLU CSV as the prompt will show them: ``"{}".format`` of what pandas parsed (as
+    open-instruct), or the raw text of each cell (``reader="csv"``)."""
+    if reader == "pandas":
+        import pandas as pd
+
+        df = pd.read_csv(path, header=None)
+        rows = [[f"{df.iloc[i, j]}" for j in range(df.shape[1])] for i in range(len(df))]
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row]
     for i, row in enumerate(rows):
         if len(row) != 6 or row[5] not in CHOICES:
             raise ValueError(f"{path}: row {i + 1} is not question,A,B,C,D,answer(A-D): {row!r}")
@@ -63,13 +78,19 @@ class MMLU(Task):
     layout = LAYOUT
     columns = {"mmlu_em": ("MMLU EM", "accuracy")}
 
-    precision: str | None = "8bit"  # the paper loads the model in 8-bit for MMLU (hf backend); null: the run's
+    full_size = 14_042
+
+    precision: str | None = "8bit"  # the authors load the model in 8-bit for MMLU (hf backend); null: the run's
     ntrain: int = 0  # 0-shot, as the paper
     max_per_subject: int | None = None  # None: all 14,042 test questions
     subjects: list[str] | None = None  # None: every subject in mmlu/test/
     max_prompt_tokens: int = 2048  # few-shot examples are dropped until the prompt fits (open-instruct)
+    answer_prefix: str = "The answer is "  # chat format: the authors' fork; upstream open-instruct "The answer is:"
+    reader: str = "pandas"  # pandas (both open-instruct versions) | csv (every cell as written)
 
     def __post_init__(self) -> None:
+        if self.reader not in READERS:
+            raise ValueError(f"mmlu.reader={self.reader!r}: use one of {list(READERS)}")
         self.dev: dict[str, list[list[str]]] = {}
 
     def load(self, data_dir) -> list[dict]:
@@ -82,12 +103,16 @@ class MMLU(Task):
         missing = [s for s in subjects if s not in found]
         if missing:
             raise ValueError(f"mmlu: unknown subject(s) {missing}; found {found}")
+        self.available = 0
+        if self.subjects:  # a chosen subset of subjects is a subset of the benchmark
+            self.available = sum(len(read_rows(test_dir / f"{s}_test.csv", "csv")) for s in found if s not in subjects)
         examples = []
         for subject in subjects:
             if self.ntrain > 0:
                 dev_path = require(root / "dev" / f"{subject}_dev.csv", self.name, LAYOUT)
-                self.dev[subject] = read_rows(dev_path)[: self.ntrain]
-            rows = read_rows(test_dir / f"{subject}_test.csv")
+                self.dev[subject] = read_rows(dev_path, self.reader)[: self.ntrain]
+            rows = read_rows(test_dir / f"{subject}_test.csv", self.reader)
+            self.available += len(rows)
             indexed = sample(list(enumerate(rows)), self.max_per_subject, random.Random(self.seed))
             for i, row in indexed:
                 examples.append({"id": f"{subject}/{i}", "subject": subject, "question": row[0],
@@ -102,7 +127,7 @@ class MMLU(Task):
             prompt += format_example(dev_row)
         prompt += format_example(row, include_answer=False)
         if self.chat:
-            prompt = chat_format(prompt, "The answer is:")
+            prompt = chat_format(prompt, self.answer_prefix)
         return prompt
 
     def prompt(self, example: dict, tokenizer=None) -> str:

@@ -1,7 +1,7 @@
-"""TyDi QA GoldP, open-instruct ``eval/tydiqa/run_eval.py`` (Feb 2024): gold passage, 1-shot with a
-same-language exemplar, 100 questions per language (``random.seed(42)``; languages in sorted order),
-passages cut to 512 tokens, 50 new tokens, SQuAD F1 and EM (official normalisation) per language,
-then averaged over languages. ``no_context=True`` is the closed-book variant (no passage).
+"""TyDi QA GoldP as the PRoLoRA authors ran it (open-instruct ``eval/tydiqa/run_eval.py``, their
+``eval_llama2_7b_superni_tydiqa.sh``): gold passage, 1-shot with a same-language exemplar, every dev
+question, passages cut to 512 tokens, 50 new tokens, SQuAD F1 and EM (official normalisation) per
+language, then averaged over languages.  ``no_context=True`` is the closed-book variant (no passage).
 
 Prompt (English, with context)::
 
@@ -12,20 +12,26 @@ Prompt (English, with context)::
 Chat: the text up to and including ``Question: {question}\n`` is the user turn, then
 ``<|assistant|>\n`` + ``Answer:``. No-chat generation stops at "\n"; outputs are stripped.
 
-Data: the dev file (SQuAD json, ids prefixed with the language) is configurable (``dev_file``; the
-full ``tydiqa-goldp-v1.1-dev.json`` by default), exemplars come from ``tydiqa-one-shot.json``
-(``{language: [{"id", "lang", "context", "question", "answers"}]}``, one train-set example per
-language, as open-instruct samples them from the train set).
+Sampling and exemplars (one ``random.Random(seed)``, seed 42, as the script's ``random.seed(42)``): first
+``max_per_lang`` questions per language when set (languages in sorted order), then, with
+``exemplars: train`` (the authors'), ``n_shot`` exemplars per language drawn with ``random.sample`` from the
+gold-passage TRAIN file (``train_file`` under ``<data_dir>/tydiqa/``, questions of that language in file
+order, languages sorted).  ``exemplars: oneshot`` takes the first entries of ``oneshot_file`` (a pre-made
+``{language: [example]}`` file, upstream's quick setup); a missing train file falls back to it with a warning.
+``info()`` records which source was used.
 
-Deviation: open-instruct truncates with ``tokenizer.encode(context)`` (BOS included, so 511 passage
-tokens and a literal "<s>" in the decoded passage); here the passage is encoded without special
-tokens and cut to exactly ``max_context_tokens`` tokens.
+Context cut (``context_cut``), when a passage is longer than ``max_context_tokens``:
+
+* ``authors``: ``tokenizer.decode(tokenizer.encode(context)[:max])`` exactly as the script: with LLaMA-2's
+  tokenizer the ids include the BOS, so the passage keeps 511 tokens and starts with the text "<s> ";
+* ``clean``: ``max`` tokens of the passage alone (no special tokens), decoded without special tokens.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +39,8 @@ from eval.metrics import squad_em, squad_scores
 from eval.tasks.base import GenSpec, Task, chat_format, register, require, sample
 
 LAYOUT = """  tydiqa/tydiqa-goldp-v1.1-dev.json   (SQuAD v1.1 json; question ids start with "<language>-")
-  tydiqa/tydiqa-one-shot.json          ({language: [{"id","lang","context","question","answers"}]})"""
+  tydiqa/tydiqa-goldp-v1.1-train.json (the same format: the authors' 1-shot exemplars are drawn from it)
+  tydiqa/tydiqa-one-shot.json          ({language: [{"id","lang","context","question","answers"}]}, fallback)"""
 
 # open-instruct's per-language templates: (instruction, passage label, question label, answer label)
 WITH_CONTEXT = {
@@ -61,6 +68,19 @@ WITHOUT_CONTEXT = {
 }
 
 
+EXEMPLAR_SOURCES = ("train", "oneshot")
+CONTEXT_CUTS = ("authors", "clean")
+
+
+def read_squad(path: Path) -> list[dict]:
+    """Questions of a SQuAD-format file in file order: ``{"id", "lang", "context", "question", "answers"}``."""
+    with open(path, encoding="utf-8") as f:
+        squad = json.load(f)
+    return [{"id": qa["id"], "lang": qa["id"].split("-")[0], "context": paragraph["context"],
+             "question": qa["question"], "answers": qa["answers"]}
+            for article in squad["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+
+
 @register
 @dataclass
 class TyDiQA(Task):
@@ -68,28 +88,32 @@ class TyDiQA(Task):
     layout = LAYOUT
     columns = {"tydiqa_f1": ("TyDiQA F1", "f1"), "tydiqa_em": ("TyDiQA EM", "exact_match")}
 
-    max_per_lang: int | None = 100  # a random subset per language; None: every dev question
+    max_per_lang: int | None = None  # None: every dev question (the paper); N: a random subset per language
     dev_file: str = "tydiqa-goldp-v1.1-dev.json"  # relative to <data_dir>/tydiqa/ (or absolute)
+    exemplars: str = "train"  # train: drawn from train_file (the authors) | oneshot: the first of oneshot_file
+    train_file: str = "tydiqa-goldp-v1.1-train.json"
     oneshot_file: str = "tydiqa-one-shot.json"
     n_shot: int = 1
     no_context: bool = False  # closed-book variant (not a Table 2 column)
     max_context_tokens: int | None = 512
+    context_cut: str = "authors"  # authors: encode (BOS included), cut, decode back | clean: the passage alone
     max_new_tokens: int = 50
 
     def __post_init__(self) -> None:
-        self.exemplars: dict[str, list[dict]] = {}
+        if self.exemplars not in EXEMPLAR_SOURCES:
+            raise ValueError(f"tydiqa.exemplars={self.exemplars!r}: use one of {list(EXEMPLAR_SOURCES)}")
+        if self.context_cut not in CONTEXT_CUTS:
+            raise ValueError(f"tydiqa.context_cut={self.context_cut!r}: use one of {list(CONTEXT_CUTS)}")
+        self.shots: dict[str, list[dict]] = {}
+        self.exemplar_source: dict = {}
+
+    def _path(self, root: Path, name: str) -> Path:
+        return Path(name) if Path(name).is_absolute() else root / name
 
     def load(self, data_dir) -> list[dict]:
         root = Path(data_dir) / "tydiqa"
-        dev_path = require(root / self.dev_file, self.name, LAYOUT)
-        with open(dev_path, encoding="utf-8") as f:
-            dev = json.load(f)
-        data = []
-        for article in dev["data"]:
-            for paragraph in article["paragraphs"]:
-                for qa in paragraph["qas"]:
-                    data.append({"id": qa["id"], "lang": qa["id"].split("-")[0], "context": paragraph["context"],
-                                 "question": qa["question"], "answers": qa["answers"]})
+        data = read_squad(require(self._path(root, self.dev_file), self.name, LAYOUT))
+        self.available = len(data)
         languages = sorted({ex["lang"] for ex in data})
         unknown = [lang for lang in languages if lang not in WITH_CONTEXT]
         if unknown:
@@ -98,18 +122,50 @@ class TyDiQA(Task):
         examples = []
         for lang in languages:
             examples += sample([ex for ex in data if ex["lang"] == lang], self.max_per_lang, rng)
+        self.shots = {}
+        self.exemplar_source = {}
         if self.n_shot > 0:
-            with open(require(root / self.oneshot_file, self.name, LAYOUT), encoding="utf-8") as f:
+            self._draw_exemplars(root, languages, rng)
+        return examples
+
+    def _draw_exemplars(self, root: Path, languages: list[str], rng: random.Random) -> None:
+        source = self.exemplars
+        train = self._path(root, self.train_file)
+        if source == "train" and not train.is_file():
+            warnings.warn(f"tydiqa: {train} not found: the 1-shot exemplars come from {self.oneshot_file} instead "
+                          "(not the authors' draw from the train file; recorded in eval.json)", stacklevel=2)
+            source = "oneshot"
+        if source == "train":
+            by_lang: dict[str, list[dict]] = {lang: [] for lang in languages}
+            for ex in read_squad(train):
+                if ex["lang"] in by_lang:
+                    by_lang[ex["lang"]].append(ex)
+            for lang in languages:
+                if len(by_lang[lang]) < self.n_shot:
+                    raise ValueError(f"tydiqa: {train} has {len(by_lang[lang])} {lang} question(s), fewer than "
+                                     f"n_shot={self.n_shot}")
+                self.shots[lang] = rng.sample(by_lang[lang], self.n_shot)
+            path = train
+        else:
+            path = require(self._path(root, self.oneshot_file), self.name, LAYOUT)
+            with open(path, encoding="utf-8") as f:
                 shots = json.load(f)
             for lang in languages:
                 if len(shots.get(lang, [])) < self.n_shot:
-                    raise ValueError(f"tydiqa: {self.oneshot_file} has fewer than {self.n_shot} exemplar(s) for {lang}")
-                self.exemplars[lang] = shots[lang][: self.n_shot]
-        return examples
+                    raise ValueError(f"tydiqa: {path} has fewer than {self.n_shot} exemplar(s) for {lang}")
+                self.shots[lang] = shots[lang][: self.n_shot]
+        self.exemplar_source = {"requested": self.exemplars, "used": source, "file": str(path),
+                                "ids": {lang: [ex["id"] for ex in self.shots[lang]] for lang in languages}}
+
+    def info(self) -> dict:
+        return {"exemplars": self.exemplar_source, "context_cut": self.context_cut}
 
     def _truncate(self, context: str, tokenizer) -> str:
         if tokenizer is None or not self.max_context_tokens:
             return context
+        if self.context_cut == "authors":
+            ids = tokenizer.encode(context)
+            return tokenizer.decode(ids[: self.max_context_tokens]) if len(ids) > self.max_context_tokens else context
         ids = tokenizer.encode(context, add_special_tokens=False)
         if len(ids) <= self.max_context_tokens:
             return context
@@ -125,7 +181,7 @@ class TyDiQA(Task):
         prompt += "\n\n"
         if self.n_shot > 0:
             demos = []
-            for shot in self.exemplars[lang]:
+            for shot in self.shots[lang]:
                 answer = shot["answers"][0]["text"]
                 if self.no_context:
                     demos.append(q_label + " " + shot["question"] + "\n" + a_label + " " + answer)

@@ -21,8 +21,9 @@ Sources (open-instruct ``scripts/data/sft_v1_v2/prepare_tulu_v1_v2.sh``, the Tul
 
 * **superni**: a clone of https://github.com/allenai/natural-instructions (``tasks/*.json`` +
   ``splits/<split>/train_tasks.txt``, open-instruct reads ``splits/xlingual``); see :func:`convert_superni`.
-* **flan_v2**: ``hf://datasets/hamishivi/tulu_mix_store/flan_v2_resampled_50k.jsonl`` (Tulu v2's 50k
-  resample; Tulu v1 used ``flan_v2_resampled_100k.jsonl``), rows ``{"inputs", "targets", ...}``.
+* **flan_v2**: the Tulu v1 100k resample the PRoLoRA authors trained on (``flan_v2_resampled_100k.jsonl``,
+  saved by their ``prepare_train_data.sh`` as ``tulu_v1_resampled_flan_100k.jsonl``; Tulu v2's
+  ``flan_v2_resampled_50k.jsonl`` is half of it), rows ``{"inputs", "targets", ...}``.
 * **cot**: ``hf://datasets/hamishivi/tulu_mix_store/cot_zsopt.jsonl`` and ``cot_fsopt.jsonl`` (the Flan V2
   chain-of-thought submix, zero-shot and few-shot options), rows ``{"inputs", "targets", ...}``.
 * **code_alpaca**: https://github.com/sahil280114/codealpaca/raw/master/data/code_alpaca_20k.json, a JSON
@@ -109,10 +110,10 @@ def convert_inputs_targets(sources: Source | Sequence[Source], dataset: str, *,
 def convert_flan_v2(sources: Source | Sequence[Source] | None = None, **kw) -> tuple[list[dict], SkipReport]:
     """open-instruct ``convert_flan_v2_data``: every row, ids ``flan_v2_{idx}`` (no sampling by default).
 
-    Source file: open-instruct's ``convert_flan_v2_data`` defaults to the Tulu v1 100k resample
-    (``tulu_v1_resampled_flan_100k.jsonl`` = ``flan_v2_resampled_100k.jsonl``), i.e. its processed
-    ``data/processed/flan_v2/flan_v2_data.jsonl``; its Tulu v2 mixture reads the 50k one, which is the hub
-    default here (``HUB_SOURCES``, ``configs/dataset/flan_v2.yaml``). Pass the file explicitly."""
+    Source file: the Tulu v1 100k resample (``tulu_v1_resampled_flan_100k.jsonl`` =
+    ``flan_v2_resampled_100k.jsonl``), the default of open-instruct's ``convert_flan_v2_data`` and what the
+    PRoLoRA authors trained on, is the default here too (``HUB_SOURCES``); the Tulu v2 mixture's 50k
+    resample is half as much data (other epochs, other BBH numbers): pass it explicitly to use it."""
     return convert_inputs_targets(sources or HUB_SOURCES["flan_v2"], "flan_v2", **kw)
 
 

@@ -2,8 +2,9 @@
 helpers every converter shares.  The published sources themselves are listed in ``HUB_SOURCES``/``DOWNLOADS``.
 
 A source is a local path (``.jsonl``: one object a line; ``.json``: one array) or a hub reference read with
-``datasets.load_dataset``: ``hf://datasets/<owner>/<repo>/<file>`` (a data file on the hub) or
-``hub:<owner>/<name>[@split]`` (a hub dataset). Hub references are the real path and need a network.
+``datasets.load_dataset``: ``hf://datasets/<owner>/<repo>/<file>`` (a data file on the hub),
+``https://...`` (a jsonl file on the web, e.g. the authors' Beaker download) or ``hub:<owner>/<name>[@split]``
+(a hub dataset). Remote references are the real path and need a network.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ Source = str | os.PathLike
 OPEN_INSTRUCT_SEED = 42  # open-instruct reformat_datasets.py: --seed default 42, random.seed(args.seed)
 
 HUB_SOURCES: dict[str, list[str]] = {
-    "flan_v2": ["hf://datasets/hamishivi/tulu_mix_store/flan_v2_resampled_50k.jsonl"],
+    # the Tulu v1 100k resample the PRoLoRA authors trained on (their scripts/prepare_train_data.sh downloads it
+    # as tulu_v1_resampled_flan_100k.jsonl); Tulu v2's 50k resample (flan_v2_resampled_50k.jsonl) is half of it
+    "flan_v2": ["https://beaker.org/api/v3/datasets/01GZTTS2EJFPA83PXS4FQCS1SA/files/flan_v2_resampled_100k.jsonl"],
     "cot": ["hf://datasets/hamishivi/tulu_mix_store/cot_zsopt.jsonl",
             "hf://datasets/hamishivi/tulu_mix_store/cot_fsopt.jsonl"],
     "code_alpaca": ["hub:sahil2801/CodeAlpaca-20k"],
 }
 DOWNLOADS: dict[str, str] = {
     "superni": "git clone https://github.com/allenai/natural-instructions  (tasks/ + splits/xlingual/)",
-    "flan_v2": "wget https://huggingface.co/datasets/hamishivi/tulu_mix_store/resolve/main/flan_v2_resampled_50k.jsonl",
+    "flan_v2": "wget -O tulu_v1_resampled_flan_100k.jsonl "
+               "https://beaker.org/api/v3/datasets/01GZTTS2EJFPA83PXS4FQCS1SA/files/flan_v2_resampled_100k.jsonl",
     "cot": "wget https://huggingface.co/datasets/hamishivi/tulu_mix_store/resolve/main/cot_zsopt.jsonl "
            "https://huggingface.co/datasets/hamishivi/tulu_mix_store/resolve/main/cot_fsopt.jsonl",
     "code_alpaca": "wget https://github.com/sahil280114/codealpaca/raw/master/data/code_alpaca_20k.json",
@@ -37,8 +41,9 @@ DOWNLOADS: dict[str, str] = {
 
 
 def is_hub(src: Source) -> bool:
+    """A remote source (hub file, hub dataset, web URL), read through ``datasets``."""
     s = str(src)
-    return s.startswith(("hf://", "hub:"))
+    return s.startswith(("hf://", "hub:", "http://", "https://"))
 
 
 def missing_raw(path: Source, name: str) -> FileNotFoundError:
@@ -54,7 +59,7 @@ def iter_rows(src: Source, report: SkipReport, name: str) -> Iterator[tuple[int 
         import datasets  # the real path (network); never exercised by the tests
 
         s = str(src)
-        if s.startswith("hf://"):
+        if s.startswith(("hf://", "http://", "https://")):
             ds = datasets.load_dataset("json", data_files=s, split="train")
         else:
             ref, _, split = s[len("hub:"):].partition("@")

@@ -129,6 +129,20 @@ def _count_lines(cfg: DictConfig, grid: Grid) -> list[str]:
     return lines
 
 
+PROTOCOLS = {"authors": "the PRoLoRA authors' scripts: full sets, their MMLU prompt, TyDi QA exemplars from the "
+                         "train file",
+             "upstream": "open-instruct's own scripts: full sets",
+             "quick": "SUBSETS (GSM 200, BBH 40/task, TyDi QA 100/language): not comparable to the paper"}
+
+
+def eval_line(cfg: DictConfig) -> str:
+    """How the cells are evaluated: backend, protocol and the experiment's evaluation overrides."""
+    overrides = [str(x) for x in cfg.experiment.eval_overrides]
+    protocol = next((o.split("=", 1)[1] for o in overrides if o.startswith("protocol=")), "authors")
+    return (f"Evaluation: recipes.evaluate backend={cfg.eval_backend} {' '.join(overrides)}; protocol {protocol}: "
+            f"{PROTOCOLS.get(protocol, 'custom')}")
+
+
 def plan_text(cfg: DictConfig, grid: Grid) -> str:
     from recipes.paper.grid import experiment_datasets
     from recipes.paper.runner import cell_state
@@ -149,7 +163,7 @@ def plan_text(cfg: DictConfig, grid: Grid) -> str:
              f"distinct trained variants: {len(variants)}",
              f"Cells: {len(grid.cells)} = {n_train} training + {n_eval} eval-only; counted per sub-row "
              f"(a variant shared by two rows counted in each): {grid.subrow_cells - n_eval} training + {n_eval} "
-             f"eval-only", ""]
+             f"eval-only", eval_line(cfg), ""]
     lines += _count_lines(cfg, grid)
     lines += ["", f"  {'state':<8} {'cell':<52} {'rows':<26} {'params':>12} {'GPU h':>6}  detail"]
     states: dict[str, int] = {}

@@ -4,7 +4,7 @@ State of a cell: *done* (cell file with status done), *running* (lock of a live 
 fresher than ``stale_lock_s``), *failed* (cell file with status failed: stage, return code, stderr tail),
 *to do* otherwise.  Each step runs in its own subprocess, so a crash or OOM of one cell only marks that
 cell failed; a killed grid resumes where it stopped (finished steps are never rerun: ``final/run.json``
-marks a finished training, ``eval.json`` a finished evaluation).
+marks a finished training, an ``eval.json`` whose ``status`` is ``complete`` a finished evaluation).
 """
 
 from __future__ import annotations
@@ -70,11 +70,27 @@ def cell_state(cfg: DictConfig, cell: Cell) -> tuple[str, str]:
         f = rec.get("failure") or {}
         return "failed", f"{f.get('stage')} rc={f.get('returncode')}"
     trained = cell.eval_only or (cell.run_dir is not None and (cell.run_dir / "final" / "run.json").exists())
-    evaluated = (cell.eval_dir / "eval.json").exists()
+    evaluated = eval_complete(cell.eval_dir)
     detail = "" if cell.eval_only else ("trained" if trained else "")
     if evaluated:
         detail = "trained+evaluated, to record"
     return "to do", detail
+
+
+def eval_complete(eval_dir: Path) -> bool:
+    """An evaluation is finished when its eval.json says every planned task was scored."""
+    return (read_json(eval_dir / "eval.json") or {}).get("status") == "complete"
+
+
+def subset_columns(ev: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Table columns whose number is NOT on the whole set: {column: {"n", "of"}} from eval.json."""
+    out: dict[str, dict[str, Any]] = {}
+    tasks = (ev or {}).get("tasks") or {}
+    for col, (task, _, _) in COLUMNS.items():
+        entry = tasks.get(task) or {}
+        if entry.get("subset"):
+            out[col] = {"n": entry.get("n_examples"), "of": entry.get("full_size") or entry.get("n_available")}
+    return out
 
 
 def _loss_curve(metrics: Path) -> list[list[float]]:
@@ -190,6 +206,8 @@ class Runner:
         rec: dict[str, Any] = {
             "schema": CELL_SCHEMA, "status": status, **cell.as_dict(),
             "metrics": eval_to_columns(ev, COLUMNS) if ev else {},
+            "subsets": {c: v for c, v in subset_columns(ev).items() if c in self.cfg.experiment.columns},
+            "protocol": (ev or {}).get("protocol"),
             "trainable_params": count_params(cell.model, cell.variant.method) if cell.variant else None,
             "trainable_params_run": (run_json or {}).get("trainable_params"),
             "train": {k: (run_json or {}).get(k) for k in
@@ -214,16 +232,18 @@ class Runner:
         return rec
 
     def _stage(self, stage: str, cmd: list[str], cwd: Path, marker: Path, timings: dict[str, float],
-               tail: int) -> dict | None:
-        """Run one step of a cell unless its ``marker`` file shows it finished; the failure record or None."""
-        if marker.exists():
+               tail: int, done: Callable[[], bool] | None = None) -> dict | None:
+        """Run one step of a cell unless ``done()`` (default: its ``marker`` file exists) shows it finished;
+        the failure record or None."""
+        done = done or marker.exists
+        if done():
             self.log(f"    {stage}: already done ({marker.parent.name}/{marker.name}), reusing")
             return None
         rc, secs, err = self._step(stage, cmd, cwd)
         timings[f"{stage}_s"] = round(secs, 3)
-        if rc == 0 and marker.exists():
+        if rc == 0 and done():
             return None
-        why = f"exit code {rc}" if rc != 0 else f"exit code 0 but no {marker.name}"
+        why = f"exit code {rc}" if rc != 0 else f"exit code 0 but no finished {marker.name}"
         self.log(f"    {stage} FAILED ({why})")
         return {"stage": stage, "returncode": rc, "reason": why, "stderr_tail": read_tail(err, tail),
                 "stderr_log": str(err)}
@@ -248,7 +268,7 @@ class Runner:
                     return self._record(cell, "failed", timings, failure, commands)["status"]
             commands["evaluate"] = eval_command(self.cfg, cell)
             failure = self._stage("eval", commands["evaluate"], cell.eval_dir, cell.eval_dir / "eval.json",
-                                  timings, tail)
+                                  timings, tail, done=lambda: eval_complete(cell.eval_dir))
             if failure:
                 return self._record(cell, "failed", timings, failure, commands)["status"]
             return self._record(cell, "done", timings, None, commands)["status"]

@@ -9,7 +9,9 @@ count) and the paper's numbers (``results/paper_reference.json``), and writes ``
   per benchmark, the candidate with the better mean, as the paper does, and names it ([r32], [lr 0.01]);
 * ``n=2/3``: only 2 of the 3 planned seeds are in; ``†``: the pick was made while another candidate still
   had missing seeds, so it may change; ``—``: no result yet (never filled in);
-* Avg. = the mean of the row's columns as the paper computes it (only when every column has a value).
+* Avg. = the mean of the row's columns as the paper computes it (only when every column has a value);
+* ``ˢ``: at least one of the numbers behind the value was scored on a subset of the benchmark (a sample, or
+  benchmark files that lack part of the set; the cell file's ``subsets``): not comparable to the paper.
 
 Figure 2 (layout ``heatmap``) also gets ``figure2.png`` (unshared rank x learning rate), Table 4 (layout
 ``share_rotate``) the paper's 2 x 2 sharing/rotation grid, and experiments with ``loss_curves: true``
@@ -89,6 +91,7 @@ class Index:
     def __init__(self, records: list[dict[str, Any]]):
         self.trained: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
         self.eval_only: dict[str, dict[int, dict[str, float]]] = {}
+        self.subsets: set[tuple] = set()  # (variant, dataset, lr, seed, col) / (row, seed, col) scored on a subset
         self.records = records
         for rec in records:
             metrics = rec.get("metrics") or {}
@@ -96,13 +99,21 @@ class Index:
             if rec.get("eval_only"):
                 for row in rec.get("rows") or []:
                     self.eval_only.setdefault(row, {})[seed] = metrics
+                    self.subsets |= {(row, seed, col) for col in rec.get("subsets") or {}}
             elif rec.get("variant"):
                 k = (rec["variant"], rec.get("dataset") or "", _key(rec.get("lr")))
                 self.trained.setdefault(k, {})[seed] = metrics
+                self.subsets |= {(*k, seed, col) for col in rec.get("subsets") or {}}
 
     def values(self, variant: str, dataset: str, lr: float, col: str, seeds: list[int]) -> list[float]:
         by_seed = self.trained.get((variant, dataset, _key(lr)), {})
         return [float(by_seed[s][col]) for s in seeds if s in by_seed and by_seed[s].get(col) is not None]
+
+    def value(self, variant: str, dataset: str, lr: float, col: str, seeds: list[int]) -> Value:
+        """The candidate's mean ± std over the finished seeds, marked when any of them is a subset number."""
+        v = summarize(self.values(variant, dataset, lr, col, seeds), len(seeds))
+        v.subset = any((variant, dataset, _key(lr), s, col) in self.subsets for s in seeds)
+        return v
 
 
 @dataclass
@@ -114,6 +125,7 @@ class Value:
     choice: str = ""  # the candidate kept ([r32], [lr 0.01])
     unsettled: bool = False  # another candidate still misses seeds
     paper: float | None = None
+    subset: bool = False  # some number behind it was scored on a subset of the benchmark
 
     @property
     def delta(self) -> float | None:
@@ -123,7 +135,7 @@ class Value:
         if self.mean is None:
             s = DASH
         else:
-            s = f"{self.mean:.2f}"
+            s = f"{self.mean:.2f}" + (" ˢ" if self.subset else "")
             if self.std is not None:
                 s += f" ± {self.std:.2f}"
             if self.choice:
@@ -173,6 +185,7 @@ def row_values(exp: DictConfig, row: G.Row, index: Index, ref_row: dict[str, Any
             vals = [float(m[col]) for _, m in sorted(by_seed.items()) if m.get(col) is not None]
             v = summarize(vals, 1)
             v.planned = v.n or 1
+            v.subset = any((row.id, s, col) in index.subsets for s in by_seed)
         else:
             ds = dataset_of(exp, col)
             cands = []
@@ -182,7 +195,7 @@ def row_values(exp: DictConfig, row: G.Row, index: Index, ref_row: dict[str, Any
                 for lr in lrs_by_variant[vt.id]:
                     label = " ".join(x for x in (vt.short if len(row.variants) > 1 else "",
                                                  f"lr {G.fmt_lr(lr)}" if many_lrs else "") if x)
-                    cands.append((label, summarize(index.values(vt.id, ds, lr, col, seeds), len(seeds))))
+                    cands.append((label, index.value(vt.id, ds, lr, col, seeds)))
             have = [(lab, v) for lab, v in cands if v.mean is not None]
             if have:
                 label, v = max(have, key=lambda lv: lv[1].mean)  # first of equals wins
@@ -215,6 +228,7 @@ def build_table(cfg: DictConfig, grid_rows: list[G.Row], index: Index, ref: dict
         if exp.avg and all(values[c].mean is not None for c in exp.columns):
             avg.mean = statistics.fmean(values[c].mean for c in exp.columns)  # type: ignore[misc]
             avg.n = avg.planned = 1
+            avg.subset = any(values[c].subset for c in exp.columns)
         if ref_row.get("note"):
             notes.append(ref_row["note"])
         rows.append(TableRow(row=row, values=values, params=params, params_paper=ref_row.get("params"),
@@ -247,6 +261,7 @@ def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], n_reco
                      f"for this experiment).")
     lines.append(f"[r32] / [lr x]: the candidate a multi-variant row kept for that benchmark (better mean, as the paper); "
                  f"n=k/{len(exp.seeds)}: seeds finished so far; †: a candidate still misses seeds; {DASH}: no result yet; "
+                 "ˢ: scored on a subset of the benchmark, not comparable to the paper; "
                  f"≠: our parameter count does not round to the paper's.")
     lines.append(f"Built from {n_records} finished cell file(s).")
     lines.append("")
@@ -275,7 +290,7 @@ def csv_text(cfg: DictConfig, table: list[TableRow]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     head = ["experiment", "row", "label", "rank", "params", "params_paper"]
     for c in exp.columns:
-        head += [f"{c}_mean", f"{c}_std", f"{c}_n", f"{c}_choice", f"{c}_paper", f"{c}_delta"]
+        head += [f"{c}_mean", f"{c}_std", f"{c}_n", f"{c}_choice", f"{c}_subset", f"{c}_paper", f"{c}_delta"]
     if exp.avg:
         head += ["avg", "avg_paper", "avg_delta"]
     w.writerow(head)
@@ -284,7 +299,7 @@ def csv_text(cfg: DictConfig, table: list[TableRow]) -> str:
                 " / ".join(str(n) for n in tr.params if n is not None), tr.params_paper or ""]
         for c in exp.columns:
             v = tr.values[c]
-            line += [_num(v.mean), _num(v.std), v.n, v.choice, _num(v.paper), _num(v.delta)]
+            line += [_num(v.mean), _num(v.std), v.n, v.choice, int(v.subset), _num(v.paper), _num(v.delta)]
         if exp.avg:
             line += [_num(tr.avg.mean), _num(tr.avg.paper), _num(tr.avg.delta)]
         w.writerow(line)
@@ -315,7 +330,7 @@ def heatmap(cfg: DictConfig, grid_rows: list[G.Row], index: Index, out: Path) ->
     grid: list[list[Value]] = []
     for row in grid_rows:
         vt = row.variants[0]
-        grid.append([summarize(index.values(vt.id, ds, lr, col, seeds), len(seeds)) for lr in lrs])
+        grid.append([index.value(vt.id, ds, lr, col, seeds) for lr in lrs])
     md = [f"# {exp.title} (reproduced)", "",
           f"{COLUMNS[col][1]}: mean ± sample std over seeds {seeds}; {DASH}: no result yet. "
           "The paper gives Figure 2 only as an image (no numbers to compare with).", "",

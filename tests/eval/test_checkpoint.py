@@ -1,6 +1,7 @@
 """A scored PRoLoRA checkpoint (compact adapter on the tiny model) and its merged model score the same."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from tests.conftest import REPO
 
 FIX = REPO / "tests" / "fixtures" / "eval"
 COMMON = ["tasks=[mmlu,bbh,gsm,tydiqa,demo]", f"data_dir={FIX}", "max_new_tokens=8", "mmlu.precision=null",
+          "gsm.precision=null",
           "device=cpu", "tydiqa.dev_file=tydiqa-goldp-v1.1-dev-fixture.json", "bbh.max_per_task=2",
           "gsm.max_examples=3", "demo.max_examples=6"]
 
@@ -103,3 +105,40 @@ def test_merge_as_the_authors_did_from_an_nf4_base(tmp_path):
     lp_m = torch.tensor(merged.next_token_logprobs(prompts, [5, 6, 7, 8]))
     torch.testing.assert_close(lp_m, lp_u, atol=1e-3, rtol=0)  # dequantize-then-merge vs on-the-fly NF4
     assert len(eight.generate(prompts, max_new_tokens=4)) == 2
+
+
+def test_vllm_merge_serves_the_merged_model_or_says_why(checkpoints, tmp_path):
+    """backend=vllm merge=true: the adapter is merged into its NF4 base and saved for the engine (a plain model
+    directory, not the LoRA); without vllm installed the run stops before any work with one line."""
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from eval.checkpoint import merged_model, resolve_checkpoint
+    from prolora.models import load_base_model
+
+    final, _ = checkpoints
+    cfg = OmegaConf.create({"dtype": "float32", "device": "cpu", "merge": True})
+    spec = resolve_checkpoint(str(final))
+    pool = recipe.BackendPool(cfg, spec, {"quantize": True, "double_quant": True}, "full")
+    served = pool._merged_dir()
+    try:
+        assert (Path(served) / "config.json").is_file() and (Path(served) / "tokenizer.json").is_file()
+        ids = torch.tensor([[1, 5, 9, 13, 17]])
+        a = load_base_model(served, quantize=False, device="cpu", compute_dtype="float32")
+        b = merged_model(spec.model_path, spec.adapter_dir, merge_from="nf4", dtype="float32", device="cpu")
+        with torch.no_grad():
+            torch.testing.assert_close(a(ids).logits, b(ids).logits)
+    finally:
+        pool.close()
+    assert not Path(served).exists()
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        out = subprocess.run([sys.executable, "-m", "recipes.evaluate", f"checkpoint={final}", "backend=vllm",
+                              "merge=true", "tasks=[demo]", f"output_dir={tmp_path}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+            "error: backend=vllm: the vllm package is not installed (it needs CUDA: pip install -e '.[vllm]'); "
+            "use backend=hf"]

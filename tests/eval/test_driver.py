@@ -14,10 +14,11 @@ FIX = REPO / "tests" / "fixtures" / "eval"
 OPTIONS = {"mmlu": {}, "bbh": {"max_per_task": 2}, "gsm": {"max_examples": 3},
            "tydiqa": {"dev_file": "tydiqa-goldp-v1.1-dev-fixture.json", "max_per_lang": 2},
            "humaneval": {"max_examples": 2, "n_samples": 3, "ks": [1, 2], "workers": 2},
+           "humaneval_p10": {"max_examples": 1, "n_samples": 2, "ks": [2], "workers": 2},
            "demo": {"max_examples": 4}}
 
 
-ORDER = ["mmlu", "bbh", "gsm", "tydiqa", "humaneval", "demo"]
+ORDER = ["mmlu", "bbh", "gsm", "tydiqa", "humaneval", "humaneval_p10", "demo"]
 
 
 def make_tasks(chat):
@@ -35,11 +36,19 @@ def test_driver_all_tasks_and_eval_json(backend, tmp_path):
     assert list(results) == ORDER
     counts = {name: (r.n_examples, r.n_generations) for name, r in results.items()}
     assert counts == {"mmlu": (5, 5), "bbh": (4, 4), "gsm": (3, 3), "tydiqa": (4, 4), "humaneval": (2, 6),
-                      "demo": (4, 4)}
+                      "humaneval_p10": (1, 2), "demo": (4, 4)}
+    # sample sizes: n of what the files hold, and whether the files hold the published set
+    assert (results["gsm"].n_available, results["gsm"].full_size, results["gsm"].subset) == (4, 1319, True)
+    assert results["gsm"].complete is False  # a 4-question fixture is not the 1,319 of GSM8K
+    assert (results["demo"].n_examples, results["demo"].n_available, results["demo"].subset) == (4, 118, True)
+    assert results["demo"].complete is None  # no published size to hold it against
+    assert results["humaneval"].n_available == 164 and results["humaneval"].complete is True
+    assert results["humaneval_p10"].settings["temperature"] == 0.8 and "pass@2" in results["humaneval_p10"].metrics
     for r in results.values():
         assert 0.0 <= r.metrics["score"] <= 100.0
         assert set(r.timings) == {"load", "prompts", "inference", "score", "total"}
-    assert set(results["humaneval"].metrics) >= {"pass@1", "pass@2", "executions"}
+    assert set(results["humaneval"].metrics) >= {"pass@1", "pass@2", "executions", "sandbox"}
+    assert results["humaneval"].metrics["sandbox"]["verdict_channel"] is True  # recorded with the scores
     assert set(results["tydiqa"].metrics) >= {"f1", "exact_match", "languages"}
     assert results["bbh"].settings["max_new_tokens"] == 8 and results["bbh"].settings["stop"] == []
 
@@ -47,11 +56,28 @@ def test_driver_all_tasks_and_eval_json(backend, tmp_path):
     data = json.loads(path.read_text())
     assert set(data["scores"]) == set(TASKS) and data["backend"] == "hf"
     assert data["tasks"]["gsm"]["n_examples"] == 3
+    assert (data["tasks"]["gsm"]["subset"], data["tasks"]["gsm"]["complete"]) == (True, False)
+    assert data["status"] == "complete" and data["tasks_failed"] == {}
     lines = (tmp_path / "predictions" / "humaneval.jsonl").read_text().splitlines()
     rec = json.loads(lines[0])
     assert len(rec["outputs"]) == 3 and len(rec["passed"]) == 3 and rec["prompt"].startswith("<|user|>\n")
     mmlu = json.loads((tmp_path / "predictions" / "mmlu.jsonl").read_text().splitlines()[0])
     assert len(mmlu["logprobs"]) == 4 and mmlu["prediction"] in "ABCD" and "correct" in mmlu
+
+
+def test_whole_set_is_not_a_subset_and_a_failing_task_loses_no_finished_one(backend, tmp_path):
+    from eval.driver import ResultWriter
+
+    demo = get_task("demo", chat=True)
+    gsm = get_task("gsm", chat=True, max_examples=2)
+    broken = get_task("tydiqa", dev_file="no-such-file.json")
+    writer = ResultWriter(tmp_path, ["demo", "tydiqa", "gsm"], {"protocol": "authors"})
+    results = evaluate([demo, broken, gsm], backend, data_dir=FIX, max_new_tokens=4, log=None, writer=writer)
+    assert list(results) == ["demo", "gsm"] and results["demo"].subset is False  # all 118 of the demo file
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert data["status"] == "incomplete" and set(data["scores"]) == {"demo", "gsm"}
+    assert "no-such-file.json" in data["tasks_failed"]["tydiqa"] and data["tasks_pending"] == []
+    assert (tmp_path / "predictions" / "demo.jsonl").is_file() and (tmp_path / "predictions" / "gsm.jsonl").is_file()
 
 
 def test_driver_batch_size_does_not_change_greedy_outputs(backend):

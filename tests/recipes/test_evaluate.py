@@ -25,11 +25,26 @@ def test_defaults_are_the_paper_protocol():
     cfg = _compose([])
     assert list(cfg.tasks) == ["mmlu", "bbh", "gsm", "tydiqa", "humaneval"]
     assert cfg.model is None and cfg.checkpoint is None and cfg.backend == "hf" and cfg.chat is None
-    assert (cfg.mmlu.ntrain, cfg.mmlu.precision) == (0, "8bit")
-    assert cfg.bbh.max_per_task == 40 and cfg.gsm.max_examples == 200 and cfg.gsm.n_shot == 8
-    assert cfg.tydiqa.max_per_lang == 100 and cfg.tydiqa.max_context_tokens == 512
+    assert cfg.protocol == "authors" and cfg.dtype is None
+    assert (cfg.mmlu.ntrain, cfg.mmlu.precision, cfg.mmlu.answer_prefix, cfg.mmlu.reader) == (
+        0, "8bit", "The answer is ", "pandas")
+    assert cfg.bbh.max_per_task is None and cfg.gsm.max_examples is None and cfg.gsm.n_shot == 8
+    assert cfg.gsm.precision == "8bit"
+    assert cfg.tydiqa.max_per_lang is None and cfg.tydiqa.max_context_tokens == 512
+    assert (cfg.tydiqa.exemplars, cfg.tydiqa.context_cut) == ("train", "authors")
     assert (cfg.humaneval.n_samples, cfg.humaneval.temperature, cfg.humaneval.top_p) == (20, 0.1, 0.95)
+    assert list(cfg.humaneval.ks) == [1] and cfg.humaneval_p10.temperature == 0.8
     assert cfg.vllm.peft_subdir == "peft"
+
+
+def test_protocol_presets():
+    quick = _compose(["protocol=quick"])
+    assert (quick.protocol, quick.gsm.max_examples, quick.bbh.max_per_task, quick.tydiqa.max_per_lang) == (
+        "quick", 200, 40, 100)
+    up = _compose(["protocol=upstream"])
+    assert (up.protocol, up.mmlu.answer_prefix, up.tydiqa.exemplars, up.tydiqa.context_cut) == (
+        "upstream", "The answer is:", "oneshot", "clean")
+    assert up.gsm.max_examples is None
 
 
 def test_model_group_reuses_model_configs():
@@ -86,7 +101,10 @@ def test_cli_writes_eval_json_and_predictions(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "eval.json").read_text())
     assert set(data["scores"]) == {"bbh", "gsm", "demo"}
-    assert data["chat"] is False and data["backend"] == "hf" and data["precision"]["gsm"] == "nf4"
+    assert data["chat"] is False and data["backend"] == "hf" and data["precision"] == {
+        "bbh": "nf4", "gsm": "8bit", "demo": "nf4"}  # the authors' GSM run is 8-bit
+    assert data["protocol"] == "authors" and data["status"] == "complete" and data["dtype"] == "float32"
+    assert data["tasks"]["gsm"]["subset"] is True and data["tasks"]["demo"]["subset"] is True
     assert data["config"]["model"]["path"] == str(TINY_DIR) and data["config"]["gsm"]["max_examples"] == 2
     assert "git_commit" in data and data["wall_time_s"] > 0
     assert data["tasks"]["bbh"]["n_examples"] == 2 and "timings_s" in data["tasks"]["gsm"]

@@ -58,7 +58,7 @@ FAKE_EVAL = textwrap.dedent('''
     out = pathlib.Path(args["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     score = 25.0 + 10 * seed  # percent, as eval/driver.py writes it
-    (out / "eval.json").write_text(json.dumps({"scores": {"demo": score},
+    (out / "eval.json").write_text(json.dumps({"status": "complete", "scores": {"demo": score},
                                                "tasks": {"demo": {"score": score, "exact_match": score}}}))
 ''')
 
@@ -193,5 +193,6 @@ def test_one_real_tiny_cell(tmp_path, capsys):
     assert rec["train"]["steps"] == 4 and rec["train"]["final_loss"] > 0
     assert set(rec["metrics"]) == {"demo_em"} and 0.0 <= rec["metrics"]["demo_em"] <= 100.0
     assert rec["eval"]["tasks"]["demo"]["n_examples"] == 4
+    assert rec["subsets"] == {"demo_em": {"n": 4, "of": 118}} and rec["protocol"] == "authors"  # marked a subset
     assert rec["config"]["run"]["method"]["m"] == 7 and rec["config"]["run"]["seed"] == 1
     assert len(rec["loss_curve"]) >= 1

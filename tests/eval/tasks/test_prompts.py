@@ -37,7 +37,10 @@ def test_mmlu_prompt_and_candidates(tok):
     assert task.prompt(ex, tok) == MMLU_BODY
     assert examples[0]["choices"][0] == "Mercury, Venus, Earth, Mars"  # quoted comma kept in one cell
     chat_task, chat_examples = first("mmlu", True)
-    assert chat_task.prompt(chat_examples[1], tok) == "<|user|>\n" + MMLU_BODY + "\n<|assistant|>\nThe answer is:"
+    # the authors' fork: "The answer is " (trailing space, no colon); upstream open-instruct: "The answer is:"
+    assert chat_task.prompt(chat_examples[1], tok) == "<|user|>\n" + MMLU_BODY + "\n<|assistant|>\nThe answer is "
+    upstream, up_examples = first("mmlu", True, answer_prefix="The answer is:")
+    assert upstream.prompt(up_examples[1], tok).endswith("<|assistant|>\nThe answer is:")
     # " A" encodes as [space, A] in the tiny tokenizer: the last token is the candidate
     assert task.candidates(tok) == [tok.encode(" " + c, add_special_tokens=False)[-1] for c in "ABCD"]
     assert task.parse(2, ex) == "C" and task.target(ex) == "C"
@@ -153,11 +156,17 @@ def test_tydiqa_prompts_same_language_exemplar(tok):
 
 
 def test_tydiqa_truncates_passages_to_max_tokens(tok):
+    # the authors' cut: tokenizer.encode(context) (BOS included) cut to 5 ids and decoded back: "<s>" + 4 tokens
     task, examples = first("tydiqa", False, dev_file=TYDI_DEV, max_context_tokens=5)
     ex = examples[0]
-    cut = tok.decode(tok.encode(ex["context"], add_special_tokens=False)[:5])
+    cut = tok.decode(tok.encode(ex["context"])[:5])
+    assert cut.startswith("<s>") and len(tok.encode(cut[3:], add_special_tokens=False)) == 4
     assert task.prompt(ex, tok).split("\n\n")[2].startswith("Passage: " + cut + "\nQuestion:")
-    assert len(tok.encode(cut, add_special_tokens=False)) <= 5
+    # the clean cut: 5 tokens of the passage alone
+    clean, examples = first("tydiqa", False, dev_file=TYDI_DEV, max_context_tokens=5, context_cut="clean")
+    cut = tok.decode(tok.encode(ex["context"], add_special_tokens=False)[:5])
+    assert clean.prompt(examples[0], tok).split("\n\n")[2].startswith("Passage: " + cut + "\nQuestion:")
+    assert "<s>" not in cut and len(tok.encode(cut, add_special_tokens=False)) <= 5
     per_lang = get_task("tydiqa", dev_file=TYDI_DEV, max_per_lang=1).load(FIX)
     assert sorted(e["lang"] for e in per_lang) == ["english", "finnish"]
 

@@ -84,6 +84,8 @@ def test_table2_plan_param_column(table2_plan):
     assert rows["prolora_r32_u4_m7_n7"][0][3] == (
         "ok with the paper's h/m formula (19,988,480); ceil(h/m) chunks add 9,600")
     assert "1 printed value(s) differ from the count" in table2_plan
+    assert ("Evaluation: recipes.evaluate backend=hf protocol=authors merge=true precision=full dtype=float16; "
+            "protocol authors: the PRoLoRA authors' scripts: full sets") in table2_plan
     assert "Summary: done 0, running 0, failed 0, to do 218" in table2_plan
 
 

@@ -80,12 +80,14 @@ def test_table2_csv(table2):
     assert rows["lora_r16"]["params"] == "39976960" and rows["lora_r16"]["params_paper"] == "40.98M"
 
 
-def _cell(d: Path, variant: str, ds: str, lr: float, seed: int, metrics: dict, rows: list[str]) -> None:
+def _cell(d: Path, variant: str, ds: str, lr: float, seed: int, metrics: dict, rows: list[str],
+          subsets: dict | None = None) -> None:
     cid = f"{variant}__{ds}__lr{fmt_lr(lr)}__seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{cid}.json").write_text(json.dumps({
         "status": "done", "cell_id": cid, "rows": rows, "variant": variant, "dataset": ds, "lr": lr, "seed": seed,
-        "eval_only": False, "metrics": metrics, "loss_curve": [[1, 3.0], [2, 2.0 + seed / 10]]}))
+        "eval_only": False, "metrics": metrics, "loss_curve": [[1, 3.0], [2, 2.0 + seed / 10]],
+        "subsets": subsets or {}}))
 
 
 def test_table4_grid_and_figure2_heatmap(tmp_path):
@@ -123,6 +125,19 @@ def test_demo_loss_curves_and_wandb_table(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "demo" / "loss_curves.png").stat().st_size > 5000
     assert f"wrote {tmp_path / 'demo' / 'table.md'}" in out
     assert "logged the table to W&B (disabled, group demo)" in out
+
+
+def test_a_number_scored_on_a_subset_is_marked(tmp_path):
+    d = tmp_path / "demo" / "cells"
+    _cell(d, "lora_r2", "demo", 1e-2, 1, {"demo_em": 40.0}, ["lora_r2"])
+    _cell(d, "lora_r2", "demo", 1e-2, 2, {"demo_em": 50.0}, ["lora_r2"], subsets={"demo_em": {"n": 20, "of": 118}})
+    _cell(d, "vera_r64", "demo", 5e-2, 1, {"demo_em": 30.0}, ["vera_r64"])
+    assert R.main(["--experiment", "demo", "--results-dir", str(tmp_path), "experiment.seeds=[1,2]", "--quiet"]) == 0
+    md = (tmp_path / "demo" / "table.md").read_text()
+    assert "| LoRA | 2 | 4,864 | 45.00 ˢ ± 7.07 |" in md and "| VeRA | 64 | 2,176 | 30.00 n=1/2 |" in md
+    assert "ˢ: scored on a subset of the benchmark, not comparable to the paper" in md
+    rows = {r["row"]: r for r in csv.DictReader(open(tmp_path / "demo" / "table.csv"))}
+    assert (rows["lora_r2"]["demo_em_subset"], rows["vera_r64"]["demo_em_subset"]) == ("1", "0")
 
 
 def test_eval_json_to_paper_columns():
