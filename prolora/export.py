@@ -2,6 +2,8 @@
 
 * ``save_adapter``/``load_adapter``: only the trainable tensors (``adapter.safetensors``) plus
   ``adapter_config.json`` (method + config); bitwise round trip; written atomically (temp dir + rename).
+  Both refuse non-finite weights (a diverged adapter is never saved, loaded, exported or scored), and a
+  corrupt file is named in the error.
 * ``export_lora``: every method expands to a rank-r LoRA per module (ΔW = scaling·B_full A_full), saved
   with PEFT's keys and config so ``peft.PeftModel.from_pretrained(base, dir)`` (and vLLM) load it as is.
 * ``merge``: W ← W + scaling·B_full A_full (4-bit weights dequantized first), adapters removed.
@@ -38,6 +40,15 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
+def _check_finite(tensors: dict[str, torch.Tensor], what: str, where: str) -> None:
+    bad = {k: int((~torch.isfinite(t)).sum()) for k, t in tensors.items() if t.is_floating_point()
+           and not torch.isfinite(t).all()}
+    if bad:
+        first = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:3])
+        raise ValueError(f"{what}: {sum(bad.values())} non-finite value(s) in {len(bad)} tensor(s) of {where}: {first}"
+                         f"{'…' if len(bad) > 3 else ''}; the adapter diverged or the file is damaged")
+
+
 def _require_attached(model: nn.Module, what: str) -> AdapterConfig:
     config = get_config(model)
     if config is None or not adapter_layers(model):
@@ -59,6 +70,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
 
     config = _require_attached(model, "save_adapter")
     tensors = {k: p.detach().to("cpu").contiguous() for k, p in trainable_parameters(model).items()}
+    _check_finite(tensors, "save_adapter", "the model's adapter (nothing was written)")
     meta = {"format": FORMAT, "method": config.method, "config": config.to_dict(),
             "trainable_params": count_trainable(model), "base_model_name_or_path": _base_name(model)}
 
@@ -76,7 +88,10 @@ def read_adapter_config(directory: str | os.PathLike) -> AdapterConfig:
     cfg_file = path / ADAPTER_CONFIG
     if not cfg_file.is_file():
         raise FileNotFoundError(f"load_adapter: {cfg_file} is missing; {path} is not a save_adapter directory")
-    meta = json.loads(cfg_file.read_text())
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise ValueError(f"load_adapter: {cfg_file} is not valid JSON ({e}); the checkpoint is corrupt") from None
     if meta.get("format") != FORMAT:
         hint = " (this looks like a PEFT export: load it with peft.PeftModel)" if "peft_type" in meta else ""
         raise ValueError(f"load_adapter: {cfg_file} has format {meta.get('format')!r}, expected {FORMAT!r}{hint}")
@@ -99,7 +114,12 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     elif current != config:
         raise ConfigError(f"load_adapter: {path} holds {config!r} but the model carries {current!r}; "
                           "load into a fresh base model or one attached with the same config")
-    tensors = load_file(str(weights))
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for a truncated or garbled file
+        raise ValueError(f"load_adapter: {weights} is not a readable safetensors file ({type(e).__name__}: {e}); "
+                         "the checkpoint is corrupt or incomplete") from None
+    _check_finite(tensors, "load_adapter", str(weights))
     params = trainable_parameters(model)
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or unexpected:

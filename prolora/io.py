@@ -94,3 +94,78 @@ def read_tail(path: str | os.PathLike, chars: int) -> str:
             return f.read().decode("utf-8", errors="replace")[-chars:]
     except OSError:
         return ""
+
+
+class FileLock:
+    """An exclusive ``flock`` on ``path``: taken atomically by the kernel, released when the holder closes it or
+    dies (so a lock is never stale on its host and two processes can never both hold it). The file itself is
+    never deleted (deleting it while another process waits on the old inode would let two hold "the" lock);
+    while held it says who holds it (``info``: pid, host, ...)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, info: dict | None = None) -> bool:
+        """Take the lock without waiting; False when another process holds it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        self.write(info or {})
+        return True
+
+    def write(self, info: dict) -> None:
+        """Replace what the lock file says (only while held)."""
+        if self._fd is None:
+            return
+        data = json.dumps({"pid": os.getpid(), **info}).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    @staticmethod
+    def holder(path: str | os.PathLike) -> dict | None:
+        """What the holder of the lock at ``path`` wrote, or None when nobody holds it."""
+        import fcntl
+
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
+            except ValueError:
+                return {}
+            finally:
+                os.close(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        return None
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

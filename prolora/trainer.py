@@ -9,7 +9,11 @@ gradient accumulation, gradient clipping and group-by-length batching.  This loo
 
 * saves compact adapter checkpoints (only trainable tensors) plus optimizer/scheduler/RNG state every
   ``save_every`` steps, written to a hidden temporary directory and renamed into place, so a checkpoint
-  directory either is complete or does not exist; ``resume=True`` picks the newest one;
+  directory either is complete or does not exist; ``resume=True`` picks the newest one that loads (a damaged
+  one is skipped with a warning) and refuses one written by another run (``identity``: the settings that
+  decide the numbers, compared key by key); leftovers of an interrupted save are removed;
+* stops with one message (:class:`TrainingDiverged`) when the loss or the gradient norm is not finite or the
+  loss explodes, instead of training on (and saving) a broken adapter;
 * is exactly resumable: batches are a pure function of (seed, step) and the RNG state (adapter dropout)
   is restored, so a run killed and resumed ends with the same adapter as an uninterrupted one;
 * reports progress through a tqdm bar and a ``log_fn(step, metrics)`` callback (W&B lives in the recipe);
@@ -38,6 +42,8 @@ import torch
 from prolora import checkpointing
 
 CHECKPOINT_PREFIX = "step_"
+# diverged: the mean loss of the last FINAL_WINDOW steps is above EXPLODED x the first step's AND 2 nats above it
+EXPLODED = 4.0
 FINAL_WINDOW = 10  # final_loss = mean loss of the last FINAL_WINDOW optimizer steps (one step is noisy)
 TRAINER_STATE = "trainer_state.pt"
 
@@ -125,6 +131,22 @@ class TrainArgs:
     @property
     def grad_accum(self) -> int:
         return self.batch_size // self.micro_batch_size
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the gradients became non-finite, or the loss exploded; the message says when and what to do."""
+
+
+def identity_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """The keys (dotted) whose values differ between two identities."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += identity_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 @dataclass
@@ -253,10 +275,12 @@ class Trainer:
                  optim: OptimArgs, output_dir: str | os.PathLike, *,
                  save_fn: Callable[[torch.nn.Module, Path], None], load_fn: Callable[[torch.nn.Module, Path], None],
                  log_fn: Callable[[int, dict], None] | None = None, autocast_dtype: torch.dtype | None = None,
-                 loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None):
+                 loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None,
+                 identity: dict | None = None):
         from prolora.models import resolve_device
 
         self.model, self.batches, self.args, self.optim = model, batches, args, optim
+        self.identity = identity  # what decides the numbers; stored in every checkpoint, compared on resume
         self.loss_fn = loss_fn or causal_lm_loss
         self.autocast_dtype = autocast_dtype  # e.g. bf16 on CUDA, as HF Trainer's --bf16 (the authors' runs)
         self.output_dir = Path(output_dir)
@@ -289,7 +313,8 @@ class Trainer:
                     "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "tokens": self.tokens,
                     "initial_loss": self.initial_loss, "last_loss": self.last_loss,
                     "recent_losses": self.recent_losses,
-                    "args": asdict(self.args), "optim": asdict(self.optim)}, tmp / TRAINER_STATE)
+                    "args": asdict(self.args), "optim": asdict(self.optim), "identity": self.identity},
+                   tmp / TRAINER_STATE)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -298,21 +323,48 @@ class Trainer:
         return final
 
     def maybe_resume(self) -> int | None:
+        """With ``args.resume``: restore the newest checkpoint that loads (damaged ones are skipped with a
+        warning, newest first); a checkpoint of another run (its identity differs) is refused, naming the keys."""
+        self._clean_leftovers()
         if not self.args.resume:
             return None
-        ckpts = list_checkpoints(self.ckpt_dir)
-        if not ckpts:
-            return None
-        last = ckpts[-1]
-        self.load_fn(self.model, last / "adapter")
-        state = torch.load(last / TRAINER_STATE, map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        self.step, self.tokens = state["step"], state["tokens"]
-        self.initial_loss, self.last_loss = state["initial_loss"], state["last_loss"]
-        self.recent_losses = list(state["recent_losses"])
-        return self.step
+        import warnings
+
+        for ckpt in reversed(list_checkpoints(self.ckpt_dir)):
+            try:
+                state = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=False)
+            except Exception as e:  # noqa: BLE001  (a torn or garbled file: try the previous checkpoint)
+                warnings.warn(f"resume: {ckpt / TRAINER_STATE} does not load ({type(e).__name__}: {e}); "
+                              "falling back to the previous checkpoint", stacklevel=2)
+                continue
+            saved = state.get("identity")
+            if self.identity is not None and saved is not None and saved != self.identity:
+                diff = identity_diff(saved, self.identity)
+                raise ValueError(f"resume: {ckpt} belongs to another run ({'; '.join(diff[:6])}"
+                                 f"{'; …' if len(diff) > 6 else ''}): resume with the settings it was trained "
+                                 "with, or train elsewhere (another output_dir) or with overwrite=true")
+            try:
+                self.load_fn(self.model, ckpt / "adapter")
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+            except (ValueError, KeyError, RuntimeError, OSError) as e:
+                warnings.warn(f"resume: {ckpt} does not load ({e}); falling back to the previous checkpoint",
+                              stacklevel=2)
+                continue
+            _set_rng_state(state["rng"])
+            self.step, self.tokens = state["step"], state["tokens"]
+            self.initial_loss, self.last_loss = state["initial_loss"], state["last_loss"]
+            self.recent_losses = list(state["recent_losses"])
+            return self.step
+        return None
+
+    def _clean_leftovers(self) -> None:
+        """Half-written checkpoints of an interrupted save (``.tmp-*``): never resumed from, removed here (the
+        recipe holds the run directory's lock, so no other process is writing them)."""
+        if self.ckpt_dir.is_dir():
+            for d in self.ckpt_dir.iterdir():
+                if d.name.startswith(".tmp-"):
+                    shutil.rmtree(d, ignore_errors=True)
 
     # -- loop ----------------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, scale: float) -> tuple[float, int]:
@@ -359,8 +411,12 @@ class Trainer:
             losses.append(loss)
             ntok += n
         if not all(math.isfinite(x) for x in losses):
-            raise FloatingPointError(f"non-finite loss {losses} at step {self.step}: lower optim.lr")
+            raise TrainingDiverged(f"training diverged: the loss is {losses} at step {self.step + 1}; nothing after "
+                                   f"step {self.step} is kept: lower optim.lr (now {self.optim.lr:g})")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.optim.max_grad_norm).item()
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(f"training diverged: the gradient norm is {grad_norm} at step {self.step + 1}; "
+                                   f"lower optim.lr (now {self.optim.lr:g})")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -372,6 +428,12 @@ class Trainer:
         self.recent_losses = (self.recent_losses + [self.last_loss])[-FINAL_WINDOW:]
         if self.initial_loss is None:
             self.initial_loss = self.last_loss
+        recent = float(np.mean(self.recent_losses))
+        if len(self.recent_losses) == FINAL_WINDOW and recent > max(EXPLODED * self.initial_loss,
+                                                                   self.initial_loss + 2.0):
+            raise TrainingDiverged(f"training diverged: the loss of the last {FINAL_WINDOW} steps ({recent:.3g}) is "
+                                   f"over {EXPLODED:g}x the first step's ({self.initial_loss:.3g}) at step "
+                                   f"{self.step}: lower optim.lr (now {self.optim.lr:g})")
         return {"step": self.step, "loss": self.last_loss, "lr": self.scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm, "tokens": self.tokens, "step_s": time.perf_counter() - t0}
 

@@ -102,8 +102,9 @@ class TrainConfig:
     unshared: int | None = None
     sharing: int | None = None  # sets both m and n
     experiment_name: str = "adhoc"
-    output_dir: str | None = None  # None: the Hydra run directory (named from the choices)
+    output_dir: str | None = None  # None: the Hydra run directory (named from the choices + the run's hash)
     data_dir: str = "data"  # root of prepared training data (relative paths in dataset configs)
+    overwrite: bool = False  # replace a finished run or another run's checkpoints in output_dir (never implicit)
 
 
 def register() -> None:
@@ -155,6 +156,46 @@ def adapter_config(method: Any):
     return config
 
 
+# trainer settings that change no number (only speed, memory, logging, where and whether to resume)
+NOT_IDENTITY = {"resume", "progress", "log_every", "save_every", "keep_last", "gradient_checkpointing"}
+
+
+def run_identity(cfg: Any) -> dict[str, Any]:
+    """Everything that decides a training run's numbers: how the base is loaded, the resolved adapter config
+    (its defaults included), the dataset, the optimizer, the loop, the seed.  A run directory is named with its
+    hash, and resume refuses a checkpoint whose identity differs (key by key)."""
+    def plain(node):
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+
+    model = plain(cfg.model)
+    try:
+        adapter: Any = adapter_config(cfg.method).to_dict()
+    except Exception as e:  # noqa: BLE001  (an invalid method: the recipe reports it; the hash must not fail)
+        adapter = {"invalid": f"{type(e).__name__}: {e}"}
+    dataset = plain(cfg.dataset)
+    return {
+        "model": {k: model.get(k) for k in ("name", "path", "quantize", "double_quant", "compute_dtype",
+                                            "cpu_packed_4bit")},
+        "adapter": adapter,
+        "dataset": {k: dataset.get(k) for k in ("name", "train_file", "max_seq_len")},
+        "optim": plain(cfg.optim),
+        "trainer": {k: v for k, v in plain(cfg.trainer).items() if k not in NOT_IDENTITY},
+        "seed": cfg.seed,
+    }
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run_hash(*, _root_: Any) -> str:
+    """``${run_hash:}``: the short hash of the run's identity (:func:`run_identity`), for its directory name."""
+    return identity_hash(run_identity(_root_))
+
+
 def method_tag(method: Any) -> str:
     """``${method_tag:${method}}``: the directory-safe name of a method node (``prolora_r8_u1_m7_n7``); a node
     the library rejects gets ``<name>_invalid`` (the recipe reports the error itself, in one line)."""
@@ -179,6 +220,7 @@ def first_set(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
-for _name, _fn in (("method_tag", method_tag), ("asset", asset_path), ("first_set", first_set)):
+for _name, _fn in (("method_tag", method_tag), ("asset", asset_path), ("first_set", first_set),
+                   ("run_hash", run_hash)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

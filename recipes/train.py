@@ -5,14 +5,22 @@
     python train.py model=tiny dataset=demo logger=none trainer.max_steps=30   # seconds on a CPU
 
 Everything here is setup and glue: the math is in ``prolora.methods``, the loop and its settings in
-``prolora.trainer``.  The run directory (named from the choices: model/dataset/method tag/lrX_seedS) receives
-``metrics.jsonl``, ``checkpoints/step_*`` and, when training completed, ``final/`` with the compact adapter,
-``peft/`` (a standard PEFT LoRA that vLLM serves) and ``run.json``.
+``prolora.trainer``.  The run directory (named from the choices and the hash of the run's identity:
+model/dataset/method tag/lrX_seedS_<hash>) receives ``metrics.jsonl``, ``checkpoints/step_*`` and, when training
+completed, ``final/`` with the compact adapter, ``peft/`` (a standard PEFT LoRA that vLLM serves) and
+``run.json``.
+
+Trust: every setting, the weights and the data are checked before any model or network work (one line
+naming what is wrong); a run holds its directory's lock (a second run into it stops at once); resume continues
+only a checkpoint of the same identity (:func:`recipes.schema.run_identity`, the training data's hash included);
+a finished run or another run's checkpoints are never replaced without ``overwrite=true``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +28,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from prolora.io import read_json
 from recipes import CONFIG_DIR, git_commit, one_line_errors, schema
 
 
@@ -34,16 +43,39 @@ class Plan:
     output_dir: Path
 
 
-def resolve_train_file(cfg: DictConfig) -> Path:
+def train_file_path(cfg: DictConfig) -> Path:
     path = Path(cfg.dataset.train_file)
-    if not path.is_absolute():
-        path = Path(cfg.data_dir) / path
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"training data for dataset={cfg.dataset.name} not found: {path}. Create it with "
-            f"`python scripts/prepare_data.py {cfg.dataset.name} --raw <{cfg.dataset.raw_source or 'raw file'}> "
-            f"--out {path}` or point data_dir= / dataset.train_file= at it.")
-    return path
+    return path if path.is_absolute() else Path(cfg.data_dir) / path
+
+
+def missing_data(cfg: DictConfig) -> str | None:
+    path = train_file_path(cfg)
+    if path.is_file():
+        return None
+    return (f"training data for dataset={cfg.dataset.name} not found: {path} (create it with `python "
+            f"scripts/prepare_data.py {cfg.dataset.name} --raw <{cfg.dataset.raw_source or 'raw file'}> --out {path}`, "
+            f"or point data_dir= / dataset.train_file= at it)")
+
+
+def missing_weights(path: str) -> str | None:
+    """Whether ``model.path`` can be loaded without asking the network anything it cannot answer: a local
+    directory with config.json, or a hub model in the local cache or with a hub token to download it."""
+    p = Path(path)
+    if p.is_dir():
+        return None if (p / "config.json").is_file() else f"model.path={path} is a directory without config.json"
+    if p.exists() or path.startswith((".", "/", "~")):
+        return f"model.path={path} is not a model directory"
+    import huggingface_hub
+
+    if huggingface_hub.try_to_load_from_cache(path, "config.json") not in (None, huggingface_hub._CACHED_NO_EXIST):
+        return None
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("0", "")
+    if offline or huggingface_hub.get_token() is None:
+        return (f"the weights of {path} are not on this machine ({'offline' if offline else 'no hub token'}): pass "
+                f"model.path=/path/to/the/model, or accept the model's licence on the hub and run "
+                f"`huggingface-cli login` so that they download")
+    return None
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -55,14 +87,60 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def plan(cfg: DictConfig) -> Plan:
-    """Build and check every setting (method, loop, optimizer, data file) before anything is loaded."""
+    """Build and check every setting (method, loop, optimizer, device, the adapter on the model's shapes) and
+    that the data and weights exist, before anything is loaded; every problem found goes in one error."""
+    import torch
+
     from prolora.trainer import OptimArgs, TrainArgs
 
     adapter = schema.adapter_config(cfg.method)
     args = OmegaConf.to_object(cfg.trainer)
     optim = OmegaConf.to_object(cfg.optim)
     assert isinstance(args, TrainArgs) and isinstance(optim, OptimArgs)
-    return Plan(adapter, args, optim, resolve_train_file(cfg), output_dir(cfg))
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={args.device} but no CUDA device is visible: use trainer.device=auto or cpu")
+    problems = [p for p in (missing_weights(str(cfg.model.path)), missing_data(cfg)) if p]
+    if problems:
+        raise FileNotFoundError("; ".join(problems))
+    ref = schema.counting_ref(cfg.model)
+    if Path(ref).is_dir() or ref == cfg.model.name:  # the adapter on the model's real shapes, on the meta device
+        import prolora
+
+        prolora.count_for(ref, adapter)  # a sharing rate wider than a layer fails here, naming the layer
+    return Plan(adapter, args, optim, train_file_path(cfg), output_dir(cfg))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def claim_output_dir(cfg: DictConfig, p: Plan, identity: dict) -> Path | None:
+    """Decide what the run directory allows: returns the final dir when this very run is already finished
+    (nothing to do), None to train; raises when it holds another run's work and ``overwrite`` is not set."""
+    from prolora.trainer import identity_diff, list_checkpoints
+
+    final = p.output_dir / "final"
+    done = read_json(final / "run.json")
+    if done is not None:
+        diff = identity_diff(done.get("identity") or {}, identity)
+        if not diff and not cfg.overwrite:
+            return final
+        if diff and not cfg.overwrite:
+            raise ValueError(f"{p.output_dir} holds a finished run of another configuration ({'; '.join(diff[:6])}): "
+                             "train into another output_dir, or pass overwrite=true to replace it")
+    ckpts = list_checkpoints(p.output_dir / "checkpoints")
+    if ckpts and not p.args.resume and not cfg.overwrite:
+        raise ValueError(f"{p.output_dir} holds an unfinished run (checkpoints up to {ckpts[-1].name}): "
+                         "trainer.resume=true continues it (when it is this run), overwrite=true starts over")
+    if cfg.overwrite:
+        for name in ("final", "checkpoints"):
+            shutil.rmtree(p.output_dir / name, ignore_errors=True)
+        (p.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return None
 
 
 def build_batches(cfg: DictConfig, tokenizer, args, train_file: Path):
@@ -122,6 +200,22 @@ def autocast_dtype(cfg: DictConfig, device: str):
 
 def run(cfg: DictConfig) -> Path:
     """Train one cell; returns the ``final/`` directory."""
+    from prolora.io import FileLock
+
+    p = plan(cfg)
+    p.output_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(p.output_dir / ".train.lock")
+    if not lock.acquire({"started": time.time()}):
+        holder = FileLock.holder(lock.path) or {}
+        raise ValueError(f"{p.output_dir} is in use by another training (pid {holder.get('pid', '?')}): wait for it, "
+                         "or train into another output_dir")
+    try:
+        return _train(cfg, p)
+    finally:
+        lock.release()
+
+
+def _train(cfg: DictConfig, p: Plan) -> Path:
     import torch
 
     import prolora
@@ -130,14 +224,12 @@ def run(cfg: DictConfig) -> Path:
     from prolora.models import load_base_model, load_tokenizer, prepare_for_training, resolve_device
     from prolora.trainer import Trainer, seed_everything
 
-    p = plan(cfg)
-    p.output_dir.mkdir(parents=True, exist_ok=True)
-    final_dir = p.output_dir / "final"
-    if (final_dir / "run.json").is_file() and not p.args.resume:
-        print(f"note: {final_dir} exists and will be replaced (pass trainer.resume=true to keep finished work)")
-    elif (final_dir / "run.json").is_file():
-        print(f"already finished: {final_dir}")
+    identity = {**schema.run_identity(cfg), "data_sha256": file_sha256(p.train_file)}
+    final_dir = claim_output_dir(cfg, p, identity)
+    if final_dir is not None:
+        print(f"already finished: {final_dir} (overwrite=true trains it again)")
         return final_dir
+    final_dir = p.output_dir / "final"
 
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path)
@@ -159,7 +251,7 @@ def run(cfg: DictConfig) -> Path:
     logger = WandbLogger(cfg, p.output_dir, p.adapter, trainable) if cfg.logger.name == "wandb" else None
     trainer = Trainer(model, batches, p.args, p.optim, p.output_dir, save_fn=prolora.save_adapter,
                       load_fn=lambda m, d: prolora.load_adapter(m, d), log_fn=logger.log if logger else None,
-                      autocast_dtype=autocast_dtype(cfg, device))
+                      autocast_dtype=autocast_dtype(cfg, device), identity=identity)
     result = trainer.train()
     if trainer.checkpointing_probe:
         info = trainer.checkpointing_probe
@@ -169,6 +261,8 @@ def run(cfg: DictConfig) -> Path:
               f"{info['budget_bytes'] / 2**30:.1f} GiB free)")
 
     summary = {
+        "identity": identity,
+        "identity_hash": schema.identity_hash(schema.run_identity(cfg)),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "method": p.adapter.name,
         "adapter": p.adapter.to_dict(),

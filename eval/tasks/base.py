@@ -24,8 +24,9 @@ package imports every module, the evaluation schema and the tables pick it up.  
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,11 +59,43 @@ class DataMissingError(FileNotFoundError):
     """A benchmark file is missing; the message names the expected layout."""
 
 
+class BadBenchmarkFile(ValueError):
+    """A benchmark file that does not parse (truncated, garbled, another format); names the file and line."""
+
+
+def read_json(path: Path, task: str) -> Any:
+    """A whole-file JSON benchmark file; a damaged one raises :class:`BadBenchmarkFile` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise BadBenchmarkFile(f"{task}: {path} is not valid JSON ({e}): a truncated or damaged copy? "
+                               "get the file again") from None
+
+
+def read_jsonl(path: Path, task: str, parse: Callable[[dict], dict]) -> list[dict]:
+    """Each non-blank line of a JSON-lines benchmark file through ``parse``; a line that does not parse (bad
+    JSON, bad UTF-8, a missing field) raises :class:`BadBenchmarkFile` naming the file and the line: a benchmark
+    is never scored on whatever rows happened to parse."""
+    rows = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+                if line.strip():
+                    rows.append(parse(json.loads(line)))
+            except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
+                raise BadBenchmarkFile(f"{task}: {path}:{lineno} does not parse ({type(e).__name__}: {e}): a "
+                                       "truncated or damaged copy? get the file again") from None
+    return rows
+
+
 def require(path: Path, task: str, layout: str) -> Path:
+    """``path``, or one line saying it is missing and what a benchmark directory holds."""
     if not path.exists():
-        raise DataMissingError(
-            f"{task}: {path} not found. Expected layout under data_dir:\n{layout}\n"
-            "Point data_dir= at a directory laid out like this (see scripts/ or shared/data/README.md).")
+        expected = "; ".join(" ".join(line.split()) for line in layout.strip().splitlines())
+        raise DataMissingError(f"{task}: {path} not found (a benchmark directory holds: {expected}): point data_dir= "
+                               "at one laid out like this")
     return path
 
 

@@ -17,13 +17,12 @@ sorted names.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from eval.metrics import exact_match, extract_bbh_answer, normalize_exact
-from eval.tasks.base import GenSpec, Task, chat_format, register, require, sample
+from eval.tasks.base import BadBenchmarkFile, GenSpec, Task, chat_format, read_json, register, require, sample
 
 LAYOUT = """  bbh/bbh/<task>.json           ({"examples": [{"input", "target"}]})
   bbh/cot-prompts/<task>.txt    (canary line, "-----", description, three Q:/A: exemplars)"""
@@ -75,7 +74,7 @@ class BBH(Task):
         names = sorted(p.stem for p in data.glob("*.json"))
         prompt_names = sorted(p.stem for p in prompts.glob("*.txt"))
         if not names:
-            raise FileNotFoundError(f"bbh: no task files in {data}. Expected layout:\n{LAYOUT}")
+            raise FileNotFoundError(f"bbh: no task files in {data}: point data_dir= at the BBH files")
         if set(names) != set(prompt_names):
             raise ValueError(f"bbh: task files and prompt files differ: only data {sorted(set(names) - set(prompt_names))}, "
                              f"only prompts {sorted(set(prompt_names) - set(names))}")
@@ -83,8 +82,10 @@ class BBH(Task):
         examples = []
         self.available = 0
         for name in names:
-            with open(data / f"{name}.json", encoding="utf-8") as f:
-                task_examples = json.load(f)["examples"]
+            content = read_json(data / f"{name}.json", self.name)
+            if not isinstance(content, dict) or not isinstance(content.get("examples"), list):
+                raise BadBenchmarkFile(f"bbh: {data / f'{name}.json'} has no \"examples\" list")
+            task_examples = content["examples"]
             self.available += len(task_examples)
             indexed = sample(list(enumerate(task_examples)), self.max_per_task, rng)
             if self.tasks is not None and name not in self.tasks:

@@ -7,12 +7,11 @@ user text followed by "\\n". Prediction: the stripped output; exact (case-sensit
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.tasks.base import GenSpec, Task, chat_format, register, require, sample
+from eval.tasks.base import GenSpec, Task, chat_format, read_jsonl, register, require, sample
 
 
 def default_file() -> Path:
@@ -34,17 +33,15 @@ class Demo(Task):
 
     def load(self, data_dir=None) -> list[dict]:
         path = require(Path(self.file) if self.file else default_file(), self.name, self.layout)
-        examples = []
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                messages = record["messages"]
-                user = next(j for j, m in enumerate(messages) if m["role"] == "user")
-                answer = next(m["content"] for m in messages[user + 1:] if m["role"] == "assistant")
-                examples.append({"id": record.get("id", f"demo/{i}"), "user": messages[user]["content"],
-                                 "target": answer})
+
+        def parse(record: dict) -> dict:
+            messages = record["messages"]
+            user = next(j for j, m in enumerate(messages) if m["role"] == "user")
+            answer = next(m["content"] for m in messages[user + 1:] if m["role"] == "assistant")
+            return {"id": record.get("id"), "user": messages[user]["content"], "target": answer}
+
+        examples = [{**row, "id": row["id"] or f"demo/{i}"}
+                    for i, row in enumerate(read_jsonl(path, self.name, parse))]
         self.available = len(examples)
         return sample(examples, self.max_examples, random.Random(self.seed))
 

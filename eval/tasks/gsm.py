@@ -12,13 +12,12 @@ or the chat wrapping ``<|user|>\\n{...}\\n<|assistant|>\\nAnswer:`` (no stop seq
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from eval.metrics import exact_match, last_number, normalize_exact, remove_digit_commas
-from eval.tasks.base import GenSpec, Task, chat_format, register, require, sample
+from eval.tasks.base import GenSpec, Task, chat_format, read_jsonl, register, require, sample
 
 LAYOUT = """  gsm/test.jsonl                ({"question", "answer"} per line; answer ends with "#### <number>")"""
 
@@ -71,14 +70,13 @@ class GSM(Task):
 
     def load(self, data_dir) -> list[dict]:
         path = require(Path(data_dir) / "gsm" / "test.jsonl", self.name, LAYOUT)
-        data = []
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if line.strip():
-                    ex = json.loads(line)
-                    answer = remove_digit_commas(ex["answer"].split("####")[1].strip())
-                    float(answer)  # every GSM8K answer is a number
-                    data.append({"id": f"gsm/{i}", "question": ex["question"], "answer": answer})
+
+        def parse(ex: dict) -> dict:
+            answer = remove_digit_commas(ex["answer"].split("####")[1].strip())
+            float(answer)  # every GSM8K answer is a number
+            return {"question": ex["question"], "answer": answer}
+
+        data = [{"id": f"gsm/{i}", **row} for i, row in enumerate(read_jsonl(path, self.name, parse))]
         self.available = len(data)
         rng = random.Random(self.seed)  # open-instruct: random.seed(42) once, then the samples below
         data = sample(data, self.max_examples, rng)

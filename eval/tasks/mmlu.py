@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.tasks.base import Task, chat_format, register, require, sample
+from eval.tasks.base import BadBenchmarkFile, Task, chat_format, register, require, sample
 
 CHOICES = ["A", "B", "C", "D"]
 
@@ -49,7 +49,10 @@ def read_rows(path: Path, reader: str = "pandas") -> list[list[str]]:
     if reader == "pandas":
         import pandas as pd
 
-        df = pd.read_csv(path, header=None)
+        try:
+            df = pd.read_csv(path, header=None)
+        except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError / EmptyDataError are ValueErrors
+            raise BadBenchmarkFile(f"mmlu: {path} does not parse as CSV ({e}): a truncated or damaged copy?") from None
         rows = [[f"{df.iloc[i, j]}" for j in range(df.shape[1])] for i in range(len(df))]
     else:
         with open(path, newline="", encoding="utf-8") as f:
@@ -98,7 +101,7 @@ class MMLU(Task):
         test_dir = require(root / "test", self.name, LAYOUT)
         found = sorted(p.name[: -len("_test.csv")] for p in test_dir.glob("*_test.csv"))
         if not found:
-            raise FileNotFoundError(f"mmlu: no <subject>_test.csv in {test_dir}. Expected layout:\n{LAYOUT}")
+            raise FileNotFoundError(f"mmlu: no <subject>_test.csv in {test_dir}: point data_dir= at the MMLU files")
         subjects = self.subjects or found
         missing = [s for s in subjects if s not in found]
         if missing:

@@ -29,14 +29,13 @@ Context cut (``context_cut``), when a passage is longer than ``max_context_token
 
 from __future__ import annotations
 
-import json
 import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from eval.metrics import squad_em, squad_scores
-from eval.tasks.base import GenSpec, Task, chat_format, register, require, sample
+from eval.tasks.base import BadBenchmarkFile, GenSpec, Task, chat_format, read_json, register, require, sample
 
 LAYOUT = """  tydiqa/tydiqa-goldp-v1.1-dev.json   (SQuAD v1.1 json; question ids start with "<language>-")
   tydiqa/tydiqa-goldp-v1.1-train.json (the same format: the authors' 1-shot exemplars are drawn from it)
@@ -74,11 +73,13 @@ CONTEXT_CUTS = ("authors", "clean")
 
 def read_squad(path: Path) -> list[dict]:
     """Questions of a SQuAD-format file in file order: ``{"id", "lang", "context", "question", "answers"}``."""
-    with open(path, encoding="utf-8") as f:
-        squad = json.load(f)
-    return [{"id": qa["id"], "lang": qa["id"].split("-")[0], "context": paragraph["context"],
-             "question": qa["question"], "answers": qa["answers"]}
-            for article in squad["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+    squad = read_json(path, "tydiqa")
+    try:
+        return [{"id": qa["id"], "lang": qa["id"].split("-")[0], "context": paragraph["context"],
+                 "question": qa["question"], "answers": qa["answers"]}
+                for article in squad["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise BadBenchmarkFile(f"tydiqa: {path} is not in the SQuAD format (missing {e})") from None
 
 
 @register
@@ -148,8 +149,7 @@ class TyDiQA(Task):
             path = train
         else:
             path = require(self._path(root, self.oneshot_file), self.name, LAYOUT)
-            with open(path, encoding="utf-8") as f:
-                shots = json.load(f)
+            shots = read_json(path, self.name)
             for lang in languages:
                 if len(shots.get(lang, [])) < self.n_shot:
                     raise ValueError(f"tydiqa: {path} has fewer than {self.n_shot} exemplar(s) for {lang}")

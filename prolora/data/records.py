@@ -119,10 +119,22 @@ def make_record(dataset: str, id: str, messages: list[dict]) -> dict:
     return {"dataset": dataset, "id": id, "messages": messages}
 
 
+def decode_line(raw: bytes) -> tuple[str | None, str | None]:
+    """``(text, None)`` or ``(None, reason)`` for one line of a UTF-8 file."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+
+
 def iter_jsonl(path: str | os.PathLike, report: SkipReport) -> Iterator[tuple[int, object]]:
-    """``(line_number, parsed_object)`` for each non-blank line; invalid JSON lines go to ``report``."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    """``(line_number, parsed_object)`` for each non-blank line; invalid JSON or UTF-8 lines go to ``report``."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line, why = decode_line(raw)
+            if why:
+                report.skip(path, lineno, why)
+                continue
             if not line.strip():
                 continue
             try:

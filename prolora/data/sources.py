@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from prolora.data.records import SkipReport, empty_error
+from prolora.data.records import SkipReport, empty_error, iter_jsonl
 
 Source = str | os.PathLike
 
@@ -77,6 +77,10 @@ def iter_rows(src: Source, report: SkipReport, name: str) -> Iterator[tuple[int 
         except json.JSONDecodeError as e:
             report.skip(path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno}): whole file unreadable")
             return
+        except UnicodeDecodeError as e:
+            report.skip(path, None, f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start}): "
+                                    "whole file unreadable")
+            return
         if isinstance(data, dict):  # some mirrors wrap the array
             data = next((v for v in data.values() if isinstance(v, list)), None)
         if not isinstance(data, list):
@@ -85,14 +89,8 @@ def iter_rows(src: Source, report: SkipReport, name: str) -> Iterator[tuple[int 
         for i, row in enumerate(data, start=1):
             yield None, f"item {i}: ", row
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, "", json.loads(line)
-            except json.JSONDecodeError as e:
-                report.skip(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})")
+    for lineno, row in iter_jsonl(path, report):
+        yield lineno, "", row
 
 
 def str_field(row: dict, key: str) -> str | None:

@@ -203,15 +203,20 @@ def _ov(v: Any) -> str:
 
 
 def make_variant(spec: dict[str, Any]) -> Variant:
-    """A row's variant ``{method: <name>, <field>: <value>, ...}``, resolved by the library as train.py will."""
+    """A row's variant ``{method: <name>, <field>: <value>, ...}``, resolved by the library as train.py will.
+    Its id is the config's tag (``prolora_r8_u1_m7_n7``), plus a short hash of the whole config when a field
+    the tag does not show differs from the method's default (``alpha``, ``stride_from``, ...), so two variants
+    never share cells or run directories."""
     import prolora
 
     spec = dict(spec)
     name = str(spec.pop("method"))
     adapter = prolora.make_config(name, **spec)
+    plain = prolora.make_config(name, **{k: spec[k] for k in ("r", "u", "m", "n") if k in spec})
     fields = {k: v for k, v in adapter.to_dict().items() if k not in ("method", "preset")}
+    vid = adapter.tag() if adapter == plain else f"{adapter.tag()}_{short_hash([repr(sorted(fields.items()))])[:6]}"
     overrides = (f"method={name}",) + tuple(f"method.{k}={_ov(v)}" for k, v in sorted(spec.items()))
-    return Variant(id=adapter.tag(), short=f"r{adapter.r}", method={"name": name, **fields}, overrides=overrides)
+    return Variant(id=vid, short=f"r{adapter.r}", method={"name": name, **fields}, overrides=overrides)
 
 
 ROW_KEYS = ("id", "label", "rank", "eval_only", "chat", "variants", "lr", "lr_sweep")
@@ -242,8 +247,11 @@ def short_hash(items: Sequence[str]) -> str:
     return hashlib.sha1("\n".join(items).encode()).hexdigest()[:8]
 
 
-def eval_dir_name(backend: str, tasks: Sequence[str], chat: bool) -> str:
-    return f"eval_{backend}_{'-'.join(tasks)}_{'chat' if chat else 'nochat'}"
+def eval_dir_name(backend: str, tasks: Sequence[str], chat: bool, overrides: Sequence[str] = ()) -> str:
+    """``eval_<backend>_<tasks>_<chat|nochat>[_<hash of the evaluation overrides>]``: an evaluation with other
+    settings (a subset, another protocol, another dtype) never reuses this one's result."""
+    name = f"eval_{backend}_{'-'.join(tasks)}_{'chat' if chat else 'nochat'}"
+    return name + (f"_{short_hash(list(overrides))}" if overrides else "")
 
 
 @dataclass
@@ -293,7 +301,7 @@ def build_grid(cfg: DictConfig, rows: Iterable[str] | None = None, datasets: Ite
             cells[cid] = Cell(
                 id=cid, experiment=exp.name, rows=[row.id], variant=None, model=exp.model, dataset=None,
                 tasks=tasks, lr=None, seed=seed, max_steps=0, eval_only=True, chat=row.chat, run_dir=None,
-                eval_dir=runs / exp.model / "base" / eval_dir_name(backend, tasks, row.chat),
+                eval_dir=runs / exp.model / "base" / eval_dir_name(backend, tasks, row.chat, extra_eval),
                 train_overrides=[], eval_overrides=extra_eval)
             subrow_cells += 1
             continue
@@ -319,7 +327,7 @@ def build_grid(cfg: DictConfig, rows: Iterable[str] | None = None, datasets: Ite
                             id=cid, experiment=exp.name, rows=[row.id], variant=variant, model=exp.model,
                             dataset=ds, tasks=list(tasks), lr=float(lr), seed=seed,
                             max_steps=int(exp.max_steps), eval_only=False, chat=True, run_dir=run_dir,
-                            eval_dir=run_dir / eval_dir_name(backend, tasks, True),
+                            eval_dir=run_dir / eval_dir_name(backend, tasks, True, extra_eval),
                             train_overrides=row_train, eval_overrides=extra_eval)
     return Grid(experiment=exp.name, rows=[r for r in all_rows if not want_rows or r.id in want_rows],
                 cells=list(cells.values()), subrow_cells=subrow_cells)

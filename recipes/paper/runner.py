@@ -1,10 +1,14 @@
 """Running a grid: one subprocess per step (train, then evaluate), a lock per cell, a record per cell.
 
-State of a cell: *done* (cell file with status done), *running* (lock of a live process, or a heartbeat
-fresher than ``stale_lock_s``), *failed* (cell file with status failed: stage, return code, stderr tail),
-*to do* otherwise.  Each step runs in its own subprocess, so a crash or OOM of one cell only marks that
-cell failed; a killed grid resumes where it stopped (finished steps are never rerun: ``final/run.json``
-marks a finished training, an ``eval.json`` whose ``status`` is ``complete`` a finished evaluation).
+State of a cell: *done* (cell file with status done), *running* (its lock file is flock-ed by a live process:
+the kernel takes the lock atomically and drops it when the holder dies, so there is no stale lock and no race
+between two runners), *failed* (cell file with status failed: stage, return code, stderr tail), *to do*
+otherwise.  Each step runs in its own subprocess (its own process group), so a crash or OOM of one cell only
+marks that cell failed; SIGTERM/SIGINT of the runner stop the step's whole process group and wait for it before
+the lock goes; a killed grid resumes where it stopped (finished steps are never rerun: ``final/run.json`` marks
+a finished training, an ``eval.json`` whose ``status`` is ``complete`` a finished evaluation).  A cell is
+recorded done only when its files agree (the evaluation scored this cell's checkpoint, the training ran its
+steps).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from prolora.io import read_json, read_tail, write_json_atomic
+from prolora.io import FileLock, read_json, read_tail, write_json_atomic
 from recipes import REPO, git_commit
 from recipes.paper.grid import Cell, Grid, cells_dir, compose, eval_command, train_args, train_command
 from recipes.paper.plan import count_params
@@ -32,36 +36,11 @@ from recipes.paper.tables import COLUMNS, eval_to_columns
 CELL_SCHEMA = 1
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (killed, not yet reaped) is not alive
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def lock_alive(lock: dict[str, Any] | None, stale_s: float) -> bool:
-    if not lock:
-        return False
-    if lock.get("host") == socket.gethostname():
-        return any(_pid_alive(lock.get(k)) for k in ("pid", "child_pid"))
-    return time.time() - float(lock.get("heartbeat", 0)) < stale_s
-
-
 def cell_state(cfg: DictConfig, cell: Cell) -> tuple[str, str]:
     """(state, detail): state in done | running | failed | to do."""
     d = cells_dir(cfg, cell.experiment)
-    lock = read_json(d / f"{cell.id}.lock")
-    if lock_alive(lock, float(cfg.stale_lock_s)):
+    lock = FileLock.holder(d / f"{cell.id}.lock")
+    if lock is not None:
         return "running", f"pid {lock.get('pid')} on {lock.get('host')}, {lock.get('stage', '')}"
     rec = read_json(d / f"{cell.id}.json")
     if rec and rec.get("status") == "done":
@@ -121,39 +100,29 @@ class Runner:
         self.log = log
         self.dir = cells_dir(cfg, grid.experiment)
         self._child: subprocess.Popen | None = None
-        self._lock_path: Path | None = None
-        self._lock: dict[str, Any] = {}
+        self._lock: FileLock | None = None
+        self._info: dict[str, Any] = {}
         self._stop = threading.Event()
 
     # -- locks
     def _write_lock(self) -> None:
-        if self._lock_path is not None:
-            self._lock["heartbeat"] = time.time()
-            write_json_atomic(self._lock_path, self._lock)
+        if self._lock is not None:
+            self._info["heartbeat"] = time.time()
+            self._lock.write(self._info)
 
     def _acquire(self, cell: Cell) -> bool:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"{cell.id}.lock"
-        self._lock = {"pid": os.getpid(), "child_pid": None, "host": socket.gethostname(),
-                      "started": time.time(), "heartbeat": time.time(), "stage": "starting"}
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if lock_alive(read_json(path), float(self.cfg.stale_lock_s)):
-                    return False
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._lock, f)
-            self._lock_path = path
-            return True
-        return False
+        lock = FileLock(self.dir / f"{cell.id}.lock")
+        self._info = {"host": socket.gethostname(), "child_pid": None, "started": time.time(),
+                      "heartbeat": time.time(), "stage": "starting"}
+        if not lock.acquire(self._info):
+            return False
+        self._lock = lock
+        return True
 
     def _release(self) -> None:
-        if self._lock_path is not None:
-            self._lock_path.unlink(missing_ok=True)
-            self._lock_path = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(30):
@@ -166,35 +135,78 @@ class Runner:
     def _step(self, stage: str, cmd: list[str], log_dir: Path) -> tuple[int, float, Path]:
         log_dir.mkdir(parents=True, exist_ok=True)
         out, err = log_dir / f"{stage}.stdout.log", log_dir / f"{stage}.stderr.log"
-        self._lock["stage"] = stage
+        self._info["stage"] = stage
         self.log(f"    {stage}: {' '.join(cmd)}")
         t0 = time.time()
         with open(out, "ab") as fo, open(err, "ab") as fe:
             fe.write(f"\n==== {datetime.now(UTC).isoformat()} {' '.join(cmd)}\n".encode())
             fe.flush()
-            self._child = subprocess.Popen(cmd, cwd=REPO, stdout=fo, stderr=fe)
-            self._lock["child_pid"] = self._child.pid
+            # its own process group: stopping the step stops what it started too (W&B's service, ...)
+            self._child = subprocess.Popen(cmd, cwd=REPO, stdout=fo, stderr=fe, start_new_session=True)
+            self._info["child_pid"] = self._child.pid
             self._write_lock()
             try:
                 rc = self._child.wait()
+            except BaseException:  # SIGTERM (Interrupted) or SIGINT: the child goes first, then the lock
+                self._terminate_child()
+                raise
             finally:
                 self._child = None
-                self._lock["child_pid"] = None
+                self._info["child_pid"] = None
         return rc, time.time() - t0, err
 
-    def _terminate_child(self) -> None:
+    def _terminate_child(self, grace_s: float = 30) -> None:
+        """SIGTERM the step's process group, wait up to ``grace_s``, then SIGKILL it and reap the child."""
         child = self._child
-        if child is not None and child.poll() is None:
-            child.terminate()
+        if child is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
             try:
-                child.wait(30)
+                os.killpg(child.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                child.wait(wait)
+                if sig == signal.SIGTERM:
+                    os.killpg(child.pid, signal.SIGKILL)  # what the child started and left behind
+                break
             except subprocess.TimeoutExpired:
-                child.kill()
+                continue
+            except ProcessLookupError:
+                break
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    @staticmethod
+    def inconsistency(cell: Cell, run_json: dict | None, ev: dict | None) -> str | None:
+        """Why the cell's files do not belong together (None when they do)."""
+        if not ev or ev.get("status") != "complete":
+            return "eval.json is missing or incomplete"
+        model = ev.get("model") or {}
+        if cell.eval_only:
+            return None if model.get("kind") == "base" else f"eval.json scored a {model.get('kind')} model, not the base"
+        if not run_json:
+            return "final/run.json is missing"
+        config = run_json.get("config") or {}
+        expected = {"steps": cell.max_steps, "seed": cell.seed, "lr": cell.lr}
+        found = {"steps": run_json.get("steps"), "seed": config.get("seed"), "lr": (config.get("optim") or {}).get("lr")}
+        if found != expected:
+            return f"the training in {cell.run_dir} is not this cell's ({found} != {expected})"
+        scored = model.get("adapter_dir")
+        if scored is None or Path(scored).resolve() != (cell.run_dir / "final").resolve():
+            return f"eval.json scored {scored}, not this cell's checkpoint {cell.run_dir / 'final'}"
+        return None
 
     def _record(self, cell: Cell, status: str, timings: dict[str, float], failure: dict[str, Any] | None,
                 commands: dict[str, list[str]]) -> dict[str, Any]:
         run_json = read_json(cell.run_dir / "final" / "run.json") if cell.run_dir else None
         ev = read_json(cell.eval_dir / "eval.json")
+        problem = self.inconsistency(cell, run_json, ev) if status == "done" else None
+        if problem:
+            self.log(f"    NOT recorded as done: {problem}")
+            status, failure = "failed", {"stage": "record", "returncode": None, "reason": problem}
         metrics_path = cell.run_dir / "metrics.jsonl" if cell.run_dir else None
         resolved = None
         if cell.variant:

@@ -212,3 +212,26 @@ def test_merge_4bit_dequantizes(tiny4bit, ids, name):
     q = merged.model.layers[0].self_attn.q_proj
     assert type(q) is torch.nn.Linear and q.weight.dtype == torch.float32
     torch.testing.assert_close(_logits(merged, ids), ours, rtol=0, atol=1e-4)
+
+
+def test_non_finite_adapters_are_never_saved_or_loaded(tmp_path, tiny):
+    model = attach(tiny(), LoRAConfig(r=2))
+    good = save_adapter(model, tmp_path / "good")
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.lora_B[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"save_adapter: 1 non-finite value\(s\) in 1 tensor\(s\).*q_proj.lora_B"):
+        save_adapter(model, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    # a damaged file on disk: NaN written into it, or the file cut short, is named in the error
+    from safetensors.torch import load_file, save_file
+
+    weights = good / "adapter.safetensors"
+    tensors = load_file(weights)
+    key = next(iter(tensors))
+    tensors[key][0, 0] = float("inf")
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"load_adapter: 1 non-finite value.*of {weights}"):
+        load_adapter(tiny(), good)
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(ValueError, match=f"load_adapter: {weights} is not a readable safetensors file"):
+        load_adapter(tiny(), good)

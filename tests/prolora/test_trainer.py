@@ -174,3 +174,41 @@ def test_fit_checkpointing_picks_the_layers_that_fit(tmp_path):
     need_all = info["peak_all_bytes"] + 2 * 4 * prolora.count_trainable(trainer.model)
     k = trainer.fit_checkpointing(budget_bytes=need_all + 2 * info["per_layer_bytes"] + info["per_layer_bytes"] // 2)
     assert k == 2 and _checkpointed(trainer.model) == [True, True, False, False]
+
+
+@pytest.mark.parametrize("bad,message,last_saved", [
+    ({3: float("nan")}, r"training diverged: the loss is \[nan\] at step 3", 2),
+    ({k: 50.0 for k in range(3, 40)}, r"the loss of the last 10 steps \(41.2\) is over 4x .* at step 10", 9),
+])
+def test_diverging_training_stops_before_saving(tmp_path, bad, message, last_saved):
+    """A non-finite or exploding loss stops the run with one message; no checkpoint after it is written."""
+    from prolora.trainer import TrainingDiverged, causal_lm_loss
+
+    batch = _labelled_batch()
+    trainer = _tiny_trainer(tmp_path, prolora.LoRAConfig(r=4), batch, steps=40)
+    trainer.args.save_every = 1
+
+    def loss_fn(model, b):
+        loss = causal_lm_loss(model, b)
+        step = trainer.step + 1
+        return loss * 0 + bad[step] if step in bad else loss
+
+    trainer.loss_fn = loss_fn
+    with pytest.raises(TrainingDiverged, match=message):
+        trainer.train()
+    saved = [int(p.name.split("_")[1]) for p in list_checkpoints(tmp_path / "checkpoints")]
+    assert max(saved) == last_saved  # stopped there: no checkpoint of the diverged step or after it
+
+
+def test_resume_refuses_a_checkpoint_of_another_identity(tmp_path):
+    from prolora.trainer import identity_diff
+
+    batch = _labelled_batch()
+    a = _tiny_trainer(tmp_path, prolora.LoRAConfig(r=4), batch, steps=4)
+    a.identity, a.args.save_every = {"seed": 3, "optim": {"lr": 0.01}}, 2
+    a.train()
+    b = _tiny_trainer(tmp_path, prolora.LoRAConfig(r=4), batch, steps=4)
+    b.identity, b.args.resume = {"seed": 7, "optim": {"lr": 0.01}}, True
+    with pytest.raises(ValueError, match=r"belongs to another run \(seed: 3 -> 7\)"):
+        b.maybe_resume()
+    assert identity_diff({"a": {"b": 1}, "c": 2}, {"a": {"b": 2}, "c": 2}) == ["a.b: 1 -> 2"]

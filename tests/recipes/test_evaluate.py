@@ -110,3 +110,38 @@ def test_cli_writes_eval_json_and_predictions(tmp_path):
     assert data["tasks"]["bbh"]["n_examples"] == 2 and "timings_s" in data["tasks"]["gsm"]
     gsm = [json.loads(line) for line in (out / "predictions" / "gsm.jsonl").read_text().splitlines()]
     assert len(gsm) == 2 and gsm[0]["prompt"].endswith("\nAnswer:") and gsm[0]["target"]
+
+
+def test_a_missing_benchmark_file_stops_before_any_model_is_loaded(tmp_path):
+    """tasks=[gsm,bbh,tydiqa] with no TyDi QA dev file: one line naming it, before loading the model (a run
+    scored gsm and bbh first and then lost them)."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "recipes.evaluate", "model=tiny", "tasks=[gsm,bbh,tydiqa]",
+                           f"data_dir={FIX}", f"output_dir={out}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("error: tydiqa: "), proc.stderr[-2000:]
+    assert "tydiqa-goldp-v1.1-dev.json not found" in lines[-1]
+    assert "evaluating" not in proc.stdout and not (out / "eval.json").exists()
+
+
+def test_a_damaged_benchmark_file_is_named(tmp_path):
+    import shutil
+
+    from eval.tasks import get_task
+    from eval.tasks.base import BadBenchmarkFile
+
+    data = tmp_path / "data"
+    shutil.copytree(FIX, data)
+    gsm = data / "gsm" / "test.jsonl"
+    gsm.write_text(gsm.read_text()[:-40])  # cut mid-row
+    with pytest.raises(BadBenchmarkFile, match=f"gsm: {gsm}:\\d+ does not parse"):
+        get_task("gsm").load(data)
+    bbh = data / "bbh" / "bbh" / "boolean_expressions.json"
+    bbh.write_text(bbh.read_text()[:50])
+    with pytest.raises(BadBenchmarkFile, match=f"bbh: {bbh} is not valid JSON"):
+        get_task("bbh").load(data)
+    mmlu = data / "mmlu" / "test" / "astronomy_test.csv"
+    mmlu.write_text("")
+    with pytest.raises(BadBenchmarkFile, match=f"mmlu: {mmlu} does not parse as CSV"):
+        get_task("mmlu").load(data)

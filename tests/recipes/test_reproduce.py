@@ -58,7 +58,9 @@ FAKE_EVAL = textwrap.dedent('''
     out = pathlib.Path(args["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     score = 25.0 + 10 * seed  # percent, as eval/driver.py writes it
-    (out / "eval.json").write_text(json.dumps({"status": "complete", "scores": {"demo": score},
+    model = {"kind": "base", "adapter_dir": None} if args["checkpoint"] == "null" else {
+        "kind": "adapter", "adapter_dir": args["checkpoint"]}
+    (out / "eval.json").write_text(json.dumps({"status": "complete", "model": model, "scores": {"demo": score},
                                                "tasks": {"demo": {"score": score, "exact_match": score}}}))
 ''')
 
@@ -98,11 +100,14 @@ def test_killed_grid_resumes_without_recomputing(fake, capsys, monkeypatch):
     assert (tmp / "results" / "demo" / "cells" / f"{c2}.lock").exists()  # left behind by the dead runner
     plan = _plan(capsys, *ov, "--rows", "lora_r2")
     assert re.search(rf"^  done\s+{c1}", plan, re.M) and re.search(rf"^  to do\s+{c2}", plan, re.M)
-    lock = tmp / "results" / "demo" / "cells" / f"{c2}.lock"  # a live process's lock reads as running
-    stale = lock.read_text()
-    lock.write_text(json.dumps({**json.loads(stale), "pid": os.getpid(), "child_pid": None}))
+    from prolora.io import FileLock
+
+    lock = FileLock(tmp / "results" / "demo" / "cells" / f"{c2}.lock")  # a live process's lock reads as running
+    assert lock.acquire({"host": "test"})
     assert re.search(rf"^  running\s+{c2}", _plan(capsys, *ov, "--rows", "lora_r2"), re.M)
-    lock.write_text(stale)
+    assert reproduce.main([*ov, "--rows", "lora_r2"]) == 0  # the other runner holds it: skipped, not run twice
+    assert "1 running elsewhere" in capsys.readouterr().out
+    lock.release()
 
     assert reproduce.main([*ov, "--rows", "lora_r2"]) == 0  # rerun (in-process: same code, faster)
     assert "1 already finished" in capsys.readouterr().out
@@ -119,7 +124,7 @@ def test_killed_grid_resumes_without_recomputing(fake, capsys, monkeypatch):
     assert Path(rec["paths"]["run_dir"]).parent == tmp / "runs" / "tiny_pretrained" / "demo" / "lora_r2"
     assert Path(rec["paths"]["run_dir"]).name.startswith("lr0.01_steps300_seed2_")  # + hash of demo overrides
     assert "logger=none" in rec["commands"]["train"] and "seed=2" in rec["commands"]["train"]
-    assert not list((tmp / "results" / "demo" / "cells").glob("*.lock"))
+    assert all(FileLock.holder(p) is None for p in (tmp / "results" / "demo" / "cells").glob("*.lock"))
     assert reproduce.main([*ov, "--rows", "lora_r2"]) == 0  # nothing left to do
     assert "ran 0 cell(s)" in capsys.readouterr().out
     assert len(log.read_text().splitlines()) == len(calls)

@@ -100,7 +100,9 @@ def test_multirun_writes_one_dir_per_job(tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = sorted(p.parent.parent for p in tmp_path.rglob("final/run.json"))
-    assert [p.name for p in runs] == ["lr0.01_seed1", "lr0.01_seed2"], runs
+    assert [p.name.rsplit("_", 1)[0] for p in runs] == ["lr0.01_seed1", "lr0.01_seed2"], runs
+    # + the hash of each run's identity (its settings), which differs because the seed does
+    assert len({p.name.rsplit("_", 1)[1] for p in runs}) == 2
     assert all(p.parent.name == "lora_r2" for p in runs)
 
 

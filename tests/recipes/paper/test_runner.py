@@ -1,0 +1,171 @@
+"""The grid runner owns its children and its locks: SIGTERM stops the step's whole process group before the
+lock goes, locks are taken atomically (no two runners ever hold one), an evaluation with other settings is a
+new evaluation, and a cell is recorded done only when its files agree."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from prolora.io import FileLock
+from recipes import reproduce
+from recipes.paper.grid import build_grid, load_config
+from recipes.paper.runner import Runner
+from tests.conftest import REPO
+
+SLOW_TRAIN = textwrap.dedent('''
+    import json, os, subprocess, sys, time, pathlib
+    args = dict(a.split("=", 1) for a in sys.argv[1:])
+    out = pathlib.Path(args["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # e.g. W&B's service
+    (out / "pids").write_text(f"{os.getpid()} {helper.pid}")
+    steps = int(args["trainer.max_steps"])
+    start = len((out / "metrics.jsonl").read_text().splitlines()) if (out / "metrics.jsonl").exists() else 0
+    for step in range(start + 1, steps + 1):
+        time.sleep(float(os.environ.get("FAKE_STEP_S", "0")))
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "loss": 3.0 - step / 10}) + "\\n")
+    (out / "final").mkdir(exist_ok=True)
+    (out / "final" / "run.json").write_text(json.dumps({"config": {"seed": int(args["seed"]), "optim": {
+        "lr": float(args["optim.lr"])}}, "steps": steps, "trainable_params": 4864, "final_loss": 1.0}))
+    helper.kill()
+''')
+
+FAKE_EVAL = textwrap.dedent('''
+    import json, os, sys, pathlib
+    args = dict(a.split("=", 1) for a in sys.argv[1:])
+    out = pathlib.Path(args["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    score = float(os.environ.get("FAKE_SCORE", "40"))
+    model = {"kind": "base", "adapter_dir": None} if args["checkpoint"] == "null" else {
+        "kind": "adapter", "adapter_dir": os.environ.get("FAKE_SCORED", args["checkpoint"])}
+    (out / "eval.json").write_text(json.dumps({"status": "complete", "model": model, "protocol": "authors",
+        "scores": {"demo": score}, "tasks": {"demo": {"score": score, "exact_match": score, "n_examples": 118,
+        "n_available": 118, "subset": False}}}))
+''')
+
+
+@pytest.fixture()
+def grid(tmp_path):
+    (tmp_path / "train.py").write_text(SLOW_TRAIN)
+    (tmp_path / "eval.py").write_text(FAKE_EVAL)
+    overrides = ["experiment=demo", f"results_dir={tmp_path / 'results'}", f"runs_dir={tmp_path / 'runs'}",
+                 "train_logger=none", "render=false", "experiment.max_steps=20",
+                 f"commands.train=[python,{tmp_path / 'train.py'}]", f"commands.evaluate=[python,{tmp_path / 'eval.py'}]"]
+    return tmp_path, overrides
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _cell(tmp: Path, cid: str) -> dict:
+    return json.loads((tmp / "results" / "demo" / "cells" / f"{cid}.json").read_text())
+
+
+def test_sigterm_stops_the_step_and_everything_it_started_before_the_lock_goes(grid):
+    tmp, ov = grid
+    cid = "lora_r2__demo__lr0.01__seed1"
+    runner = subprocess.Popen([sys.executable, "recipes/reproduce.py", *ov, "--rows", "lora_r2"], cwd=REPO,
+                              env={**os.environ, "FAKE_STEP_S": "0.2"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    pids_file = None
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        found = list((tmp / "runs").rglob("pids"))
+        metrics = list((tmp / "runs").rglob("metrics.jsonl"))
+        if found and metrics and len(metrics[0].read_text().splitlines()) >= 3:
+            pids_file = found[0]
+            break
+        time.sleep(0.1)
+    assert pids_file is not None, runner.communicate(timeout=30)
+    train_pid, helper_pid = map(int, pids_file.read_text().split())
+    assert FileLock.holder(tmp / "results" / "demo" / "cells" / f"{cid}.lock") is not None
+    runner.send_signal(signal.SIGTERM)
+    runner.wait(timeout=60)
+    time.sleep(0.2)
+    assert not _alive(train_pid) and not _alive(helper_pid)  # no process left behind
+    assert FileLock.holder(tmp / "results" / "demo" / "cells" / f"{cid}.lock") is None
+    assert not (tmp / "results" / "demo" / "cells" / f"{cid}.json").exists()
+    # a rerun finishes the cell as an uninterrupted run does (no second training into the same directory)
+    assert reproduce.main([*ov, "--rows", "lora_r2"]) == 0
+    rec = _cell(tmp, cid)
+    assert rec["status"] == "done" and [s for s, _ in rec["loss_curve"]] == list(range(1, 21))
+
+
+def test_an_evaluation_with_other_settings_is_a_new_evaluation(grid, capsys, monkeypatch):
+    tmp, ov = grid
+    monkeypatch.setenv("FAKE_SCORE", "40")
+    assert reproduce.main([*ov, "--rows", "base_chat", "experiment.eval_overrides=['demo.max_examples=8']"]) == 0
+    smoke = _cell(tmp, "base_chat__eval__seed1")
+    (tmp / "results" / "demo" / "cells" / "base_chat__eval__seed1.json").unlink()  # rerun the cell
+    monkeypatch.setenv("FAKE_SCORE", "55")
+    assert reproduce.main([*ov, "--rows", "base_chat"]) == 0
+    full = _cell(tmp, "base_chat__eval__seed1")
+    assert smoke["paths"]["eval_dir"] != full["paths"]["eval_dir"]  # the overrides are in the folder's name
+    assert (smoke["metrics"], full["metrics"]) == ({"demo_em": 40.0}, {"demo_em": 55.0})  # not reused
+
+
+def test_a_cell_whose_files_disagree_is_not_done(grid, monkeypatch):
+    tmp, ov = grid
+    monkeypatch.setenv("FAKE_SCORED", "/somewhere/else/final")  # eval.json scored another checkpoint
+    assert reproduce.main([*ov, "--rows", "lora_r2"]) == 1
+    rec = _cell(tmp, "lora_r2__demo__lr0.01__seed1")
+    assert rec["status"] == "failed" and rec["failure"]["stage"] == "record"
+    assert "scored /somewhere/else/final, not this cell's checkpoint" in rec["failure"]["reason"]
+
+
+def _race(path: str, barrier, results) -> None:
+    lock = FileLock(path)
+    barrier.wait()
+    got = lock.acquire({"host": "race"})
+    results.put(got)
+    barrier.wait()  # everyone has tried while the winner still holds it
+    lock.release()
+
+
+def test_no_two_processes_ever_hold_one_lock(tmp_path):
+    """The stale-lock race (two runners both taking a dead runner's lock): flock cannot be held twice."""
+    ctx = mp.get_context("fork")
+    path = str(tmp_path / "cell.lock")
+    dead = ctx.Process(target=lambda: FileLock(path).acquire({"host": "dead"}) and os._exit(0))
+    dead.start()
+    dead.join()  # a runner that died holding the lock: the kernel released it
+    for _ in range(30):
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_race, args=(path, barrier, results)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=30) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert sum(got) == 1, got
+
+
+def test_runner_records_through_one_lock_per_cell(grid):
+    tmp, ov = grid
+    cfg = load_config(ov)
+    g = build_grid(cfg, rows=["lora_r2"])
+    cell = g.cells[0]
+    other = FileLock(tmp / "results" / "demo" / "cells" / f"{cell.id}.lock")
+    assert other.acquire({"host": "elsewhere"})
+    try:
+        assert Runner(cfg, g, log=lambda m: None).run_cell(cell) == "running"  # never a second holder
+    finally:
+        other.release()
+    assert Runner(cfg, g, log=lambda m: None).run_cell(cell) == "done"
