@@ -39,7 +39,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.tasks import PAPER_TASKS
 from recipes import CONFIG_DIR, git_commit, one_line_errors
-from recipes.schema import ModelConfig  # importing schema registers the model/ group
+from recipes.schema import (  # importing schema registers the model/ and logger/ groups
+    LoggerConfig,
+    ModelConfig,
+)
 
 
 @dataclass
@@ -73,8 +76,12 @@ class RunOptions:
     # vLLM runs served the merged model, saved as float32 by merge_lora.py, in vLLM's auto dtype: fp16
     dtype: str | None = None
     protocol: str = "authors"  # the preset the task settings came from (configs/protocol/): authors | upstream | quick
-    output_dir: str | None = None  # None: the Hydra run directory
+    output_dir: str | None = None  # None: the Hydra run directory (<run>/eval/<time>/ for a checkpoint of <run>/final)
     vllm: VLLMOptions = field(default_factory=VLLMOptions)
+    # W&B: a run linked to the checkpoint's training run (same project, group and config columns), or for a base
+    # model a "vanilla" run of its own; offline unless configured (recipes/tracking.py). logger=none: no W&B
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment_name: str | None = None  # W&B group of a base-model evaluation (a checkpoint's: its training's)
 
 
 def _eval_schema() -> type:
@@ -247,11 +254,50 @@ def run(cfg: DictConfig) -> dict:
         pool.close()
         path = writer.write(cpu_4bit_path=pool.cpu_4bit, wall_time_s=time.time() - started)
     summary = json.loads(path.read_text())
+    if cfg.logger.name == "wandb":
+        summary = log_to_wandb(cfg, summary, output_dir, spec)
     print("scores: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["scores"].items() if v is not None))
     print(f"wrote {path} and {output_dir / 'predictions'}/")
     for name, error in writer.failed.items():
         print(f"FAILED {name}: {error}", file=sys.stderr)
     return summary
+
+
+def log_to_wandb(cfg: DictConfig, summary: dict, output_dir: Path, spec) -> dict:
+    """The scores as a W&B run linked to the checkpoint's training run; eval.json records it.  A W&B failure
+    is a warning: eval.json and the predictions are already complete."""
+    from prolora.io import write_json_atomic
+    from recipes import tracking
+
+    run_json = None
+    if spec.kind == "adapter" and spec.adapter_dir and (Path(spec.adapter_dir) / "run.json").exists():
+        run_json = json.loads((Path(spec.adapter_dir) / "run.json").read_text())
+    try:
+        record = tracking.log_evaluation(OmegaConf.to_container(cfg.logger.wandb, resolve=True), summary,
+                                         output_dir, run_json, experiment=cfg.experiment_name)
+    except Exception as e:  # noqa: BLE001  (W&B is a view of the result files, never their source)
+        tracking.warn("logging of the scores", e)
+        record = {"error": f"{type(e).__name__}: {e}"}
+    summary = {**summary, "wandb": record}
+    write_json_atomic(output_dir / "eval.json", summary)
+    return summary
+
+
+def eval_home(checkpoint: Any = None) -> str:
+    """``${eval_home:${checkpoint}}``: where an evaluation writes by default: ``<run>/eval`` for a checkpoint
+    ``<run>/final`` (or a run dir holding ``final/``), so a sweep's directory holds its scores; else
+    ``outputs/eval``."""
+    if checkpoint:
+        path = Path(str(checkpoint))
+        if path.name == "final":
+            return str(path.parent / "eval")
+        if (path / "final").is_dir():
+            return str(path / "eval")
+    return "outputs/eval"
+
+
+if not OmegaConf.has_resolver("eval_home"):
+    OmegaConf.register_new_resolver("eval_home", eval_home)
 
 
 def require_vllm() -> None:

@@ -161,32 +161,6 @@ def build_batches(cfg: DictConfig, tokenizer, args, train_file: Path):
     return batches, len(dataset), sum(dataset.lengths)
 
 
-class WandbLogger:
-    """One W&B run per training job: offline unless the user configured it (WANDB_MODE / logger.wandb.mode)."""
-
-    def __init__(self, cfg: DictConfig, output_dir: Path, adapter, trainable: int):
-        import wandb
-
-        w = cfg.logger.wandb
-        mode = w.mode or os.environ.get("WANDB_MODE") or "offline"
-        fields = adapter.to_dict()
-        tags = [f"method:{adapter.name}", f"r:{adapter.r}", f"dataset:{cfg.dataset.name}", f"seed:{cfg.seed}",
-                f"model:{cfg.model.name}"] + [f"{k}:{fields[k]}" for k in ("u", "m", "n") if k in fields]
-        config = OmegaConf.to_container(cfg, resolve=True)
-        config["trainable_params"] = trainable
-        self.run = wandb.init(project=w.project, entity=w.entity, group=w.group or cfg.experiment_name,
-                              name=f"{adapter.tag()}-{cfg.dataset.name}-s{cfg.seed}",
-                              tags=tags + list(w.tags), config=config, dir=str(output_dir), mode=mode,
-                              reinit="finish_previous")
-
-    def log(self, step: int, row: dict) -> None:
-        self.run.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
-
-    def finish(self, summary: dict) -> None:
-        self.run.summary.update(summary)
-        self.run.finish()
-
-
 def autocast_dtype(cfg: DictConfig, device: str):
     """bf16/fp16 autocast on CUDA when the compute dtype is one (HF Trainer's ``--bf16``, as the authors
     trained); None (plain fp32) elsewhere."""
@@ -248,7 +222,15 @@ def _train(cfg: DictConfig, p: Plan) -> Path:
     base_layer_type = next((type(m.base_layer).__name__ for m in model.modules() if hasattr(m, "base_layer")), None)
     print(f"method={p.adapter.name} trainable parameters: {trainable:,}")
 
-    logger = WandbLogger(cfg, p.output_dir, p.adapter, trainable) if cfg.logger.name == "wandb" else None
+    logger = None
+    if cfg.logger.name == "wandb":
+        from recipes.tracking import TrainLogger
+
+        logger = TrainLogger(OmegaConf.to_container(cfg.logger.wandb, resolve=True),
+                             OmegaConf.to_container(cfg, resolve=True), p.adapter.to_dict(), p.adapter.name,
+                             p.output_dir,
+                             name=f"{p.adapter.tag()}-{cfg.dataset.name}-lr{cfg.optim.lr}-s{cfg.seed}",
+                             trainable=trainable)
     trainer = Trainer(model, batches, p.args, p.optim, p.output_dir, save_fn=prolora.save_adapter,
                       load_fn=lambda m, d: prolora.load_adapter(m, d), log_fn=logger.log if logger else None,
                       autocast_dtype=autocast_dtype(cfg, device), identity=identity)
@@ -282,6 +264,7 @@ def _train(cfg: DictConfig, p: Plan) -> Path:
         "checkpointed_layers": checkpointing.recomputed(model),
         "torch": torch.__version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "wandb": logger.record() if logger else None,  # the run an evaluation of this checkpoint links to
     }
 
     def write(tmp: Path) -> None:

@@ -69,14 +69,14 @@ TOY_TASK = textwrap.dedent('''
 
     from dataclasses import dataclass
 
-    from eval.tasks.base import GenSpec, Task, chat_format, register
+    from eval.tasks.base import Column, GenSpec, Task, chat_format, register
 
 
     @register
     @dataclass
     class ToySums(Task):
         name = "toy_sums"
-        columns = {"toy_em": ("Toy EM", "exact_match")}
+        columns = {"toy_em": Column("Toy EM", "exact_match", "toy")}
 
         n: int = 4
         max_new_tokens: int = 8

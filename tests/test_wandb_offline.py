@@ -2,6 +2,7 @@
 
 import shutil
 import struct
+import time
 import zlib
 
 import pytest
@@ -42,6 +43,11 @@ def runs(tmp_path_factory):
         first.config.update({"dataset": {"name": "demo", "n": 3}})
         run_id = first.id
         first.finish()
+        # an offline run's directory is named offline-run-<second>-<id>: a resume within the same second writes
+        # into the first run's directory (one reason recipes/tracking.py never resumes offline runs)
+        started = int(time.time())
+        while int(time.time()) == started:
+            time.sleep(0.05)
         second = wandb.init(mode="offline", dir=root, project="p", id=run_id, resume="allow",
                             job_type="eval", config={"stage": "resumed"}, settings=wandb.Settings(**settings))
         second.log({"eval/acc": 0.5}, step=20)

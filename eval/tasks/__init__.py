@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from eval.tasks.base import TASKS, DataMissingError, GenSpec, Task, chat_format, register
+from eval.tasks.base import TASKS, Column, DataMissingError, GenSpec, Task, chat_format, register
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base" and not _info.name.startswith("_"):
@@ -27,4 +27,4 @@ def get_task(name: str, **options) -> Task:
     return cls(**options)
 
 
-__all__ = ["TASKS", "PAPER_TASKS", "get_task", "register", "Task", "GenSpec", "DataMissingError", "chat_format"]
+__all__ = ["TASKS", "PAPER_TASKS", "get_task", "register", "Task", "Column", "GenSpec", "DataMissingError", "chat_format"]

@@ -13,8 +13,11 @@ default is written once, here) and that knows how to
 * ``score(examples, predictions) -> dict``: ``predictions[i]`` is the list of the ``n`` parsed samples
   for example ``i``; returns metrics in percent with the headline one under ``"score"``.
 
-``columns`` names the table columns the task feeds (``{"gsm_em": ("GSM EM", "exact_match")}``: header and
-metric key).  ``load`` sets ``available`` (how many examples the files hold, of the parts the options select
+``columns`` names the table columns the task feeds (``{"gsm_em": Column("GSM EM", "exact_match", "gsm")}``: header,
+metric key in the task's scores, and the short name runs are compared by: W&B summary keys, sweep tables).
+:meth:`Task.item_values` gives, from the saved per-example records, the per-item values whose mean (macro over a
+``group`` the records carry: BBH's task, TyDi QA's language) IS a column's metric: the paired bootstrap of
+:mod:`eval.stats` resamples those.  ``load`` sets ``available`` (how many examples the files hold, of the parts the options select
 from) and ``full_size`` is the published size of the whole set (None where the harness cannot know it), so
 the driver records whether a score is on a subset or on an incomplete file, and ``info()`` what the task read
 (e.g. which exemplars).  A new benchmark is one module in ``eval/tasks/`` with a ``@register``-ed subclass: the
@@ -29,7 +32,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from prolora.data.chat import prompt_for_generation
 
@@ -53,6 +56,16 @@ def chat_format(user_text: str, answer_prefix: str = "") -> str:
     if answer_prefix:
         prompt += answer_prefix if prompt[-1] in ("\n", " ") else " " + answer_prefix
     return prompt
+
+
+class Column(NamedTuple):
+    """One table column a task feeds: its header, the key of the metric in the task's scores (percent), and its
+    short name (the W&B summary key and the sweep tables': Table 2's ``mmlu``, ``bbh``, ``gsm``, ``tydiqa_f1``,
+    ``tydiqa_em``, ``humaneval_pass@1``)."""
+
+    header: str
+    metric: str
+    key: str
 
 
 class DataMissingError(FileNotFoundError):
@@ -119,7 +132,9 @@ class Task:
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "generate"  # generate | choice
     layout: ClassVar[str] = ""
-    columns: ClassVar[dict[str, tuple[str, str]]] = {}
+    columns: ClassVar[dict[str, Column]] = {}
+    # per-example record field behind a metric (``item_values``); pass@k metrics read ``passed`` instead
+    item_fields: ClassVar[dict[str, str]] = {"exact_match": "correct", "accuracy": "correct"}
     full_size: ClassVar[int | None] = None  # the published size of the whole evaluation set
 
     chat: bool = False
@@ -151,6 +166,31 @@ class Task:
 
     def score(self, examples: Sequence[dict], predictions: Sequence[Sequence[Any]]) -> dict:
         raise NotImplementedError
+
+    @classmethod
+    def item_values(cls, records: Sequence[dict], metric: str) -> tuple[list[float], list[str] | None]:
+        """The per-item values (percent) behind ``metric`` in saved prediction records, and each item's group
+        (None: the metric is the plain mean).  The metric = the mean over groups of the within-group means:
+        ``correct`` (0/1) for accuracy and exact match, ``f1`` (0..1) where a task records it, the unbiased
+        pass@k of a problem's ``passed`` samples.  A record without the field raises ValueError naming it."""
+        from eval.metrics import pass_at_k
+
+        values: list[float] = []
+        for i, rec in enumerate(records):
+            if metric.startswith("pass@"):
+                k, flags = int(metric[5:]), rec.get("passed")
+                if not isinstance(flags, list) or len(flags) < k:
+                    raise ValueError(f"{cls.name}: record {i} (id {rec.get('id')!r}) has no list of >= {k} 'passed' "
+                                     "samples")
+                values.append(100.0 * pass_at_k(len(flags), sum(map(bool, flags)), k))
+                continue
+            name = cls.item_fields.get(metric, metric)
+            if name not in rec:
+                raise ValueError(f"{cls.name}: record {i} (id {rec.get('id')!r}) has no {name!r} field (saved by an "
+                                 f"older version? evaluate again)")
+            values.append(100.0 * float(rec[name]))
+        groups = [str(rec["group"]) for rec in records] if records and "group" in records[0] else None
+        return values, groups
 
 
 def sample(items: list, k: int | None, rng: random.Random) -> list:

@@ -22,7 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.metrics import exact_match, extract_bbh_answer, normalize_exact
-from eval.tasks.base import BadBenchmarkFile, GenSpec, Task, chat_format, read_json, register, require, sample
+from eval.tasks.base import (
+    BadBenchmarkFile,
+    Column,
+    GenSpec,
+    Task,
+    chat_format,
+    read_json,
+    register,
+    require,
+    sample,
+)
 
 LAYOUT = """  bbh/bbh/<task>.json           ({"examples": [{"input", "target"}]})
   bbh/cot-prompts/<task>.txt    (canary line, "-----", description, three Q:/A: exemplars)"""
@@ -55,7 +65,7 @@ def read_task_prompt(path: Path, cot: bool = False) -> str:
 class BBH(Task):
     name = "bbh"
     layout = LAYOUT
-    columns = {"bbh_em": ("BBH EM", "exact_match")}
+    columns = {"bbh_em": Column("BBH EM", "exact_match", "bbh")}
 
     full_size = 6_511
 
@@ -117,6 +127,6 @@ class BBH(Task):
             refs.append(ex["target"])
         per_task = {t: 100.0 * exact_match(p, r) for t, (p, r) in by_task.items()}
         avg = sum(per_task.values()) / max(1, len(per_task))
-        per_example = [{"correct": normalize_exact(p[0]) == normalize_exact(ex["target"])}
-                       for ex, p in zip(examples, predictions)]
+        per_example = [{"correct": normalize_exact(p[0]) == normalize_exact(ex["target"]), "group": ex["task"]}
+                       for ex, p in zip(examples, predictions)]  # the score is the macro average over tasks
         return {"score": avg, "exact_match": avg, "tasks": per_task, "per_example": per_example}

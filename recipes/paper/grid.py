@@ -34,7 +34,7 @@ from recipes import CONFIG_DIR, REPO
 EXPERIMENT_DEFAULTS: dict[str, Any] = dict(
     name="", title="", model="llama2_7b", seeds=[1, 2, 3], eval_seed=None, max_steps=10_000, lr_grid=None,
     layout="table", loss_curves=False, datasets=[], columns=[], avg=False, budget=None,
-    eval_gpu_hours={}, train_overrides=[], eval_overrides=[], rows=[],
+    eval_gpu_hours={}, train_overrides=[], eval_overrides=[], rows=[], compare=[],
 )
 
 
@@ -375,5 +375,6 @@ def eval_command(cfg: DictConfig, cell: Cell) -> list[str]:
         args = [f"checkpoint={cell.run_dir / 'final'}"]
     args += [f"tasks=[{','.join(cell.tasks)}]", f"backend={cfg.eval_backend}",
              f"data_dir={repo_path(cfg.eval_data_dir)}", f"chat={'true' if cell.chat else 'false'}",
-             f"output_dir={cell.eval_dir}", *cell.eval_overrides]  # Hydra's run dir follows output_dir
+             f"output_dir={cell.eval_dir}", f"logger={cfg.train_logger}", f"experiment_name={cell.experiment}",
+             *cell.eval_overrides]  # Hydra's run dir follows output_dir; W&B: the training's run, or group=experiment
     return command(cfg.commands.evaluate) + args

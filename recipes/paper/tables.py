@@ -45,8 +45,7 @@ def _columns() -> dict[str, tuple[str, str, str]]:
     """Table column -> (benchmark task, header, metric key in eval.json's ``tasks.<task>``)."""
     from eval.tasks import TASKS
 
-    return {col: (name, header, metric) for name, cls in TASKS.items()
-            for col, (header, metric) in cls.columns.items()}
+    return {col: (name, spec[0], spec[1]) for name, cls in TASKS.items() for col, spec in cls.columns.items()}
 
 
 COLUMNS: dict[str, tuple[str, str, str]] = _columns()
@@ -93,6 +92,7 @@ class Index:
         self.eval_only: dict[str, dict[int, dict[str, float]]] = {}
         self.subsets: set[tuple] = set()  # (variant, dataset, lr, seed, col) / (row, seed, col) scored on a subset
         self.records = records
+        self.cells: dict[tuple, dict[int, dict[str, Any]]] = {}  # source (see Value.source) -> {seed: cell record}
         for rec in records:
             metrics = rec.get("metrics") or {}
             seed = int(rec.get("seed") or 0)
@@ -100,10 +100,12 @@ class Index:
                 for row in rec.get("rows") or []:
                     self.eval_only.setdefault(row, {})[seed] = metrics
                     self.subsets |= {(row, seed, col) for col in rec.get("subsets") or {}}
+                    self.cells.setdefault(("eval_only", row), {})[seed] = rec
             elif rec.get("variant"):
                 k = (rec["variant"], rec.get("dataset") or "", _key(rec.get("lr")))
                 self.trained.setdefault(k, {})[seed] = metrics
                 self.subsets |= {(*k, seed, col) for col in rec.get("subsets") or {}}
+                self.cells.setdefault(k, {})[seed] = rec
 
     def values(self, variant: str, dataset: str, lr: float, col: str, seeds: list[int]) -> list[float]:
         by_seed = self.trained.get((variant, dataset, _key(lr)), {})
@@ -113,6 +115,7 @@ class Index:
         """The candidate's mean ± std over the finished seeds, marked when any of them is a subset number."""
         v = summarize(self.values(variant, dataset, lr, col, seeds), len(seeds))
         v.subset = any((variant, dataset, _key(lr), s, col) in self.subsets for s in seeds)
+        v.source = (variant, dataset, _key(lr))
         return v
 
 
@@ -126,6 +129,8 @@ class Value:
     unsettled: bool = False  # another candidate still misses seeds
     paper: float | None = None
     subset: bool = False  # some number behind it was scored on a subset of the benchmark
+    source: tuple | None = None  # the cells behind it: (variant, dataset, lr) or ("eval_only", row) -> Index.cells
+    mark: str = ""  # significance against the row's baseline (recipes.paper.significance): ▲ / ▼
 
     @property
     def delta(self) -> float | None:
@@ -144,6 +149,8 @@ class Value:
                 s += f" n={self.n}/{self.planned}"
             if self.unsettled:
                 s += " †"
+            if self.mark:
+                s += f" {self.mark}"
         if self.paper is not None:
             s += f" ({self.paper:.2f}" + (f", {self.delta:+.2f})" if self.delta is not None else ")")
         return s
@@ -186,6 +193,7 @@ def row_values(exp: DictConfig, row: G.Row, index: Index, ref_row: dict[str, Any
             v = summarize(vals, 1)
             v.planned = v.n or 1
             v.subset = any((row.id, s, col) in index.subsets for s in by_seed)
+            v.source = ("eval_only", row.id)
         else:
             ds = dataset_of(exp, col)
             cands = []
@@ -262,6 +270,7 @@ def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], n_reco
     lines.append(f"[r32] / [lr x]: the candidate a multi-variant row kept for that benchmark (better mean, as the paper); "
                  f"n=k/{len(exp.seeds)}: seeds finished so far; †: a candidate still misses seeds; {DASH}: no result yet; "
                  "ˢ: scored on a subset of the benchmark, not comparable to the paper; "
+                 "▲/▼: better/worse than its baseline row beyond the 95% intervals (Significance, below); "
                  f"≠: our parameter count does not round to the paper's.")
     lines.append(f"Built from {n_records} finished cell file(s).")
     lines.append("")
@@ -426,15 +435,32 @@ def render_experiment(cfg: DictConfig, experiment: str | None = None, out_dir: P
     ref["_source"] = "arXiv 2402.16902 " + name.replace("table", "Table ").replace("figure", "Figure ")
     rows = G.build_grid(cfg).rows
     written: list[Path] = []
+    from recipes.paper import significance as S
+
     if exp.layout == "heatmap":
         md, body = heatmap(cfg, rows, index, out_dir / f"{name}.png")
         written.append(out_dir / f"{name}.png")
+        lrs = [float(x) for x in exp.lr_grid]
+        best, vs_best = S.heatmap_vs_best(cfg, rows, index)
+        md += S.heatmap_markdown(rows, lrs, best, vs_best)
+        if S.heatmap_plot(rows, lrs, best, vs_best, out_dir / f"{name}_vs_best.png",
+                          f"{name}: Δ {COLUMNS[exp.columns[0]][1]} against the best cell, 95% item intervals "
+                          "(≈: not distinguishable)"):
+            written.append(out_dir / f"{name}_vs_best.png")
     else:
         table = build_table(cfg, rows, index, ref)
+        comparisons = S.table_comparisons(cfg, table, index)  # marks the compared rows' values
         md = markdown(cfg, table, ref, len(records))
         if exp.layout == "share_rotate":
             md += share_rotate_grid(table, exp.columns[0])
+        md += S.markdown(comparisons)
         body = csv_text(cfg, table)
+        if comparisons:
+            write_text_atomic(out_dir / "significance.csv", S.csv_text(comparisons))
+            written.append(out_dir / "significance.csv")
+            if S.forest_plot(comparisons, out_dir / "significance.png",
+                             f"{name}: Δ against the baseline row, {S.CONFIDENCE:.0%} intervals"):
+                written.append(out_dir / "significance.png")
     write_text_atomic(out_dir / "table.md", md)
     write_text_atomic(out_dir / "table.csv", body)
     written[:0] = [out_dir / "table.md", out_dir / "table.csv"]

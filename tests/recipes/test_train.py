@@ -116,11 +116,16 @@ def test_wandb_offline_run_records_the_config(tmp_path, monkeypatch):
     (run_dir,) = find_runs(tmp_path)
     logged = read_run(run_dir)
     run = json.loads((tmp_path / "final" / "run.json").read_text())
-    method = logged.config["method"]
-    assert (method["name"], method["r"], method["u"], method["m"], method["n"]) == ("prolora", 4, 1, 3, 3)
-    assert logged.config["dataset"]["name"] == "demo" and logged.config["trainable_params"] == run["trainable_params"]
+    c = logged.config  # the dashboard's columns at the top, the full resolved config under "config"
+    assert {k: c[k] for k in ("method", "r", "u", "m", "n", "dataset", "lr", "seed", "experiment")} == {
+        "method": "prolora", "r": 4, "u": 1, "m": 3, "n": 3, "dataset": "demo", "lr": run["config"]["optim"]["lr"],
+        "seed": 1, "experiment": "unit"}
+    assert c["config"]["method"]["name"] == "prolora" and c["trainable_params"] == run["trainable_params"]
     assert {"method:prolora", "dataset:demo", "seed:1"} <= set(logged.run["tags"]) and logged.run["group"] == "unit"
     assert [row["_step"] for row in logged.history] == [1, 3] and "train/loss" in logged.history[-1]
+    # run.json names the W&B run, so an evaluation of this checkpoint can link to it
+    assert run["wandb"]["id"] == logged.run["id"] and run["wandb"]["job_type"] == "train"
+    assert Path(run["wandb"]["sync_dir"]) == run_dir
 
 
 def _write(path: Path, rows: list) -> Path:
