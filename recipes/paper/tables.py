@@ -273,6 +273,7 @@ def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], n_reco
                  "▲/▼: better/worse than its baseline row beyond the 95% intervals (Significance, below); "
                  f"≠: our parameter count does not round to the paper's.")
     lines.append(f"Built from {n_records} finished cell file(s).")
+    lines += provenance(cfg, table_records(cfg))
     lines.append("")
     lines.append("| " + " | ".join(heads) + " |")
     lines.append("|" + "|".join("---" for _ in heads) + "|")
@@ -287,6 +288,37 @@ def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], n_reco
     if notes:
         lines += ["", "Notes:"] + notes
     return "\n".join(lines) + "\n"
+
+
+def table_records(cfg: DictConfig) -> list[dict[str, Any]]:
+    return load_cells(G.cells_dir(cfg, str(cfg.experiment.name)))
+
+
+def provenance(cfg: DictConfig, records: list[dict[str, Any]]) -> list[str]:
+    """Where the numbers come from, read off the cell files: the commits that ran them, the training steps,
+    and how many examples each column's numbers were scored on."""
+    if not records:
+        return []
+    commits = sorted({f"{(r.get('git') or {}).get('commit') or 'unrecorded'}"[:12] + (" (with uncommitted changes)"
+                      if (r.get("git") or {}).get("dirty") else "") for r in records})
+    steps = sorted({(r.get("train") or {}).get("steps") for r in records if r.get("train")} - {None})
+    sizes = []
+    for col in cfg.experiment.columns:
+        task = COLUMNS[col][0]
+        seen = set()
+        for r in records:
+            entry = (((r.get("eval") or {}).get("tasks") or {}).get(task)) or {}
+            if entry.get("n_examples") is not None:
+                seen.add((entry["n_examples"], entry.get("full_size") or entry.get("n_available"),
+                          bool(entry.get("subset"))))
+        for n, of, sub in sorted(seen, key=str):
+            sizes.append(f"{COLUMNS[col][1]} {n:,}" + (f" of {of:,}" if of else "") + (" (a subset)" if sub else ""))
+    out = [f"Cells ran at git commit(s) {', '.join(commits)}."]
+    if steps:
+        out.append(f"Training steps per cell: {', '.join(str(x) for x in steps)}.")
+    if sizes:
+        out.append(f"Examples scored: {'; '.join(sizes)}.")
+    return out
 
 
 def _num(x: float | None) -> str:

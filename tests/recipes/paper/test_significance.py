@@ -24,7 +24,8 @@ def _cell(root: Path, variant: str, seed: int, correct: np.ndarray, lr: float = 
     value = 100.0 * correct.mean() if metric is None else metric
     rec = {"status": "done", "cell_id": f"{variant}__demo__lr{lr}__seed{seed}", "variant": variant, "dataset": "demo",
            "lr": lr, "seed": seed, "rows": [variant], "eval_only": False, "metrics": {"demo_em": value},
-           "subsets": {}, "paths": {"eval_dir": str(eval_dir)}}
+           "subsets": {}, "paths": {"eval_dir": str(eval_dir)}, "git": {"commit": "0123456789abcdef", "dirty": False},
+           "eval": {"tasks": {"demo": {"n_examples": len(correct), "n_available": len(correct), "subset": False}}}}
     cells = root / "demo" / "cells"
     cells.mkdir(parents=True, exist_ok=True)
     (cells / f"{rec['cell_id']}.json").write_text(json.dumps(rec))
@@ -53,6 +54,8 @@ def test_prolora_better_on_a_known_fraction_is_marked_with_an_interval_covering_
         _cell(root, "prolora_r8_u1_m7_n7", seed, b)
     md = _render(root, tmp_path)
     assert _prolora_row(md).endswith(" ▲ |")
+    assert "Examples scored: Demo EM 400 of 400." in md.splitlines()  # read off the cells' evaluations
+    assert "Cells ran at git commit(s) 0123456789ab." in md.splitlines()
     rows = list(__import__("csv").DictReader((tmp_path / "out" / "significance.csv").open()))
     (c,) = rows
     assert float(c["delta"]) == pytest.approx(12.0, abs=1e-9)

@@ -28,6 +28,7 @@ def test_table2_markdown_exact(table2):
     lines = md.splitlines()
     assert lines[0] == "# Table 2: LLaMA2-7B, different methods on diverse instruction-following datasets (reproduced)"
     assert "Built from 35 finished cell file(s)." in lines  # 36 fixture files, one of them failed
+    assert "Cells ran at git commit(s) unrecorded." in lines  # the fixture cells record no commit
     assert ("| Method | Rank | Param. ours (paper) | MMLU EM | BBH EM | GSM EM | TyDiQA F1 | TyDiQA EM "
             "| HumanEval P@1 | Avg. |") in lines
     expected = [
