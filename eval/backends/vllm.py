@@ -52,9 +52,11 @@ class VLLMBackend(Backend):
         except ImportError as e:
             raise ImportError("backend=vllm needs vLLM (CUDA only): pip install -e '.[vllm]'; "
                               "or use backend=hf") from e
-        from prolora.models import load_tokenizer
+        from prolora.models import load_tokenizer, resolve_model_path
 
         self._vllm = vllm
+        model_path = resolve_model_path(model_path)  # a GGUF file: its converted directory, as the hf backend loads
+        tokenizer_path = resolve_model_path(tokenizer_path) if tokenizer_path else None
         kwargs: dict = dict(model=model_path, tokenizer=tokenizer_path or model_path, dtype=dtype, seed=seed,
                             gpu_memory_utilization=gpu_memory_utilization,
                             tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager)

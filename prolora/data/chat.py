@@ -15,7 +15,10 @@ text, as with LLaMA-2. This is ``_concat_messages`` of ``encode_with_messages_fo
 Tokenization (:func:`tokenize_example`) follows ``encode_with_messages_format``:
 
 * the training text is ``format_messages(...)`` with the final ``"\\n"`` removed (open-instruct tokenizes
-  ``_concat_messages(messages).strip()``), so a sequence ends with ``</s>``; BOS is put once at the start;
+  ``_concat_messages(messages).strip()``), so a sequence ends with ``</s>`` (the tokenizer's EOS); in front
+  go the special tokens the tokenizer itself adds, as open-instruct's ``tokenizer(text)`` and the
+  evaluators' prompts (:meth:`eval.backends.base.Backend.encode`): LLaMA-2's and the tiny tokenizers put BOS
+  ``<s>`` once at the start, SmolLM2's adds nothing (its BOS ``<|im_start|>`` is never added; EOS ``<|im_end|>``);
 * the label positions are found by tokenizing growing prefixes of the same text, as open-instruct does;
   the ``input_ids`` are always those of the full text. Where a token of the full text straddles the
   ``<|assistant|>\n``/content boundary (the prefix's ids are then not a prefix of the full ids; this does not
@@ -69,9 +72,8 @@ def prompt_for_generation(user_text: str) -> str:
 
 
 def _encode(tokenizer, text: str) -> list[int]:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    return ([bos] if bos is not None else []) + list(ids)
+    """The ids of ``text`` with the special tokens the tokenizer adds itself (a BOS only where it adds one)."""
+    return list(tokenizer(text)["input_ids"])
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -83,11 +85,12 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def _first_token_from(tokenizer, text: str, ids: Sequence[int], char_pos: int, lo: int) -> int:
-    """Index (in ``ids``, BOS included) of the first token starting at or after ``char_pos``; tokens from
-    ``lo`` on are candidates. Uses the offsets of a fast tokenizer; without them, skips one token."""
+    """Index (in ``ids``, the special tokens in front included) of the first token starting at or after
+    ``char_pos``; tokens from ``lo`` on are candidates. Uses the offsets of a fast tokenizer; without them,
+    skips one token."""
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        shift = len(ids) - len(enc["input_ids"])  # the BOS we put in front
+        shift = len(ids) - len(enc["input_ids"])  # the special tokens the tokenizer put in front
         if list(enc["input_ids"]) == list(ids[shift:]):
             for j in range(max(lo, shift), len(ids)):
                 if enc["offset_mapping"][j - shift][0] >= char_pos:
