@@ -15,7 +15,8 @@ count) and the paper's numbers (``results/paper_reference.json``), and writes ``
 
 Figure 2 (layout ``heatmap``) also gets ``figure2.png`` (unshared rank x learning rate), Table 4 (layout
 ``share_rotate``) the paper's 2 x 2 sharing/rotation grid, and experiments with ``loss_curves: true``
-(the demo) ``loss_curves.png`` from each cell's training loss.
+(the demo) ``loss_curves.png`` from each cell's training loss (the plots: :mod:`recipes.paper.figures`);
+compared rows get their Δ and intervals (:mod:`recipes.paper.significance`).
 
 The table columns are the benchmarks' own (each task class declares its ``columns``): :data:`COLUMNS`.
 CLI: ``python scripts/render_tables.py --experiment table2`` (:func:`main`).
@@ -361,83 +362,6 @@ def share_rotate_grid(table: list[TableRow], col: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def heatmap(cfg: DictConfig, grid_rows: list[G.Row], index: Index, out: Path) -> tuple[str, str]:
-    """Figure 2: rows (unshared rank) x the LR grid; Markdown + CSV text, and the PNG at ``out``."""
-    exp = cfg.experiment
-    col = exp.columns[0]
-    ds = dataset_of(exp, col)
-    lrs = [float(x) for x in exp.lr_grid]
-    seeds = [int(s) for s in exp.seeds]
-    grid: list[list[Value]] = []
-    for row in grid_rows:
-        vt = row.variants[0]
-        grid.append([index.value(vt.id, ds, lr, col, seeds) for lr in lrs])
-    md = [f"# {exp.title} (reproduced)", "",
-          f"{COLUMNS[col][1]}: mean ± sample std over seeds {seeds}; {DASH}: no result yet. "
-          "The paper gives Figure 2 only as an image (no numbers to compare with).", "",
-          "| Unshared rank | variant | " + " | ".join(f"lr {G.fmt_lr(x)}" for x in lrs) + " |",
-          "|---|---|" + "---|" * len(lrs)]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["experiment", "row", "variant", "lr", f"{col}_mean", f"{col}_std", f"{col}_n"])
-    for row, vals in zip(grid_rows, grid):
-        md.append(f"| {row.label} | {row.variants[0].id} | " + " | ".join(v.text() for v in vals) + " |")
-        for lr, v in zip(lrs, vals):
-            w.writerow([exp.name, row.id, row.variants[0].id, G.fmt_lr(lr), _num(v.mean), _num(v.std), v.n])
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    data = np.array([[np.nan if v.mean is None else v.mean for v in vals] for vals in grid], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.3 * len(lrs) + 2.5, 0.5 * len(grid_rows) + 1.8))
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
-    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, aspect="auto")
-    ax.set_xticks(range(len(lrs)), [G.fmt_lr(x) for x in lrs])
-    ax.set_yticks(range(len(grid_rows)), [r.label for r in grid_rows])
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("unshared rank u")
-    for i in range(data.shape[0]):
-        for j in range(data.shape[1]):
-            ax.text(j, i, DASH if math.isnan(data[i, j]) else f"{data[i, j]:.2f}", ha="center", va="center",
-                    fontsize=8, color="black" if math.isnan(data[i, j]) else "white")
-    ax.set_title(f"{exp.name}: {COLUMNS[col][1]} (r=32, LoRA-r8 budget)", fontsize=10)
-    if not np.all(np.isnan(data)):
-        fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return "\n".join(md) + "\n", buf.getvalue()
-
-
-def loss_curves(records: list[dict[str, Any]], out: Path, title: str) -> bool:
-    curves = [(r, r.get("loss_curve") or []) for r in records if not r.get("eval_only")]
-    curves = [(r, c) for r, c in curves if c]
-    if not curves:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for rec, curve in sorted(curves, key=lambda rc: rc[0]["cell_id"]):
-        ax.plot([p[0] for p in curve], [p[1] for p in curve],
-                label=f"{rec['variant']} seed {rec.get('seed')} (lr {G.fmt_lr(rec['lr'])})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return True
-
-
 def log_wandb(cfg: DictConfig, csv_body: str, out_dir: Path) -> None:
     """Log the table as a W&B table in the experiment's group (offline unless configured)."""
     try:
@@ -467,10 +391,11 @@ def render_experiment(cfg: DictConfig, experiment: str | None = None, out_dir: P
     ref["_source"] = "arXiv 2402.16902 " + name.replace("table", "Table ").replace("figure", "Figure ")
     rows = G.build_grid(cfg).rows
     written: list[Path] = []
+    from recipes.paper import figures as F
     from recipes.paper import significance as S
 
     if exp.layout == "heatmap":
-        md, body = heatmap(cfg, rows, index, out_dir / f"{name}.png")
+        md, body = F.heatmap(cfg, rows, index, out_dir / f"{name}.png")
         written.append(out_dir / f"{name}.png")
         lrs = [float(x) for x in exp.lr_grid]
         best, vs_best = S.heatmap_vs_best(cfg, rows, index)
@@ -496,7 +421,7 @@ def render_experiment(cfg: DictConfig, experiment: str | None = None, out_dir: P
     write_text_atomic(out_dir / "table.md", md)
     write_text_atomic(out_dir / "table.csv", body)
     written[:0] = [out_dir / "table.md", out_dir / "table.csv"]
-    if exp.loss_curves and loss_curves(records, out_dir / "loss_curves.png", f"{name}: training loss"):
+    if exp.loss_curves and F.loss_curves(records, out_dir / "loss_curves.png", f"{name}: training loss"):
         written.append(out_dir / "loss_curves.png")
     if echo:
         print(md)
