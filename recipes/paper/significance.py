@@ -189,7 +189,8 @@ def table_comparisons(cfg, table, index) -> list[Comparison]:
         b, a = by_id[row_id], by_id[base_id]
         for col in exp.columns:
             vb, va = b.values[col], a.values[col]
-            label_b, label_a = f"{b.row.label} {b.row.rank}", f"{a.row.label} {a.row.rank}"
+            label_b, label_a = (f"{r.row.label} {r.row.rank}" if str(r.row.rank or "-") != "-" else r.row.label
+                                for r in (b, a))
             if vb.mean is None or va.mean is None or vb.source is None or va.source is None:
                 continue  # nothing to compare yet (the table shows —)
             c = compare(index, vb.source, va.source, col, seeds, label_b, label_a)
