@@ -68,6 +68,9 @@ class RunOptions:
     merge: bool = False  # hf backend: merge the adapter into the base it was trained on (NF4 dequantized), as the paper's authors did, then score in `precision`
     batch_size: int = 8
     kv_cache: str = "dynamic"  # hf backend: dynamic | static (preallocated: same outputs; faster on long prompts)
+    # hf backend: prefill a shared few-shot prefix (GSM's 8 exemplars, a BBH task's 3) once per call and reuse its
+    # keys/values; faster where prefill dominates (results/bench/generate-*.json), same math in another float order
+    prefix_cache: bool = False
     max_new_tokens: int | None = None  # caps every task's protocol value (smoke tests)
     seed: int = 42
     device: str = "auto"
@@ -161,7 +164,7 @@ class BackendPool:
                                   device=cfg.device, double_quant=s.get("double_quant", True), merge=cfg.merge,
                                   cpu_packed_4bit=bool(s.get("cpu_packed_4bit", False)),
                                   merge_from="nf4" if s.get("quantize", True) else "full",
-                                  batch_size=cfg.batch_size, kv_cache=cfg.kv_cache)
+                                  batch_size=cfg.batch_size, kv_cache=cfg.kv_cache, prefix_cache=cfg.prefix_cache)
         if cfg.backend == "vllm":
             from eval.backends.vllm import VLLMBackend
 

@@ -16,6 +16,14 @@
   for token (tested); the measured speed is in ``results/bench/`` (``scripts/bench_eval.py``).  It stays
   opt-in because it was never run on a GPU; transformers' automatic ``torch.compile`` of static-cache
   generation is turned off (it would recompile for every batch shape).
+* Prefix reuse (``prefix_cache=True``, opt-in): prompts that share a long token prefix (the few-shot
+  exemplars of GSM's 8-shot prompt, a BBH task's 3 exemplars) are grouped; the prefix is run through the
+  model ONCE per group and its keys/values are handed to ``generate`` for every batch of the group, which then
+  prefills only each row's own suffix.  A batch is laid out ``[prefix][pad…][suffix]`` with the pad masked out
+  and position ids from the mask, so every row sees exactly its own prompt at its own positions.  The math is
+  the same; the floating-point order of the prefix's matmuls is not (the prefix runs alone), so outputs can
+  differ where two logits tie to ~1e-6: ``scripts/bench_generate.py`` counts the outputs equal to the
+  default path's.  Dynamic KV cache only.
 * Loading: base model through ``prolora.models.load_base_model`` in 4-bit NF4, 8-bit or full
   precision, then optionally a compact adapter directory (``prolora.load_adapter``), optionally merged
   (``prolora.merge``); a merged model directory loads like a base model.
@@ -23,6 +31,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 
@@ -32,6 +41,46 @@ from eval.backends.base import Backend, truncate_at_stop
 
 PRECISIONS = ("nf4", "8bit", "full")
 KV_CACHES = ("dynamic", "static")
+MIN_PREFIX = 64  # tokens: shorter shared prefixes are not worth a separate forward pass
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def prefix_groups(rows: Sequence[Sequence[int]], min_prefix: int = MIN_PREFIX) -> list[tuple[int, list[int]]]:
+    """``(prefix_len, row indices)`` groups of rows that share their first ``prefix_len`` tokens
+    (``prefix_len >= min_prefix``, and shorter than every row of the group so each keeps one token of its
+    own); rows sharing no such prefix come back in groups with ``prefix_len == 0``.  Rows are taken in
+    lexicographic order, where rows with a common prefix are neighbours."""
+    order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
+    groups: list[tuple[int, list[int]]] = []
+    for i in order:
+        if groups and groups[-1][0] >= min_prefix:
+            length, members = groups[-1]
+            shared = min(length, _common_prefix(rows[members[0]], rows[i]), len(rows[i]) - 1)
+            if shared >= min_prefix:
+                groups[-1] = (shared, members + [i])
+                continue
+        if groups and groups[-1][0] == 0 and len(groups[-1][1]) == 1:
+            # a lone row: try to open a group with it
+            (j,) = groups[-1][1]
+            shared = min(_common_prefix(rows[j], rows[i]), len(rows[i]) - 1, len(rows[j]) - 1)
+            if shared >= min_prefix:
+                groups[-1] = (shared, [j, i])
+                continue
+        groups.append((0, [i]))
+    merged: list[tuple[int, list[int]]] = []
+    for length, members in groups:  # consecutive prefix-less rows into one group
+        if length == 0 and merged and merged[-1][0] == 0:
+            merged[-1][1].extend(members)
+        else:
+            merged.append((length, list(members)))
+    return merged
 
 
 def _progress(total: int, desc: str):
@@ -62,13 +111,16 @@ class _StopOnSequences:
 class HFBackend(Backend):
     name = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, kv_cache: str = "dynamic"):
+    def __init__(self, model, tokenizer, batch_size: int = 8, kv_cache: str = "dynamic", prefix_cache: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         if kv_cache not in KV_CACHES:
             raise ValueError(f"kv_cache={kv_cache!r}: use one of {KV_CACHES}")
         self.kv_cache = kv_cache
+        if prefix_cache and kv_cache != "dynamic":
+            raise ValueError(f"prefix_cache=true needs kv_cache=dynamic (got {kv_cache!r})")
+        self.prefix_cache = bool(prefix_cache)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("tokenizer has neither a pad nor an EOS token")
@@ -93,7 +145,7 @@ class HFBackend(Backend):
     def load(cls, model_path: str, adapter_dir: str | None = None, tokenizer_path: str | None = None,
              precision: str = "nf4", compute_dtype: str = "auto", device: str = "auto", double_quant: bool = True,
              merge: bool = False, merge_from: str = "nf4", batch_size: int = 8, kv_cache: str = "dynamic",
-             cpu_packed_4bit: bool = False) -> HFBackend:
+             cpu_packed_4bit: bool = False, prefix_cache: bool = False) -> HFBackend:
         """``merge=True`` does what the paper's authors did (open-instruct ``merge_lora.py --qlora``, then
         loading the merged model for evaluation): the adapter is loaded onto the base in the precision it
         was trained on (``merge_from``: nf4 for QLoRA), merged (4-bit weights dequantized first), and the
@@ -128,7 +180,8 @@ class HFBackend(Backend):
                 import prolora
 
                 model = prolora.load_adapter(model, adapter_dir)
-        return cls(model.eval(), load_tokenizer(tokenizer_path or model_path), batch_size=batch_size, kv_cache=kv_cache)
+        return cls(model.eval(), load_tokenizer(tokenizer_path or model_path), batch_size=batch_size, kv_cache=kv_cache,
+                   prefix_cache=prefix_cache)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -144,9 +197,28 @@ class HFBackend(Backend):
             mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _batches(self, rows: list[list[int]]) -> list[list[int]]:
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    def _batches(self, rows: list[list[int]], among: Sequence[int] | None = None) -> list[list[int]]:
+        order = sorted(range(len(rows)) if among is None else among, key=lambda i: -len(rows[i]))
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def _pad_middle(self, prefix_len: int, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[prefix][pad…][suffix]`` per row (the prefix is common to all), the pad masked out."""
+        prefix = rows[0][:prefix_len]
+        ids, mask = self._pad_left([r[prefix_len:] for r in rows])
+        head = torch.tensor(prefix, dtype=torch.long, device=ids.device).expand(len(rows), -1)
+        return torch.cat([head, ids], dim=1), torch.cat([torch.ones_like(head), mask], dim=1)
+
+    def _prefix_kv(self, prefix: list[int]):
+        ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        cache = getattr(out, "cache", None)
+        return cache if cache is not None else out.past_key_values
+
+    def _plan(self, rows: list[list[int]]) -> list[tuple[int, list[int]]]:
+        """``(prefix_len, batch)`` in the order they run: without prefix reuse, length-sorted batches."""
+        if not self.prefix_cache:
+            return [(0, b) for b in self._batches(rows)]
+        return [(length, b) for length, members in prefix_groups(rows) for b in self._batches(rows, members)]
 
     def _completion_text(self, prompt_ids: list[int], new_ids: list[int], stop: Sequence[str] | None) -> str:
         for j, t in enumerate(new_ids):
@@ -160,6 +232,13 @@ class HFBackend(Backend):
         return truncate_at_stop(text, stop)
 
     # ------------------------------------------------------------------ interface
+    def _cache_kwarg(self) -> str:
+        """transformers >= 5.x names generate's KV-cache argument ``cache`` (``past_key_values`` before)."""
+        import inspect
+
+        params = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens=512, temperature=0.0, top_p=1.0, n=1, stop=None, seed=42,
                  desc="generate") -> list[list[str]]:
@@ -180,12 +259,23 @@ class HFBackend(Backend):
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            for batch in self._batches(rows):
-                ids, mask = self._pad_left([rows[i] for i in batch])
+            prefix, prefix_kv = None, None
+            for prefix_len, batch in self._plan(rows):
+                cache = {}
+                if prefix_len:
+                    ids, mask = self._pad_middle(prefix_len, [rows[i] for i in batch])
+                    if prefix != rows[batch[0]][:prefix_len]:
+                        prefix = rows[batch[0]][:prefix_len]
+                        prefix_kv = self._prefix_kv(prefix)
+                    kv = copy.deepcopy(prefix_kv)
+                    kv.batch_repeat_interleave(len(batch))
+                    cache = {self._cache_kwarg(): kv}
+                else:
+                    ids, mask = self._pad_left([rows[i] for i in batch])
                 stops = [s for s in stop or [] if s]  # an empty stop string stops nothing (vLLM ignores it too)
                 criteria = StoppingCriteriaList([_StopOnSequences(self.tokenizer, ids.shape[1], stops)]) if stops else None
                 out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                          stopping_criteria=criteria)
+                                          stopping_criteria=criteria, **cache)
                 new = out[:, ids.shape[1]:].tolist()
                 for row, gen in zip(batch, new):
                     texts[row] = self._completion_text(rows[row], gen, stop)

@@ -123,3 +123,41 @@ def test_static_kv_cache_gives_the_dynamic_caches_greedy_outputs():
     assert any(len(t[0]) > 5 for t in a)  # something was generated
     with pytest.raises(ValueError, match="kv_cache='paged'"):
         HFBackend(model, tok, kv_cache="paged")
+
+
+def test_prefix_groups_share_only_long_prefixes():
+    from eval.backends.hf import prefix_groups
+
+    shot = list(range(100, 180))  # an 80-token shared "few-shot" prefix
+    rows = [shot + [1, 2], [5, 6, 7], shot + [3], shot[:40] + [9], shot + [1, 2, 4], shot]
+    groups = prefix_groups(rows, min_prefix=64)
+    by_rows = {tuple(sorted(m)): n for n, m in groups}
+    # rows 0, 2, 4, 5 share 80 tokens; row 5 IS the prefix, so the group keeps 79 (each row keeps a token)
+    assert by_rows[(0, 2, 4, 5)] == 79
+    assert sorted(i for _, m in groups for i in m) == list(range(len(rows)))  # every row once
+    assert all(n == 0 for m, n in by_rows.items() if 1 in m or 3 in m)
+    assert prefix_groups([[1, 2, 3]] * 3, min_prefix=64) == [(0, [0, 1, 2])]
+
+
+def test_prefix_reuse_gives_the_same_greedy_outputs():
+    """Prompts sharing a few-shot prefix: the prefix's keys/values computed once and reused give the same text as
+    the plain path (same prompts, batch 1 and batch 8 with pads between prefix and suffix, with a stop), and
+    prompts without a shared prefix in the same call still work; a static cache is refused with it."""
+    from prolora.models import TINY_DIR, build_tiny_llama, load_tokenizer
+
+    model, tok = build_tiny_llama(seed=0), load_tokenizer(TINY_DIR)
+    shots = "".join(f"Question: what is {a} plus {b}?\nAnswer: {a + b}\n\n" for a, b in ((3, 4), (10, 5), (7, 7)))
+    prompts = [shots + f"Question: {q}\nAnswer:" for q in ("what is 2 plus 2?", "Reverse: bird salt",
+                                                         "a much longer question that pads the others " * 3, "hi")]
+    prompts += PROMPTS
+    plain = HFBackend(model, tok, batch_size=8)
+    assert len(plain.encode(shots)) > 64
+    for batch_size in (1, 8):
+        reuse = HFBackend(model, tok, batch_size=batch_size, prefix_cache=True)
+        plan = reuse._plan([reuse.encode(p) for p in prompts])
+        assert any(n > 64 for n, _ in plan) and any(n == 0 for n, _ in plan)
+        for stop in (None, ["\n"]):
+            assert reuse.generate(prompts, max_new_tokens=16, stop=stop) == plain.generate(
+                prompts, max_new_tokens=16, stop=stop)
+    with pytest.raises(ValueError, match="prefix_cache=true needs kv_cache=dynamic"):
+        HFBackend(model, tok, kv_cache="static", prefix_cache=True)
