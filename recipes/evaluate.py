@@ -71,6 +71,8 @@ class RunOptions:
     # hf backend: prefill a shared few-shot prefix (GSM's 8 exemplars, a BBH task's 3) once per call and reuse its
     # keys/values; faster where prefill dominates (results/bench/generate-*.json), same math in another float order
     prefix_cache: bool = False
+    # hf backend, greedy: the backend's own decoding loop, where a finished row leaves the batch (false: model.generate)
+    evict_finished: bool = True
     max_new_tokens: int | None = None  # caps every task's protocol value (smoke tests)
     seed: int = 42
     device: str = "auto"
@@ -164,7 +166,8 @@ class BackendPool:
                                   device=cfg.device, double_quant=s.get("double_quant", True), merge=cfg.merge,
                                   cpu_packed_4bit=bool(s.get("cpu_packed_4bit", False)),
                                   merge_from="nf4" if s.get("quantize", True) else "full",
-                                  batch_size=cfg.batch_size, kv_cache=cfg.kv_cache, prefix_cache=cfg.prefix_cache)
+                                  batch_size=cfg.batch_size, kv_cache=cfg.kv_cache, prefix_cache=cfg.prefix_cache,
+                                  evict_finished=cfg.evict_finished)
         if cfg.backend == "vllm":
             from eval.backends.vllm import VLLMBackend
 

@@ -14,7 +14,9 @@ runs the same prompts greedily with the task's stop sequences, in this process, 
 * ``plain``: for each prompt, ``model.generate(ids)`` at batch 1 with transformers' own ``stop_strings`` (the
   loop a user would write);
 * ``hf_b1``, ``hf_b8``: the backend as the evaluators run it (``HFBackend.generate``; length-sorted, left-padded
-  batches of 1 / 8; stop strings checked on the decoded text);
+  batches of 1 / 8; stop strings checked on the decoded text; greedy: its own loop, finished rows leave the batch);
+* ``hf_b8_generate``: the backend at batch 8 through ``model.generate`` (``evict_finished=False``: finished rows
+  are computed until the batch's last row stops), as it was before;
 * ``hf_b1_prefix``, ``hf_b8_prefix``: the same with ``prefix_cache=True`` (the shared few-shot prefix prefilled
   once and its keys/values reused).
 
@@ -45,7 +47,7 @@ for _path in (REPO, REPO / "scripts"):
 
 from _benchkit import describe_device, versions, write_report  # noqa: E402
 
-WAYS = ("plain", "hf_b1", "hf_b8", "hf_b1_prefix", "hf_b8_prefix")
+WAYS = ("plain", "hf_b1", "hf_b8", "hf_b8_generate", "hf_b1_prefix", "hf_b8_prefix")
 
 
 def parse_args(argv=None):
@@ -118,7 +120,8 @@ def matmul_gflops(config, repeats: int = 5) -> dict:
 
 
 class Recorder:
-    """Wraps ``model.generate`` to keep the ids it produced (row by row, up to EOS), so counts are of tokens."""
+    """Wraps ``model.generate`` to keep the ids it produced (row by row, up to EOS), so counts are of tokens
+    (the backend's own greedy loop is counted by wrapping ``HFBackend._greedy``)."""
 
     def __init__(self, model, eos_ids):
         self.model, self.eos, self.rows = model, set(eos_ids), []
@@ -200,10 +203,19 @@ def main(argv=None) -> dict:
                 wall = time.perf_counter() - t
             else:
                 bs = 8 if "_b8" in way else 1
-                be = HFBackend(model, tok, batch_size=bs, prefix_cache=way.endswith("_prefix"))
+                be = HFBackend(model, tok, batch_size=bs, prefix_cache=way.endswith("_prefix"),
+                               evict_finished=not way.endswith("_generate"))
                 be.generate(prompts[:2], max_new_tokens=8, stop=stop)  # warm-up
                 rec = Recorder(model, eos_ids)
                 model.generate = rec
+                greedy = be._greedy  # the backend's own loop: record its rows' lengths too
+
+                def counted(*a, **k):
+                    out = greedy(*a, **k)
+                    rec.rows.extend(len(r) for r in out)
+                    return out
+
+                be._greedy = counted
                 try:
                     t = time.perf_counter()
                     texts = [o[0] for o in be.generate(prompts, max_new_tokens=args.max_new_tokens, stop=stop)]

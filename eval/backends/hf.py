@@ -16,6 +16,15 @@
   for token (tested); the measured speed is in ``results/bench/`` (``scripts/bench_eval.py``).  It stays
   opt-in because it was never run on a GPU; transformers' automatic ``torch.compile`` of static-cache
   generation is turned off (it would recompile for every batch shape).
+* Greedy decoding (``temperature == 0``, dynamic cache) runs the backend's own loop, not ``model.generate``.
+  Each prompt of a batch is prefilled alone (no padding: the causal fast path, exactly what batch 1 computes;
+  on a CPU prefill is compute-bound, so batching it gains nothing, and padded prefill attends through an explicit
+  mask, which made batch 8 slower than batch 1 on BBH's prompts of 80-1,144 tokens); then the rows decode
+  together, left-padded in the cache and masked, and a row that reaches EOS, a stop sequence or
+  ``max_new_tokens`` leaves the batch at once (its keys/values are dropped), so a batch costs what its rows
+  generate (``generate`` keeps computing finished rows until the last one stops).  Position ids come from each
+  row's own length, the argmax is the same; tests compare it token for token with ``model.generate``
+  (``evict_finished=False`` keeps ``generate``).  Sampling and the static cache go through ``model.generate``.
 * Prefix reuse (``prefix_cache=True``, opt-in): prompts that share a long token prefix (the few-shot
   exemplars of GSM's 8-shot prompt, a BBH task's 3 exemplars) are grouped; the prefix is run through the
   model ONCE per group and its keys/values are handed to ``generate`` for every batch of the group, which then
@@ -111,7 +120,8 @@ class _StopOnSequences:
 class HFBackend(Backend):
     name = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, kv_cache: str = "dynamic", prefix_cache: bool = False):
+    def __init__(self, model, tokenizer, batch_size: int = 8, kv_cache: str = "dynamic", prefix_cache: bool = False,
+                 evict_finished: bool = True):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
@@ -121,6 +131,7 @@ class HFBackend(Backend):
         if prefix_cache and kv_cache != "dynamic":
             raise ValueError(f"prefix_cache=true needs kv_cache=dynamic (got {kv_cache!r})")
         self.prefix_cache = bool(prefix_cache)
+        self.evict_finished = bool(evict_finished)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("tokenizer has neither a pad nor an EOS token")
@@ -145,7 +156,7 @@ class HFBackend(Backend):
     def load(cls, model_path: str, adapter_dir: str | None = None, tokenizer_path: str | None = None,
              precision: str = "nf4", compute_dtype: str = "auto", device: str = "auto", double_quant: bool = True,
              merge: bool = False, merge_from: str = "nf4", batch_size: int = 8, kv_cache: str = "dynamic",
-             cpu_packed_4bit: bool = False, prefix_cache: bool = False) -> HFBackend:
+             cpu_packed_4bit: bool = False, prefix_cache: bool = False, evict_finished: bool = True) -> HFBackend:
         """``merge=True`` does what the paper's authors did (open-instruct ``merge_lora.py --qlora``, then
         loading the merged model for evaluation): the adapter is loaded onto the base in the precision it
         was trained on (``merge_from``: nf4 for QLoRA), merged (4-bit weights dequantized first), and the
@@ -181,7 +192,7 @@ class HFBackend(Backend):
 
                 model = prolora.load_adapter(model, adapter_dir)
         return cls(model.eval(), load_tokenizer(tokenizer_path or model_path), batch_size=batch_size, kv_cache=kv_cache,
-                   prefix_cache=prefix_cache)
+                   prefix_cache=prefix_cache, evict_finished=evict_finished)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -232,6 +243,80 @@ class HFBackend(Backend):
         return truncate_at_stop(text, stop)
 
     # ------------------------------------------------------------------ interface
+    def _row_cache(self, out):
+        kw = self._cache_kwarg()
+        cache = getattr(out, kw, None)
+        return cache if cache is not None else out.past_key_values
+
+    def _greedy(self, rows: list[list[int]], max_new_tokens: int, stops: Sequence[str], prefix_len: int = 0,
+                prefix_kv=None) -> list[list[int]]:
+        """Greedy new tokens per row (EOS excluded).  Each row's prompt is prefilled ALONE (no padding: the
+        causal fast path, and what batch 1 computes; after ``prefix_kv``, the keys/values of a shared prefix of
+        ``prefix_len`` tokens, only its own suffix), then the rows decode together, left-padded in the cache and
+        masked, and a finished row leaves the batch."""
+        from transformers import DynamicCache
+
+        kw, device = self._cache_kwarg(), self.device
+        firsts, caches = [], []
+        for r in rows:
+            kv = copy.deepcopy(prefix_kv) if prefix_len else None
+            x = torch.tensor([r[prefix_len:]], dtype=torch.long, device=device)
+            positions = torch.arange(prefix_len, len(r), device=device)[None]
+            out = self.model(input_ids=x, position_ids=positions, use_cache=True, logits_to_keep=1,
+                             **({kw: kv} if kv is not None else {}))
+            firsts.append(out.logits[:, -1, :])
+            caches.append(self._row_cache(out))
+        width = max(len(r) for r in rows)
+        if len(rows) == 1:
+            cache = caches[0]
+        else:
+            cache = DynamicCache()
+            for i in range(len(caches[0].layers)):
+                keys, values = [], []
+                for c, r in zip(caches, rows):
+                    pad = (0, 0, width - len(r), 0)  # left-pad the sequence dimension
+                    keys.append(torch.nn.functional.pad(c.layers[i].keys, pad))
+                    values.append(torch.nn.functional.pad(c.layers[i].values, pad))
+                cache.update(torch.cat(keys), torch.cat(values), i)
+        del caches
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for j, r in enumerate(rows):
+            mask[j, width - len(r):] = 1
+        last = torch.tensor([len(r) - 1 for r in rows], device=device)
+        logits = torch.cat(firsts)
+        new: list[list[int]] = [[] for _ in rows]
+        active = list(range(len(rows)))
+        eos = set(self.eos_ids)
+        window = max((len(s) for s in stops), default=0) + 8
+        for _ in range(max_new_tokens):
+            nxt = logits.argmax(-1)
+            keep = []
+            for j, (row, token) in enumerate(zip(active, nxt.tolist())):
+                if token in eos:
+                    continue
+                new[row].append(token)
+                if len(new[row]) >= max_new_tokens:
+                    continue
+                if stops:
+                    tail = self.tokenizer.decode(new[row][-window:], skip_special_tokens=True)
+                    if any(s in tail for s in stops):
+                        continue
+                keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, nxt, last = mask[index], nxt[index], last[index]
+                active = [active[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            last = last + 1
+            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
+                             use_cache=True, **{kw: cache})
+            cache = self._row_cache(out)
+            logits = out.logits[:, -1, :]
+        return new
+
     def _cache_kwarg(self) -> str:
         """transformers >= 5.x names generate's KV-cache argument ``cache`` (``past_key_values`` before)."""
         import inspect
@@ -260,19 +345,26 @@ class HFBackend(Backend):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             prefix, prefix_kv = None, None
+            own_loop = not sampling and self.evict_finished and self.kv_cache == "dynamic"
+            stops = [s for s in stop or [] if s]  # an empty stop string stops nothing (vLLM ignores it too)
             for prefix_len, batch in self._plan(rows):
-                cache = {}
+                if prefix_len and prefix != rows[batch[0]][:prefix_len]:
+                    prefix = rows[batch[0]][:prefix_len]
+                    prefix_kv = self._prefix_kv(prefix)
+                if own_loop:
+                    new = self._greedy([rows[i] for i in batch], max_new_tokens, stops, prefix_len, prefix_kv)
+                    for row, gen in zip(batch, new):
+                        texts[row] = self._completion_text(rows[row], gen, stop)
+                    bar.update(len(batch))
+                    continue
+                kv = None
                 if prefix_len:
                     ids, mask = self._pad_middle(prefix_len, [rows[i] for i in batch])
-                    if prefix != rows[batch[0]][:prefix_len]:
-                        prefix = rows[batch[0]][:prefix_len]
-                        prefix_kv = self._prefix_kv(prefix)
                     kv = copy.deepcopy(prefix_kv)
                     kv.batch_repeat_interleave(len(batch))
-                    cache = {self._cache_kwarg(): kv}
                 else:
                     ids, mask = self._pad_left([rows[i] for i in batch])
-                stops = [s for s in stop or [] if s]  # an empty stop string stops nothing (vLLM ignores it too)
+                cache = {self._cache_kwarg(): kv} if kv is not None else {}
                 criteria = StoppingCriteriaList([_StopOnSequences(self.tokenizer, ids.shape[1], stops)]) if stops else None
                 out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                           stopping_criteria=criteria, **cache)

@@ -161,3 +161,28 @@ def test_prefix_reuse_gives_the_same_greedy_outputs():
                 prompts, max_new_tokens=16, stop=stop)
     with pytest.raises(ValueError, match="prefix_cache=true needs kv_cache=dynamic"):
         HFBackend(model, tok, kv_cache="static", prefix_cache=True)
+
+
+def test_greedy_loop_that_drops_finished_rows_equals_generate():
+    """The backend's own greedy loop (finished rows leave the batch) gives ``model.generate``'s text for every
+    prompt: batch 1 and 8, with stop sequences that end rows at different steps, with EOS, and with prefix reuse."""
+    from prolora.models import TINY_DIR, build_tiny_llama, load_tokenizer
+
+    model, tok = build_tiny_llama(seed=0), load_tokenizer(TINY_DIR)
+    prompts = PROMPTS + [f"Reverse: {w}\n" for w in ("a b c", "salt bird", "cloud")] + ["x " * 40]
+    for batch_size in (1, 8):
+        own = HFBackend(model, tok, batch_size=batch_size)
+        ref = HFBackend(model, tok, batch_size=batch_size, evict_finished=False)
+        assert own.evict_finished and not ref.evict_finished
+        for stop in (None, ["\n"], [" ", "\n\n"]):
+            a = own.generate(prompts, max_new_tokens=20, stop=stop)
+            assert a == ref.generate(prompts, max_new_tokens=20, stop=stop), (batch_size, stop)
+        if stop:
+            assert len({len(t[0]) for t in a}) > 1  # rows did stop at different steps
+    # rows that end at EOS: make EOS the likeliest token after a few steps by taking it as the pad/eos
+    own, ref = HFBackend(model, tok, batch_size=8), HFBackend(model, tok, batch_size=8, evict_finished=False)
+    common = ref.generate(prompts, max_new_tokens=6)
+    token = tok(common[0][0][:3], add_special_tokens=False)["input_ids"][:1]
+    if token:
+        own.eos_ids = ref.eos_ids = sorted(set(own.eos_ids) | set(token))
+        assert own.generate(prompts, max_new_tokens=12) == ref.generate(prompts, max_new_tokens=12)
