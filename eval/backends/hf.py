@@ -47,18 +47,11 @@ from collections.abc import Sequence
 import torch
 
 from eval.backends.base import Backend, truncate_at_stop
+from prolora.data.chat import common_prefix
 
 PRECISIONS = ("nf4", "8bit", "full")
 KV_CACHES = ("dynamic", "static")
 MIN_PREFIX = 64  # tokens: shorter shared prefixes are not worth a separate forward pass
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def prefix_groups(rows: Sequence[Sequence[int]], min_prefix: int = MIN_PREFIX) -> list[tuple[int, list[int]]]:
@@ -71,14 +64,14 @@ def prefix_groups(rows: Sequence[Sequence[int]], min_prefix: int = MIN_PREFIX) -
     for i in order:
         if groups and groups[-1][0] >= min_prefix:
             length, members = groups[-1]
-            shared = min(length, _common_prefix(rows[members[0]], rows[i]), len(rows[i]) - 1)
+            shared = min(length, common_prefix(rows[members[0]], rows[i]), len(rows[i]) - 1)
             if shared >= min_prefix:
                 groups[-1] = (shared, members + [i])
                 continue
         if groups and groups[-1][0] == 0 and len(groups[-1][1]) == 1:
             # a lone row: try to open a group with it
             (j,) = groups[-1][1]
-            shared = min(_common_prefix(rows[j], rows[i]), len(rows[i]) - 1, len(rows[j]) - 1)
+            shared = min(common_prefix(rows[j], rows[i]), len(rows[i]) - 1, len(rows[j]) - 1)
             if shared >= min_prefix:
                 groups[-1] = (shared, [j, i])
                 continue

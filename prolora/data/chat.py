@@ -76,7 +76,8 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text)["input_ids"])
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
@@ -117,12 +118,12 @@ def tokenize_example(record: dict, tokenizer, max_len: int) -> dict | None:
         if not is_target:
             continue
         prefix = _encode(tokenizer, text[:start_char])
-        start = _common_prefix(prefix, ids)
+        start = common_prefix(prefix, ids)
         if start < len(prefix):  # a token of the full text straddles the header/content boundary: mask it
             start = _first_token_from(tokenizer, text, ids, start_char, start)
         if start >= max_len:
             break
-        end = _common_prefix(_encode(tokenizer, text[:pos]), ids)  # ends with </s>: a clean boundary
+        end = common_prefix(_encode(tokenizer, text[:pos]), ids)  # ends with </s>: a clean boundary
         labels[start:end] = ids[start:end]
     ids, labels = ids[:max_len], labels[:max_len]
     if all(x == IGNORE_INDEX for x in labels):
