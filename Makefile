@@ -64,7 +64,7 @@ demo: install  ## the embedded end-to-end run: tiny 4-bit Llama, mini grid, eval
 	$(PY) recipes/reproduce.py experiment=demo --require-complete
 
 # results/real/ is committed (results/demo/ is not): the table names the commit its cells ran at
-demo-real: real-model real-data  ## the real-model demo: SmolLM2-135M-Instruct, LoRA r2 vs PRoLoRA r8 on a CodeAlpaca 2k sample, MMLU + BBH subsets (~20 min, 2 cores) -> results/real/
+demo-real: real-model real-data  ## the real-model demo: SmolLM2-135M-Instruct, LoRA r2 vs PRoLoRA r8 on a CodeAlpaca 2k sample, MMLU + BBH subsets (~15 min, 2 cores) -> results/real/
 	PROLORA_NO_PROGRESS=1 $(PY) recipes/reproduce.py experiment=real data_dir=data eval_data_dir=$(REAL_DATA) --require-complete
 
 real-data: install  ## demo-real's training file: data/code_alpaca_2k.jsonl from the shared data (REAL_DATA=, default ../shared/data), once

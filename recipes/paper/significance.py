@@ -183,7 +183,12 @@ def table_comparisons(cfg, table, index) -> list[Comparison]:
     by_id = {tr.row.id: tr for tr in table}
     seeds = [int(s) for s in exp.seeds]
     out = []
-    for row_id, base_id in pairs(exp):
+    listed = pairs(exp)
+    baselines: dict[str, int] = {}
+    for row_id, _ in listed:
+        baselines[row_id] = baselines.get(row_id, 0) + 1
+    marks: dict[tuple[str, str], list[str]] = {}
+    for row_id, base_id in listed:
         if row_id not in by_id or base_id not in by_id:
             continue
         b, a = by_id[row_id], by_id[base_id]
@@ -194,8 +199,11 @@ def table_comparisons(cfg, table, index) -> list[Comparison]:
             if vb.mean is None or va.mean is None or vb.source is None or va.source is None:
                 continue  # nothing to compare yet (the table shows —)
             c = compare(index, vb.source, va.source, col, seeds, label_b, label_a)
-            vb.mark = c.mark
+            if c.mark:  # a row with several baselines names the one each mark is against
+                marks.setdefault((row_id, col), []).append(c.mark if baselines[row_id] == 1 else f"{c.mark}[{base_id}]")
             out.append(c)
+    for (row_id, col), row_marks in marks.items():
+        by_id[row_id].values[col].mark = " ".join(row_marks)
     return out
 
 

@@ -271,7 +271,7 @@ def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], n_reco
     lines.append(f"[r32] / [lr x]: the candidate a multi-variant row kept for that benchmark (better mean, as the paper); "
                  f"n=k/{len(exp.seeds)}: seeds finished so far; †: a candidate still misses seeds; {DASH}: no result yet; "
                  "ˢ: scored on a subset of the benchmark, not comparable to the paper; "
-                 "▲/▼: better/worse than its baseline row beyond the 95% intervals (Significance, below); "
+                 "▲/▼: better/worse than its baseline row beyond the 95% intervals (Significance, below; ▲[id]: against row id, where a row has several baselines); "
                  f"≠: our parameter count does not round to the paper's.")
     lines.append(f"Built from {n_records} finished cell file(s).")
     lines += provenance(cfg, table_records(cfg))

@@ -163,3 +163,24 @@ def test_figure2_cells_against_the_best_cell(tmp_path):
     expected = -100.0 * np.mean([(best - worse)[tasks == t].mean() for t in ("t1", "t2")])
     assert delta == pytest.approx(expected, abs=0.005) and "≈" not in lora.split("| ")[4]  # printed to 2 decimals
     assert (out / "figure2_vs_best.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_row_with_two_baselines_names_the_one_each_mark_is_against(tmp_path):
+    """PRoLoRA compared with LoRA (12 points better: ▲) and with VeRA (the same predictions: no mark): the table
+    cell says which baseline the ▲ is against, and the significance section lists both comparisons."""
+    root = tmp_path / "results"
+    for seed in (1, 2, 3):
+        rng = np.random.default_rng(100 + seed)
+        a = (rng.random(N) < 0.5).astype(float)
+        b = a.copy()
+        b[rng.choice(np.flatnonzero(a == 0), 48, replace=False)] = 1.0
+        _cell(root, "lora_r2", seed, a)
+        _cell(root, "prolora_r8_u1_m7_n7", seed, b)
+        _cell(root, "vera_r64", seed, b, lr=0.05)
+    R.main(["--experiment", "demo", "--results-dir", str(root), "--out-dir", str(tmp_path / "out"), "--quiet",
+            "experiment.seeds=[1,2,3]",
+            "experiment.compare=[{row:prolora_r8,baseline:lora_r2},{row:prolora_r8,baseline:vera_r64}]"])
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert _prolora_row(md).endswith(" ▲[lora_r2] |")
+    section = md[md.index("## Significance"):]
+    assert "| PRoLoRA 8 | LoRA 2 | Demo EM | +12.00" in section and "| PRoLoRA 8 | VeRA 64 | Demo EM | +0.00" in section
