@@ -210,9 +210,9 @@ def main(argv=None) -> dict:
                 model.generate = rec
                 greedy = be._greedy  # the backend's own loop: record its rows' lengths too
 
-                def counted(*a, **k):
-                    out = greedy(*a, **k)
-                    rec.rows.extend(len(r) for r in out)
+                def counted(*a, _greedy=greedy, _rows=rec.rows, **k):
+                    out = _greedy(*a, **k)
+                    _rows.extend(len(r) for r in out)
                     return out
 
                 be._greedy = counted

@@ -41,6 +41,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Sequence
 
@@ -62,18 +63,14 @@ def prefix_groups(rows: Sequence[Sequence[int]], min_prefix: int = MIN_PREFIX) -
     order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
     groups: list[tuple[int, list[int]]] = []
     for i in order:
-        if groups and groups[-1][0] >= min_prefix:
-            length, members = groups[-1]
-            shared = min(length, common_prefix(rows[members[0]], rows[i]), len(rows[i]) - 1)
-            if shared >= min_prefix:
-                groups[-1] = (shared, members + [i])
-                continue
-        if groups and groups[-1][0] == 0 and len(groups[-1][1]) == 1:
-            # a lone row: try to open a group with it
-            (j,) = groups[-1][1]
-            shared = min(common_prefix(rows[j], rows[i]), len(rows[i]) - 1, len(rows[j]) - 1)
-            if shared >= min_prefix:
-                groups[-1] = (shared, [j, i])
+        if groups:
+            shared, members = groups[-1]
+            first = rows[members[0]]
+            n = min(common_prefix(first, rows[i]), len(first) - 1, len(rows[i]) - 1)
+            if len(members) > 1:
+                n = min(n, shared)
+            if n >= min_prefix:
+                groups[-1] = (n, members + [i])
                 continue
         groups.append((0, [i]))
     merged: list[tuple[int, list[int]]] = []
@@ -92,21 +89,21 @@ def _progress(total: int, desc: str):
 
 
 class _StopOnSequences:
-    """Per-row stopping criterion on the decoded new text (returns a bool tensor, one per row)."""
+    """Per-row stop check on the decoded tail of the new tokens: ``model.generate``'s stopping criterion (called
+    with the whole ids, returns a bool tensor) and the backend's own greedy loop (``hit``, one row's new ids)."""
 
     def __init__(self, tokenizer, prompt_len: int, stop: Sequence[str]):
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
         self.stop = [s for s in stop if s]
-        self.window = max(len(s) for s in self.stop) + 8  # tokens are at least ~1 char; generous
+        self.window = max((len(s) for s in self.stop), default=0) + 8  # tokens are at least ~1 char; generous
+
+    def hit(self, new_ids: Sequence[int]) -> bool:
+        text = self.tokenizer.decode(list(new_ids[-self.window:]), skip_special_tokens=True)
+        return any(s in text for s in self.stop)
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        new = input_ids[:, self.prompt_len:]
-        tail = new[:, -self.window:].tolist()
-        done = []
-        for row in tail:
-            text = self.tokenizer.decode(row, skip_special_tokens=True)
-            done.append(any(s in text for s in self.stop))
+        done = [self.hit(row) for row in input_ids[:, self.prompt_len:].tolist()]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -214,9 +211,7 @@ class HFBackend(Backend):
 
     def _prefix_kv(self, prefix: list[int]):
         ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
-        cache = getattr(out, "cache", None)
-        return cache if cache is not None else out.past_key_values
+        return self._row_cache(self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True))
 
     def _plan(self, rows: list[list[int]]) -> list[tuple[int, list[int]]]:
         """``(prefix_len, batch)`` in the order they run: without prefix reuse, length-sorted batches."""
@@ -237,8 +232,8 @@ class HFBackend(Backend):
 
     # ------------------------------------------------------------------ interface
     def _row_cache(self, out):
-        kw = self._cache_kwarg()
-        cache = getattr(out, kw, None)
+        """The KV cache a forward returned (``out.cache`` in transformers >= 5.x, ``past_key_values`` before)."""
+        cache = getattr(out, "cache", None)
         return cache if cache is not None else out.past_key_values
 
     def _greedy(self, rows: list[list[int]], max_new_tokens: int, stops: Sequence[str], prefix_len: int = 0,
@@ -249,7 +244,7 @@ class HFBackend(Backend):
         masked, and a finished row leaves the batch."""
         from transformers import DynamicCache
 
-        kw, device = self._cache_kwarg(), self.device
+        kw, device = self._cache_kwarg, self.device
         firsts, caches = [], []
         for r in rows:
             kv = copy.deepcopy(prefix_kv) if prefix_len else None
@@ -280,7 +275,7 @@ class HFBackend(Backend):
         new: list[list[int]] = [[] for _ in rows]
         active = list(range(len(rows)))
         eos = set(self.eos_ids)
-        window = max((len(s) for s in stops), default=0) + 8
+        stopper = _StopOnSequences(self.tokenizer, 0, stops)
         for _ in range(max_new_tokens):
             nxt = logits.argmax(-1)
             keep = []
@@ -290,10 +285,8 @@ class HFBackend(Backend):
                 new[row].append(token)
                 if len(new[row]) >= max_new_tokens:
                     continue
-                if stops:
-                    tail = self.tokenizer.decode(new[row][-window:], skip_special_tokens=True)
-                    if any(s in tail for s in stops):
-                        continue
+                if stops and stopper.hit(new[row]):
+                    continue
                 keep.append(j)
             if not keep:
                 break
@@ -310,8 +303,9 @@ class HFBackend(Backend):
             logits = out.logits[:, -1, :]
         return new
 
+    @functools.cached_property
     def _cache_kwarg(self) -> str:
-        """transformers >= 5.x names generate's KV-cache argument ``cache`` (``past_key_values`` before)."""
+        """transformers >= 5.x names the forward's KV-cache argument ``cache`` (``past_key_values`` before)."""
         import inspect
 
         params = inspect.signature(self.model.forward).parameters
@@ -357,7 +351,7 @@ class HFBackend(Backend):
                     kv.batch_repeat_interleave(len(batch))
                 else:
                     ids, mask = self._pad_left([rows[i] for i in batch])
-                cache = {self._cache_kwarg(): kv} if kv is not None else {}
+                cache = {self._cache_kwarg: kv} if kv is not None else {}
                 criteria = StoppingCriteriaList([_StopOnSequences(self.tokenizer, ids.shape[1], stops)]) if stops else None
                 out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                           stopping_criteria=criteria, **cache)
