@@ -182,6 +182,19 @@ class Cell:
     train_overrides: list[str]
     eval_overrides: list[str]
 
+    def recorded_for_other_settings(self, rec: dict[str, Any]) -> str | None:
+        """Why a cell file with this cell's id was recorded for other settings (None when it is this cell's).
+        The run and evaluation directory names carry everything that decides the numbers (steps, LR, seed, the
+        hash of the extra training and evaluation overrides); only their names are compared, so a results
+        directory stays valid when the runs live elsewhere (another clone, another machine)."""
+        paths = rec.get("paths") or {}
+        expected = {"run": self.run_dir.name if self.run_dir else None, "eval": self.eval_dir.name}
+        found = {"run": Path(paths["run_dir"]).name if paths.get("run_dir") else None,
+                 "eval": Path(paths["eval_dir"]).name if paths.get("eval_dir") else None}
+        if found == expected:
+            return None
+        return f"recorded for {found['run'] or 'base'}/{found['eval']}, this grid runs {expected['run'] or 'base'}/{expected['eval']}"
+
     def as_dict(self) -> dict[str, Any]:
         return dict(
             cell_id=self.id, experiment=self.experiment, rows=self.rows,

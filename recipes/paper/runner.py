@@ -43,6 +43,9 @@ def cell_state(cfg: DictConfig, cell: Cell) -> tuple[str, str]:
     if lock is not None:
         return "running", f"pid {lock.get('pid')} on {lock.get('host')}, {lock.get('stage', '')}"
     rec = read_json(d / f"{cell.id}.json")
+    stale = cell.recorded_for_other_settings(rec) if rec and rec.get("status") == "done" else None
+    if stale:  # another max_steps, LR grid or overrides than the file's: run again (the old run dir stays)
+        return "to do", f"cell file {stale}"
     if rec and rec.get("status") == "done":
         return "done", ""
     if rec and rec.get("status") == "failed":
@@ -304,7 +307,7 @@ class Runner:
             else None
         try:
             for i, cell in enumerate(cells, 1):
-                state, _ = cell_state(self.cfg, cell)
+                state, detail = cell_state(self.cfg, cell)
                 if state == "done" or (state == "failed" and not self.cfg.retry_failed):
                     outcome["skipped"].append(cell.id)
                     continue
@@ -315,7 +318,8 @@ class Runner:
                 if max_cells is not None and ran >= max_cells:
                     break
                 ran += 1
-                self.log(f"[{i}/{len(cells)}] {cell.id} ({state}{', retry' if state == 'failed' else ''})")
+                self.log(f"[{i}/{len(cells)}] {cell.id} ({state}{', retry' if state == 'failed' else ''}"
+                         f"{': ' + detail if detail else ''})")
                 if dry_run:
                     if not cell.eval_only:
                         self.log("    train: " + " ".join(train_command(self.cfg, cell)))

@@ -257,7 +257,7 @@ def params_text(tr: TableRow) -> str:
     return ours
 
 
-def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], n_records: int) -> str:
+def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], records: list[dict[str, Any]]) -> str:
     exp = cfg.experiment
     cols = list(exp.columns)
     heads = ["Method", "Rank", "Param. ours (paper)"] + [COLUMNS[c][1] for c in cols] + (["Avg."] if exp.avg else [])
@@ -273,8 +273,8 @@ def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], n_reco
                  "ˢ: scored on a subset of the benchmark, not comparable to the paper; "
                  "▲/▼: better/worse than its baseline row beyond the 95% intervals (Significance, below; ▲[id]: against row id, where a row has several baselines); "
                  f"≠: our parameter count does not round to the paper's.")
-    lines.append(f"Built from {n_records} finished cell file(s).")
-    lines += provenance(cfg, table_records(cfg))
+    lines.append(f"Built from {len(records)} finished cell file(s).")
+    lines += provenance(cfg, records)
     lines.append("")
     lines.append("| " + " | ".join(heads) + " |")
     lines.append("|" + "|".join("---" for _ in heads) + "|")
@@ -289,10 +289,6 @@ def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], n_reco
     if notes:
         lines += ["", "Notes:"] + notes
     return "\n".join(lines) + "\n"
-
-
-def table_records(cfg: DictConfig) -> list[dict[str, Any]]:
-    return load_cells(G.cells_dir(cfg, str(cfg.experiment.name)))
 
 
 def provenance(cfg: DictConfig, records: list[dict[str, Any]]) -> list[str]:
@@ -407,7 +403,7 @@ def render_experiment(cfg: DictConfig, experiment: str | None = None, out_dir: P
     else:
         table = build_table(cfg, rows, index, ref)
         comparisons = S.table_comparisons(cfg, table, index)  # marks the compared rows' values
-        md = markdown(cfg, table, ref, len(records))
+        md = markdown(cfg, table, ref, records)
         if exp.layout == "share_rotate":
             md += share_rotate_grid(table, exp.columns[0])
         md += S.markdown(comparisons)

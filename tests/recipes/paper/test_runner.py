@@ -121,6 +121,35 @@ def test_an_evaluation_with_other_settings_is_a_new_evaluation(grid, capsys, mon
     assert (smoke["metrics"], full["metrics"]) == ({"demo_em": 40.0}, {"demo_em": 55.0})  # not reused
 
 
+def test_a_cell_file_recorded_for_other_settings_is_not_reused(grid, capsys, monkeypatch):
+    """A rerun with another max_steps or other evaluation overrides runs the cell again (its cell file names
+    other run/eval directories) instead of reporting the old numbers as this grid's; a cell file whose runs were
+    made in another checkout (same directory names, other root) is still done."""
+    tmp, ov = grid
+    monkeypatch.setenv("FAKE_SCORE", "40")
+    assert reproduce.main([*ov, "--rows", "base_chat,lora_r2", "experiment.eval_overrides=['demo.max_examples=8']"]) == 0
+    first = {c: _cell(tmp, c) for c in ("base_chat__eval__seed1", "lora_r2__demo__lr0.01__seed1")}
+    monkeypatch.setenv("FAKE_SCORE", "55")
+    assert reproduce.main([*ov, "--rows", "base_chat,lora_r2", "experiment.max_steps=10"]) == 0
+    assert "cell file recorded for" in capsys.readouterr().out  # said why it runs again
+    for cid, old in first.items():
+        new = _cell(tmp, cid)
+        assert new["paths"]["eval_dir"] != old["paths"]["eval_dir"]
+        assert (old["metrics"], new["metrics"]) == ({"demo_em": 40.0}, {"demo_em": 55.0})
+    lora = _cell(tmp, "lora_r2__demo__lr0.01__seed1")
+    assert lora["max_steps"] == 10 and "_steps10_" in lora["paths"]["run_dir"]
+    # the same cell file with its runs under another root: still this grid's cell
+    path = tmp / "results" / "demo" / "cells" / "lora_r2__demo__lr0.01__seed1.json"
+    lora["paths"] = {k: v.replace(str(tmp / "runs"), "/another/clone/runs") for k, v in lora["paths"].items()}
+    path.write_text(json.dumps(lora))
+    cfg = load_config([*ov, "experiment.max_steps=10"])
+    cell = build_grid(cfg).cell("lora_r2__demo__lr0.01__seed1")
+    from recipes.paper.runner import cell_state
+
+    assert cell_state(cfg, cell) == ("done", "")
+    assert cell_state(load_config(ov), build_grid(load_config(ov)).cell(cell.id))[0] == "to do"
+
+
 def test_a_cell_whose_files_disagree_is_not_done(grid, monkeypatch):
     tmp, ov = grid
     monkeypatch.setenv("FAKE_SCORED", "/somewhere/else/final")  # eval.json scored another checkpoint
