@@ -1,24 +1,16 @@
 """The command users type: ``python train.py method=prolora rank=8 unshared=1 [sharing=7] ...``.
 
-Forwards to ``recipes/train.py`` (the training recipe). ``--cfg job`` prints the composed config with the
-shorthands resolved (``--resolve`` is implied for the job config) so ``rank=8`` shows up as ``method.r: 8``.
+Runs the training recipe (:mod:`recipes.train`).  ``--cfg job`` prints the composed config, resolved
+(``rank=8`` shows as ``method.r: 8``) and annotated with each field's help, after checking its values (files are
+checked when training starts); a bad value ends in one line and exit status 2.  ``--help`` lists every field.
 """
 
 import sys
 
-from recipes.train import main
-
-
-def _shows_job_config(argv: list[str]) -> bool:
-    for i, arg in enumerate(argv):
-        if arg in ("--cfg", "-c") and i + 1 < len(argv) and argv[i + 1] == "job":
-            return True
-        if arg == "--cfg=job":
-            return True
-    return False
-
+from recipes.train import job_config_overrides, main, show_job_config
 
 if __name__ == "__main__":
-    if _shows_job_config(sys.argv[1:]) and "--resolve" not in sys.argv:
-        sys.argv.append("--resolve")
+    overrides = job_config_overrides(sys.argv[1:])
+    if overrides is not None:
+        sys.exit(show_job_config(overrides))
     main()

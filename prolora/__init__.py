@@ -15,14 +15,7 @@ settings), ``data/`` (records, chat format, batches), ``io`` (atomic writes).  T
 Hydra; the recipes build configs with ``make_config(**cfg.method)``.
 """
 
-from prolora.config import (
-    SEVEN_MODULES,
-    AdapterConfig,
-    ConfigError,
-    config_from_dict,
-    known_names,
-    make_config,
-)
+from prolora.config import SEVEN_MODULES, AdapterConfig, ConfigError
 from prolora.counting import (
     SharingSolution,
     count_by_module_type,
@@ -32,8 +25,8 @@ from prolora.counting import (
     solve_sharing,
 )
 from prolora.export import export_lora, load_adapter, merge, save_adapter
-from prolora.inject import adapter_layers, attach, count_trainable, detach, find_targets
-from prolora.methods import METHODS, AdapterLayer, Method
+from prolora.inject import adapter_layers, adapter_state, attach, count_trainable, detach, find_targets
+from prolora.methods import METHODS, AdapterLayer, Method, config_from_dict, known_names, make_config
 from prolora.methods.lora import LoRAConfig
 from prolora.methods.prolora import PRESETS, PRoLoRAConfig
 from prolora.methods.tied_lora import TiedLoRAConfig
@@ -41,7 +34,8 @@ from prolora.methods.vera import VeRAConfig
 
 __all__ = [
     "METHODS", "PRESETS", "SEVEN_MODULES", "AdapterConfig", "AdapterLayer", "ConfigError", "LoRAConfig",
-    "Method", "PRoLoRAConfig", "SharingSolution", "TiedLoRAConfig", "VeRAConfig", "adapter_layers", "attach",
+    "Method", "PRoLoRAConfig", "SharingSolution", "TiedLoRAConfig", "VeRAConfig", "adapter_layers",
+    "adapter_state", "attach",
     "config_from_dict", "count_by_module_type", "count_for", "count_trainable", "detach", "export_lora",
     "find_targets", "known_names", "load_adapter", "lora_equivalent_rank", "make_config", "merge",
     "paper_count", "save_adapter", "solve_sharing",

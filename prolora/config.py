@@ -1,19 +1,14 @@
-"""What every adapter config has (:class:`AdapterConfig`), the one error type, and building a config by name.
+"""What every adapter config has (:class:`AdapterConfig`) and the one error type (:class:`ConfigError`).
 
-Each method's own config class lives beside its layer, in ``prolora/methods/<method>.py`` (``LoRAConfig``
-in ``lora.py``, ``PRoLoRAConfig`` and its presets in ``prolora.py``, ...).  :func:`make_config` finds a
-method or a named preset through the method registry (:mod:`prolora.methods`), so a new method needs no
-change here.
-
-Every config validates itself in ``__post_init__`` and raises ONE :class:`ConfigError` naming the field, the
-bad value and the fix.  Checks that depend on a layer's shape (``m`` wider than a layer, a target module the
-model does not have) happen at attach time and also name the layer path.
+A leaf module: it imports nothing of the library.  Each method's own config class lives beside its layer in
+``prolora/methods/<method>.py``; building a config by name is the registry's (:mod:`prolora.methods.registry`).
+Every config validates itself in ``__post_init__`` and raises ONE :class:`ConfigError` that names the field, the
+bad value and the fix, and carries the field as data (``error.field``, ``error.value``, ``error.config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,16 +16,27 @@ SEVEN_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_
 
 
 class ConfigError(ValueError):
-    """An adapter configuration that cannot work; the message names the field, the value and the fix."""
+    """An adapter configuration that cannot work.  The message names the field, the value and the fix;
+    ``field``/``value``/``config`` (the config class name) say the same as data, where one field is at fault."""
+
+    def __init__(self, message: str, *, field: str | None = None, value: Any = None, config: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.config = config
 
 
-def bad(cls_name: str, name: str, value: Any, why: str, fix: str) -> ConfigError:
-    """``ConfigError("<Class>.<field>=<value> is invalid: <why>; <fix>")``."""
-    return ConfigError(f"{cls_name}.{name}={value!r} is invalid: {why}; {fix}")
+def invalid(config: str, field: str, value: Any, why: str, fix: str) -> ConfigError:
+    """``ConfigError("<Config>.<field>=<value> is invalid: <why>; <fix>")`` carrying the field and the value."""
+    return ConfigError(f"{config}.{field}={value!r} is invalid: {why}; {fix}", field=field, value=value, config=config)
 
 
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass
@@ -44,40 +50,46 @@ class AdapterConfig:
 
     method: ClassVar[str] = "adapter"
 
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: list(SEVEN_MODULES))
+    r: int = field(default=8, metadata={"help": "rank of the update ΔW = B A"})
+    alpha: float = field(default=16.0, metadata={"help": "scaling numerator: ΔW is scaled by alpha/r"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability on the adapter's input"})
+    target_modules: list[str] = field(default_factory=lambda: list(SEVEN_MODULES),
+                                      metadata={"help": "suffixes of the linear layers to adapt"})
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         if not is_int(self.r) or self.r < 1:
-            raise bad(name, "r", self.r, "the rank must be an integer >= 1", "use e.g. r=8")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise bad(name, "alpha", self.alpha, "alpha must be a positive number", "use e.g. alpha=16")
+            raise invalid(name, "r", self.r, "the rank must be an integer >= 1", "use e.g. r=8")
+        if not is_number(self.alpha) or self.alpha <= 0:
+            raise invalid(name, "alpha", self.alpha, "alpha must be a positive number", "use e.g. alpha=16")
         self.alpha = float(self.alpha)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise bad(name, "dropout", self.dropout, "dropout must be in [0, 1)", "use e.g. dropout=0.1")
+        if not is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise invalid(name, "dropout", self.dropout, "dropout must be in [0, 1)", "use e.g. dropout=0.1")
         self.dropout = float(self.dropout)
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
         try:
             mods = [str(t) for t in self.target_modules]
         except TypeError:
-            raise bad(name, "target_modules", self.target_modules, "expected a list of module names",
-                      f"use e.g. target_modules={list(SEVEN_MODULES)}") from None
+            raise invalid(name, "target_modules", self.target_modules, "expected a list of module names",
+                          f"use e.g. target_modules={list(SEVEN_MODULES)}") from None
         if not mods or any(not t for t in mods) or len(set(mods)) != len(mods):
-            raise bad(name, "target_modules", mods, "expected a non-empty list of distinct module names",
-                      f"use e.g. target_modules={list(SEVEN_MODULES)}")
+            raise invalid(name, "target_modules", mods, "expected a non-empty list of distinct module names",
+                          f"use e.g. target_modules={list(SEVEN_MODULES)}")
         self.target_modules = mods
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"method": ..., <fields>}``; :func:`config_from_dict` inverts it."""
+        """JSON-ready: ``{"method": ..., <fields>}``; :func:`prolora.config_from_dict` inverts it."""
         return {"method": self.method, **dataclasses.asdict(self)}
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """``{field: its help text}`` from the fields' ``metadata["help"]`` (empty where a field has none)."""
+        return {f.name: str(f.metadata.get("help", "")) for f in dataclasses.fields(cls)}
 
     @property
     def name(self) -> str:
@@ -87,58 +99,3 @@ class AdapterConfig:
     def tag(self) -> str:
         """Directory-safe name from the choices that set the budget: ``lora_r2``; methods add their own."""
         return f"{self.name}_r{self.r}"
-
-
-def known_names() -> list[str]:
-    """Every method and preset name :func:`make_config` accepts."""
-    from prolora.methods import METHODS
-
-    return sorted(set(METHODS) | {p for m in METHODS.values() for p in m.presets})
-
-
-def make_config(name: str, **fields: Any) -> AdapterConfig:
-    """Build the config of method or preset ``name`` from ``fields``; ``None`` fields are ignored.
-
-    ``make_config("prolora", r=8, u=1, m=7)``, ``make_config("clora", r=16, m=2)``,
-    ``make_config(**cfg.method)`` (Hydra).  A field the method does not have but that is set raises.
-    """
-    from prolora.methods import lookup
-
-    method, preset = lookup(name)
-    cls = method.config_cls
-    given = {k: _plain(v) for k, v in fields.items() if v is not None}
-    given.pop("method", None)
-    allowed = set(cls.field_names())
-    extra = sorted(k for k in given if k not in allowed)
-    if extra:
-        own = [f for f in cls.field_names() if f != "preset"]
-        raise ConfigError(f"method {name!r} has no field(s) {extra} (set to {[given[k] for k in extra]}); "
-                          f"{cls.__name__} fields are {own}: remove them or leave them null")
-    return method.build_config(preset, given)
-
-
-def config_from_dict(d: Mapping[str, Any]) -> AdapterConfig:
-    """Inverse of :meth:`AdapterConfig.to_dict`."""
-    from prolora.methods import METHODS
-
-    d = dict(d)
-    method = d.pop("method", None)
-    if method not in METHODS:
-        raise ConfigError(f"adapter config has method={method!r}; known: {sorted(METHODS)}")
-    cls = METHODS[method].config_cls
-    extra = sorted(set(d) - set(cls.field_names()))
-    if extra:
-        raise ConfigError(f"adapter config for {method!r} has unknown field(s) {extra}")
-    return cls(**d)
-
-
-def _plain(v: Any) -> Any:
-    """OmegaConf ListConfig / tuples → list; leave scalars alone (no omegaconf import in the library)."""
-    if isinstance(v, (str, bytes)) or isinstance(v, (int, float, bool)):
-        return v
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    try:
-        return [_plain(x) for x in v]
-    except TypeError:
-        return v

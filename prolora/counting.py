@@ -22,6 +22,7 @@ from torch import nn
 
 from prolora.config import SEVEN_MODULES, AdapterConfig
 from prolora.inject import SHARED_ATTR, adapter_layers, attach, count_trainable, find_targets
+from prolora.methods.base import declared_state
 from prolora.methods.prolora import PRoLoRAConfig, trainable_per_module
 
 
@@ -94,11 +95,11 @@ def count_by_module_type(model: nn.Module) -> dict[str, int]:
     ``shared`` for the model-level shared modules (Tied LoRA's A/B/u; VeRA's are frozen)."""
     out: OrderedDict[str, int] = OrderedDict()
     for layer in adapter_layers(model).values():
-        n = sum(p.numel() for p in layer.parameters() if p.requires_grad)
+        n = sum(t.numel() for t in declared_state(layer).values())
         out[layer.module_type] = out.get(layer.module_type, 0) + n
     shared = getattr(model, SHARED_ATTR, None)
     if shared is not None:
-        out["shared"] = sum(p.numel() for p in shared.parameters() if p.requires_grad)
+        out["shared"] = sum(t.numel() for module in shared.values() for t in declared_state(module).values())
     return dict(out)
 
 

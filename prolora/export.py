@@ -1,6 +1,6 @@
 """Compact save/load, exact export to a standard PEFT LoRA directory, and merging into the base weights.
 
-* ``save_adapter``/``load_adapter``: only the trainable tensors (``adapter.safetensors``) plus
+* ``save_adapter``/``load_adapter``: only the tensors the adapter declares (``adapter.safetensors``) plus
   ``adapter_config.json`` (method + config); bitwise round trip; written atomically (temp dir + rename).
   Both refuse non-finite weights (a diverged adapter is never saved, loaded, exported or scored), and a
   corrupt file is named in the error.
@@ -20,18 +20,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from prolora.config import AdapterConfig, ConfigError, config_from_dict
+from prolora.config import AdapterConfig, ConfigError
 from prolora.inject import (
     CONFIG_ATTR,
     SHARED_ATTR,
     _set_module,
     adapter_layers,
+    adapter_state,
     attach,
     count_trainable,
     get_config,
-    trainable_parameters,
 )
 from prolora.io import write_dir_atomic
+from prolora.methods import config_from_dict
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -65,11 +66,12 @@ def _base_name(model: nn.Module) -> str | None:
 # ----------------------------------------------------------------------------------------- compact form
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Save only the trainable tensors + the config, atomically.  Returns the directory path."""
+    """Save the tensors the adapter declares (:func:`prolora.adapter_state`) + the config, atomically.
+    Returns the directory path."""
     from safetensors.torch import save_file
 
     config = _require_attached(model, "save_adapter")
-    tensors = {k: p.detach().to("cpu").contiguous() for k, p in trainable_parameters(model).items()}
+    tensors = {k: p.detach().to("cpu").contiguous() for k, p in adapter_state(model).items()}
     _check_finite(tensors, "save_adapter", "the model's adapter (nothing was written)")
     meta = {"format": FORMAT, "method": config.method, "config": config.to_dict(),
             "trainable_params": count_trainable(model), "base_model_name_or_path": _base_name(model)}
@@ -120,7 +122,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         raise ValueError(f"load_adapter: {weights} is not a readable safetensors file ({type(e).__name__}: {e}); "
                          "the checkpoint is corrupt or incomplete") from None
     _check_finite(tensors, "load_adapter", str(weights))
-    params = trainable_parameters(model)
+    params = adapter_state(model)
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or unexpected:
         raise ConfigError(f"load_adapter: {weights} does not fit this model: missing {missing[:5]}"

@@ -7,11 +7,11 @@ Everything is validated before the model is touched, so a bad config leaves the 
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from prolora.config import AdapterConfig, ConfigError
 from prolora.methods import AdapterLayer, get_method
+from prolora.methods.base import declared_state
 
 SHARED_ATTR = "prolora_shared"
 CONFIG_ATTR = "prolora_config"
@@ -90,6 +90,7 @@ def attach(model: nn.Module, config: AdapterConfig) -> nn.Module:
     for path, module in targets:
         _set_module(model, path, method.create_layer(module, config, path, shared))
     setattr(model, CONFIG_ATTR, config)
+    _check_declarations(model, config.method)
     return model
 
 
@@ -104,17 +105,40 @@ def detach(model: nn.Module) -> nn.Module:
     return model
 
 
-def trainable_parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:
-    """Unique parameters with ``requires_grad``, by their first name (the compact checkpoint's keys)."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+def adapter_state(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every tensor the attached adapter declares (each layer's and each shared module's ``adapter_params``),
+    by its name in the model (``<layer path>.lora_A``, ``prolora_shared.<method>.A``): what is saved, loaded,
+    counted and trained.  Empty for a model without an adapter."""
+    state: dict[str, nn.Parameter] = {}
+    for path, layer in adapter_layers(model).items():
+        state.update({f"{path}.{name}": t for name, t in declared_state(layer).items()})
+    shared = getattr(model, SHARED_ATTR, None)
+    if isinstance(shared, nn.ModuleDict):
+        for method, module in shared.items():
+            state.update({f"{SHARED_ATTR}.{method}.{name}": t for name, t in declared_state(module).items()})
+    return state
 
 
 def count_trainable(model: nn.Module) -> int:
-    """Number of unique trainable parameters (each shared tensor counted once)."""
+    """Number of elements of the adapter's declared tensors (each shared tensor counted once)."""
     seen: set[int] = set()
     total = 0
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
+    for t in adapter_state(model).values():
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel()
     return total
+
+
+def _check_declarations(model: nn.Module, method_name: str) -> None:
+    """What the layers and shared modules declare is exactly what the adapter added and trains: a parameter
+    a method forgot to declare would be trained but never saved (and a saved checkpoint would not restore it)."""
+    declared = {id(t) for t in adapter_state(model).values()}
+    trained = {name for name, p in model.named_parameters() if p.requires_grad and id(p) not in declared}
+    if trained:
+        raise TypeError(f"method {method_name!r}: parameter(s) {sorted(trained)[:3]} are trained but not declared in "
+                        "their layer's adapter_params (they would never be saved): add them to adapter_params")
+    frozen = [name for name, t in adapter_state(model).items() if not t.requires_grad]
+    if frozen:
+        raise TypeError(f"method {method_name!r}: declared adapter_params {frozen[:3]} do not require grad: "
+                        "declare only the parameters the adapter trains")

@@ -1,15 +1,19 @@
-"""Atomic writes: a reader (another process, a resumed run, a crash half-way) sees the old file or directory
-or the new one, never a half-written one.  Every result file of the harness is written through these."""
+"""Atomic writes and file locks, the one owner of both.
+
+A reader (another process, a resumed run, a crash half-way) sees the old file or directory or the new one, never
+a half-written one: every result file, checkpoint and prepared dataset of the harness is written through
+:func:`open_atomic`, :func:`write_text_atomic`, :func:`write_json_atomic` or :func:`write_dir_atomic`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def _fsync_dir(path: Path) -> None:
@@ -25,14 +29,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
+@contextlib.contextmanager
+def open_atomic(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """A file opened for writing under a temporary name in ``path``'s directory; on a clean exit it is flushed,
+    fsynced and renamed to ``path``; on an error it is removed and ``path`` keeps its old content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -40,7 +46,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`open_atomic`)."""
+    with open_atomic(path) as f:
+        f.write(text)
+    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any, **dumps_kw: Any) -> Path:

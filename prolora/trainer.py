@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from prolora import checkpointing
+from prolora.io import write_dir_atomic, write_text_atomic
 
 CHECKPOINT_PREFIX = "step_"
 # diverged: the mean loss of the last FINAL_WINDOW steps is above EXPLODED x the first step's AND 2 nats above it
@@ -68,15 +69,16 @@ class OptimArgs:
     """The optimizer and schedule (``optim.*``).  Defaults are the paper's: paged AdamW 32-bit, no weight
     decay, max grad norm 0.3, linear schedule with 3% warm-up; ``lr`` comes from the dataset's config."""
 
-    name: str = "paged_adamw_32bit"  # paged_adamw_32bit | paged_adamw_8bit | adamw
-    lr: float = 2e-4
-    shared_lr: float | None = None  # own LR for PRoLoRA's shared chunks (the paper's future work); off
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    max_grad_norm: float = 0.3
-    scheduler: str = "linear"  # any transformers.get_scheduler name
-    warmup_ratio: float = 0.03
+    name: str = field(default="paged_adamw_32bit", metadata={"help": "paged_adamw_32bit | paged_adamw_8bit | adamw"})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (the recipe: the dataset's lr)"})
+    shared_lr: float | None = field(default=None, metadata={
+        "help": "own LR for PRoLoRA's shared chunks (the paper's future work); null: off"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "AdamW betas"})
+    eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    max_grad_norm: float = field(default=0.3, metadata={"help": "gradient clipping norm"})
+    scheduler: str = field(default="linear", metadata={"help": "any transformers.get_scheduler name"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "share of max_steps spent warming up"})
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -98,20 +100,23 @@ class OptimArgs:
 class TrainArgs:
     """The loop (``trainer.*``): the paper runs 10,000 steps of 16 sequences."""
 
-    max_steps: int = 10_000
-    batch_size: int = 16  # effective batch (sequences per optimizer step)
-    micro_batch_size: int = 16  # per forward; batch_size / micro_batch_size = gradient accumulation
-    group_by_length: bool = True
-    save_every: int = 1000  # compact checkpoint every N optimizer steps (0 = only the final adapter)
-    keep_last: int = 2  # checkpoints kept
-    log_every: int = 10  # metrics.jsonl / W&B row every N steps (and the first and last)
-    resume: bool = False  # continue from the newest complete checkpoint in the output directory
-    device: str = "auto"  # auto | cpu | cuda[:i]
-    # true = every decoder layer (as the authors ran), false, a number of layers, or auto = as few as fit in
-    # memory, measured on the first (longest) batch (prolora.checkpointing)
-    gradient_checkpointing: Any = "auto"
-    max_train_samples: int = 0  # 0 = every training example; N = the first N
-    progress: bool = True  # a tqdm bar (also off when PROLORA_NO_PROGRESS is set)
+    max_steps: int = field(default=10_000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "effective batch (sequences per optimizer step)"})
+    micro_batch_size: int = field(default=16, metadata={
+        "help": "sequences per forward; batch_size / micro_batch_size = gradient accumulation"})
+    group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length together"})
+    save_every: int = field(default=1000, metadata={
+        "help": "compact checkpoint every N optimizer steps (0 = only the final adapter)"})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
+    log_every: int = field(default=10, metadata={"help": "metrics.jsonl / W&B row every N steps"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the newest complete checkpoint of this run in the output directory"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
+    gradient_checkpointing: Any = field(default="auto", metadata={
+        "help": "true = every decoder layer (as the authors), false, a number of layers, or auto = as few as "
+                "fit in memory, measured on the longest batch"})
+    max_train_samples: int = field(default=0, metadata={"help": "0 = every training example; N = the first N"})
+    progress: bool = field(default=True, metadata={"help": "a tqdm bar (also off when PROLORA_NO_PROGRESS is set)"})
 
     def __post_init__(self) -> None:
         t = "trainer"
@@ -304,20 +309,18 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        final = self.ckpt_dir / f"{CHECKPOINT_PREFIX}{self.step:07d}"
-        tmp = self.ckpt_dir / f".tmp-{final.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.save_fn(self.model, tmp / "adapter")
-        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "tokens": self.tokens,
-                    "initial_loss": self.initial_loss, "last_loss": self.last_loss,
-                    "recent_losses": self.recent_losses,
-                    "args": asdict(self.args), "optim": asdict(self.optim), "identity": self.identity},
-                   tmp / TRAINER_STATE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        """``checkpoints/step_<N>/``: the compact adapter and the trainer's state, written atomically."""
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "tokens": self.tokens,
+                 "initial_loss": self.initial_loss, "last_loss": self.last_loss,
+                 "recent_losses": self.recent_losses,
+                 "args": asdict(self.args), "optim": asdict(self.optim), "identity": self.identity}
+
+        def write(tmp: Path) -> None:
+            self.save_fn(self.model, tmp / "adapter")
+            torch.save(state, tmp / TRAINER_STATE)
+
+        final = write_dir_atomic(self.ckpt_dir / f"{CHECKPOINT_PREFIX}{self.step:07d}", write)
         for old in list_checkpoints(self.ckpt_dir)[:-max(self.args.keep_last, 1)]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -359,11 +362,11 @@ class Trainer:
         return None
 
     def _clean_leftovers(self) -> None:
-        """Half-written checkpoints of an interrupted save (``.tmp-*``): never resumed from, removed here (the
+        """What an interrupted atomic save left (``.tmp-*``, ``.old-*``): never resumed from, removed here (the
         recipe holds the run directory's lock, so no other process is writing them)."""
         if self.ckpt_dir.is_dir():
             for d in self.ckpt_dir.iterdir():
-                if d.name.startswith(".tmp-"):
+                if d.name.startswith((".tmp-", ".old-")):
                     shutil.rmtree(d, ignore_errors=True)
 
     # -- loop ----------------------------------------------------------------------------------------
@@ -449,7 +452,7 @@ class Trainer:
         elif resumed is not None and metrics_path.exists():  # drop lines logged after the checkpoint
             lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip()]
             kept = [ln for ln in lines if json.loads(ln)["step"] <= resumed]
-            metrics_path.write_text("".join(k + "\n" for k in kept))
+            write_text_atomic(metrics_path, "".join(k + "\n" for k in kept))
         self.model.train()
         start_time = time.time()
         start_tokens = self.tokens

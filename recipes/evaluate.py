@@ -38,11 +38,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from eval.tasks import PAPER_TASKS
-from recipes import CONFIG_DIR, git_commit, one_line_errors
-from recipes.schema import (  # importing schema registers the model/ and logger/ groups
-    LoggerConfig,
-    ModelConfig,
-)
+from recipes import CONFIG_DIR, config_store, git_commit, one_line_errors
+from recipes.schema import LoggerConfig, ModelConfig
 
 
 @dataclass
@@ -101,8 +98,9 @@ EvalConfig = _eval_schema()
 
 
 def register() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="evaluate_schema", node=EvalConfig)  # model/ group schemas: recipes.schema
+    """The shared schemas and resolvers (:mod:`recipes.config_store`) and this recipe's own schema."""
+    config_store.register()
+    ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)
 
 
 register()
@@ -287,23 +285,6 @@ def log_to_wandb(cfg: DictConfig, summary: dict, output_dir: Path, spec) -> dict
     summary = {**summary, "wandb": record}
     write_json_atomic(output_dir / "eval.json", summary)
     return summary
-
-
-def eval_home(checkpoint: Any = None) -> str:
-    """``${eval_home:${checkpoint}}``: where an evaluation writes by default: ``<run>/eval`` for a checkpoint
-    ``<run>/final`` (or a run dir holding ``final/``), so a sweep's directory holds its scores; else
-    ``outputs/eval``."""
-    if checkpoint:
-        path = Path(str(checkpoint))
-        if path.name == "final":
-            return str(path.parent / "eval")
-        if (path / "final").is_dir():
-            return str(path / "eval")
-    return "outputs/eval"
-
-
-if not OmegaConf.has_resolver("eval_home"):
-    OmegaConf.register_new_resolver("eval_home", eval_home)
 
 
 def require_vllm() -> None:

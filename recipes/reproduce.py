@@ -135,8 +135,9 @@ def _cell_job(argv: list[str]) -> int:
     """``--multirun ... cell=<id>,<id>,...``: Hydra launches one job per cell (submitit on SLURM)."""
     import hydra
 
-    from recipes import schema  # noqa: F401
+    from recipes import config_store
 
+    config_store.register()
     sys.argv = [sys.argv[0], *argv]
     hydra.main(config_path=CONFIG_DIR, config_name="reproduce", version_base="1.3")(_job)()
     return 0

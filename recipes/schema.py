@@ -1,91 +1,98 @@
-"""The Hydra schema of the training entry point; YAML under ``configs/`` only picks values.
+"""The Hydra schema of training: structured configs only (YAML under ``configs/`` picks values).
 
 Each setting is declared once, where it is used: ``optim`` and ``trainer`` ARE the library's
 :class:`~prolora.trainer.OptimArgs` and :class:`~prolora.trainer.TrainArgs`; the ``method`` node is generated
-from the method registry (the union of every method's config fields, all null = the method's own default),
-so a new method module needs no change here.  Importing this module registers the schema in Hydra's
-ConfigStore and the resolvers the YAML uses.
-
-Shorthands: ``rank=``, ``unshared=`` and ``sharing=`` (both m and n) are the defaults of ``method.r``,
-``method.u``, ``method.m``/``method.n``; an explicit ``method.<field>=`` wins.  A shorthand a method has no
-field for is refused (``method=lora unshared=1``).
+from the method registry (:func:`method_schema`).  Every field carries ``metadata["help"]``, which
+``python train.py --help`` and ``--cfg job`` show.  Registering these in Hydra is :mod:`recipes.config_store`'s
+job, building a run from them :mod:`recipes.run_config`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
+from prolora.methods import METHODS
 from prolora.trainer import OptimArgs, TrainArgs
 
-SHORTHANDS = {"r": "rank", "u": "unshared", "m": "sharing", "n": "sharing"}  # method field -> top-level key
+# method field -> the top-level shorthand that is its default (`python train.py method=prolora rank=8 unshared=1`)
+SHORTHANDS = {"r": "rank", "u": "unshared", "m": "sharing", "n": "sharing"}
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # the config's name: tiny | tiny_pretrained | llama2_7b | llama2_13b | llama2_70b | ...
-    path: str = MISSING  # hub name or local directory of the weights (the tiny models are shipped directories)
-    quantize: bool = True  # 4-bit NF4 (bitsandbytes) as QLoRA; false = full precision
-    double_quant: bool = True
-    compute_dtype: str = "auto"  # auto = bfloat16 where the hardware has it, else float32
-    # 4-bit on a CPU: false = bitsandbytes' portable path on every CPU (the same numbers everywhere); true = its
-    # AVX512-BF16 packed path where the CPU has it (faster, bf16 rounding; layers it cannot take stay portable)
-    cpu_packed_4bit: bool = False
-    gpu_hours_per_1k_steps: float = 0.0  # rough cost, for the reproduce planner only
-
-
-def method_fields() -> list[str]:
-    """Every field of every registered method's config (``preset`` is the method name's business)."""
-    from prolora.methods import METHODS
-
-    names: list[str] = []
-    for method in METHODS.values():
-        for f in method.config_cls.field_names():
-            if f != "preset" and f not in names:
-                names.append(f)
-    return names
-
-
-def _method_schema() -> type:
-    """``MethodConfig``: ``name`` (a method or preset) + every method field, null by default (the method's
-    own default applies) or, for the shorthands' fields, the shorthand."""
-    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=MISSING))]
-    for f in method_fields():
-        default = f"${{{SHORTHANDS[f]}}}" if f in SHORTHANDS else None
-        fields.append((f, Any, field(default=default)))
-    return dataclasses.make_dataclass("MethodConfig", fields)
-
-
-MethodConfig = _method_schema()
+    name: str = field(default=MISSING, metadata=_help("the config's name: tiny | llama2_7b | smollm2_135m | ..."))
+    path: str = field(default=MISSING, metadata=_help("hub name, local directory or .gguf file of the weights"))
+    quantize: bool = field(default=True, metadata=_help("4-bit NF4 (bitsandbytes) as QLoRA; false = full precision"))
+    double_quant: bool = field(default=True, metadata=_help("QLoRA's double quantisation of the 4-bit scales"))
+    compute_dtype: str = field(default="auto", metadata=_help(
+        "auto = bfloat16 where the hardware has it, else float32"))
+    cpu_packed_4bit: bool = field(default=False, metadata=_help(
+        "4-bit on a CPU: false = bitsandbytes' portable path (the same numbers on every CPU); true = its "
+        "AVX512-BF16 packed path where the CPU has it"))
+    gpu_hours_per_1k_steps: float = field(default=0.0, metadata=_help("rough cost, for the reproduce planner only"))
 
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # superni | flan_v2 | cot | code_alpaca | demo
-    train_file: str = MISSING  # the jsonl written by scripts/prepare_data.py (records: dataset, id, messages)
-    lr: float = 2e-4  # the paper's learning rate for this dataset
-    eval_tasks: list[str] = field(default_factory=list)  # THE dataset -> benchmark map (experiments read it)
-    max_seq_len: int = 512
-    raw_source: str = ""  # where prepare_data.py reads the published data (hub name or local path)
+    name: str = field(default=MISSING, metadata=_help("superni | flan_v2 | cot | code_alpaca | demo | ..."))
+    train_file: str = field(default=MISSING, metadata=_help(
+        "the jsonl written by scripts/prepare_data.py (relative: under data_dir)"))
+    lr: float = field(default=2e-4, metadata=_help("the paper's learning rate for this dataset"))
+    eval_tasks: list[str] = field(default_factory=list, metadata=_help(
+        "the benchmarks this dataset feeds (THE dataset -> benchmark map)"))
+    max_seq_len: int = field(default=512, metadata=_help("tokens per training example (longer ones are cut)"))
+    raw_source: str = field(default="", metadata=_help("where prepare_data.py reads the published data"))
 
 
 @dataclass
 class WandbConfig:
-    mode: str | None = None  # None: offline unless WANDB_MODE says otherwise; online | offline | disabled
-    project: str = "prolora"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
+    mode: str | None = field(default=None, metadata=_help(
+        "null: offline unless WANDB_MODE says otherwise | online | offline | disabled"))
+    project: str = field(default="prolora", metadata=_help("W&B project"))
+    entity: str | None = field(default=None, metadata=_help("W&B entity"))
+    group: str | None = field(default=None, metadata=_help("W&B group (null: experiment_name)"))
+    tags: list[str] = field(default_factory=list, metadata=_help("W&B tags"))
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "wandb"  # wandb | none
+    name: str = field(default="wandb", metadata=_help("wandb | none"))
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def method_fields() -> dict[str, str]:
+    """Every field of every registered method's config with its help text (``preset`` is the name's business)."""
+    fields: dict[str, str] = {}
+    for method in METHODS.values():
+        for name, text in method.config_cls.field_help().items():
+            if name != "preset" and not fields.get(name):
+                fields[name] = text
+    return fields
+
+
+@functools.cache
+def method_schema() -> type:
+    """``MethodConfig``: ``name`` (a method or preset) + every method field, null by default (the method's own
+    default applies) or, for the shorthands' fields, the shorthand (``method.r: ${rank}``)."""
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=MISSING, metadata=_help(
+        "the method or preset (lora, vera, tied_lora, prolora, clora, rolora, ...)")))]
+    for name, text in method_fields().items():
+        default = f"${{{SHORTHANDS[name]}}}" if name in SHORTHANDS else None
+        fields.append((name, Any, field(default=default, metadata=_help(text))))
+    return dataclasses.make_dataclass("MethodConfig", fields)
+
+
+MethodConfig = method_schema()
 
 
 @dataclass
@@ -96,131 +103,29 @@ class TrainConfig:
     optim: OptimArgs = field(default_factory=OptimArgs)
     trainer: TrainArgs = field(default_factory=TrainArgs)
     logger: LoggerConfig = MISSING
-    seed: int = 1
-    # Shorthands, the defaults of method fields (`python train.py method=prolora rank=8 unshared=1`).
-    rank: int | None = None
-    unshared: int | None = None
-    sharing: int | None = None  # sets both m and n
-    experiment_name: str = "adhoc"
-    output_dir: str | None = None  # None: the Hydra run directory (named from the choices + the run's hash)
-    data_dir: str = "data"  # root of prepared training data (relative paths in dataset configs)
-    overwrite: bool = False  # replace a finished run or another run's checkpoints in output_dir (never implicit)
+    seed: int = field(default=1, metadata=_help("seeds the adapter init, dropout and batch order"))
+    rank: int | None = field(default=None, metadata=_help("shorthand: the default of method.r"))
+    unshared: int | None = field(default=None, metadata=_help("shorthand: the default of method.u"))
+    sharing: int | None = field(default=None, metadata=_help("shorthand: the default of method.m and method.n"))
+    experiment_name: str = field(default="adhoc", metadata=_help("names the output tree and the W&B group"))
+    output_dir: str | None = field(default=None, metadata=_help(
+        "null: the Hydra run directory (named from the choices + the run's hash)"))
+    data_dir: str = field(default="data", metadata=_help("root of prepared training data"))
+    overwrite: bool = field(default=False, metadata=_help(
+        "replace a finished run or another run's checkpoints in output_dir (never implicit)"))
 
 
-def register() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="method", name="method_schema", node=MethodConfig)
-    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
-
-
-register()
-
-
-def counting_ref(model: Any) -> str:
-    """What the parameter counter reads for a model node: a LLaMA-2 name (its published shapes, no weights
-    needed) or the model's path (the directory's config.json)."""
-    from prolora.models import LLAMA2_CONFIGS
-
-    return str(model["name"]) if model["name"] in LLAMA2_CONFIGS else str(model["path"])
-
-
-def adapter_config(method: Any):
-    """The library config of a ``method`` node: ``prolora.make_config(**method)``.  An error caused by a
-    shorthand says so (``unshared=1 does not apply to method=lora``, ``rank=-3: ...``)."""
-    import prolora
-
-    if not OmegaConf.is_config(method):
-        return prolora.make_config(**dict(method))
-    fields = OmegaConf.to_container(method, resolve=True)
-    raw = OmegaConf.to_container(method, resolve=False)
-    given = {SHORTHANDS[k]: v for k, v in fields.items()
-             if k in SHORTHANDS and v is not None and raw.get(k) == f"${{{SHORTHANDS[k]}}}"}
-    try:
-        config = prolora.make_config(**fields)
-    except prolora.ConfigError as e:
-        from prolora.methods import lookup
-
-        cls = lookup(fields["name"])[0].config_cls
-        for key, value in given.items():
-            own = [f for f, s in SHORTHANDS.items() if s == key]
-            if not any(f in cls.field_names() for f in own):
-                raise prolora.ConfigError(
-                    f"{key}={value} does not apply to method={fields['name']} ({cls.__name__} has no "
-                    f"{'/'.join(own)}): drop {key}=, or pick a method that has it") from None
-            if any(f"{cls.__name__}.{f}={value!r}" in str(e) for f in own):
-                raise prolora.ConfigError(f"{key}={value}: {e}") from None
-        raise
-    return config
-
-
-# trainer settings that change no number (only speed, memory, logging, where and whether to resume)
-NOT_IDENTITY = {"resume", "progress", "log_every", "save_every", "keep_last", "gradient_checkpointing"}
-
-
-def run_identity(cfg: Any) -> dict[str, Any]:
-    """Everything that decides a training run's numbers: how the base is loaded, the resolved adapter config
-    (its defaults included), the dataset, the optimizer, the loop, the seed.  A run directory is named with its
-    hash, and resume refuses a checkpoint whose identity differs (key by key)."""
-    def plain(node):
-        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
-
-    model = plain(cfg.model)
-    try:
-        adapter: Any = adapter_config(cfg.method).to_dict()
-    except Exception as e:  # noqa: BLE001  (an invalid method: the recipe reports it; the hash must not fail)
-        adapter = {"invalid": f"{type(e).__name__}: {e}"}
-    dataset = plain(cfg.dataset)
-    return {
-        "model": {k: model.get(k) for k in ("name", "path", "quantize", "double_quant", "compute_dtype",
-                                            "cpu_packed_4bit")},
-        "adapter": adapter,
-        "dataset": {k: dataset.get(k) for k in ("name", "train_file", "max_seq_len")},
-        "optim": plain(cfg.optim),
-        "trainer": {k: v for k, v in plain(cfg.trainer).items() if k not in NOT_IDENTITY},
-        "seed": cfg.seed,
-    }
-
-
-def identity_hash(identity: dict[str, Any]) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def run_hash(*, _root_: Any) -> str:
-    """``${run_hash:}``: the short hash of the run's identity (:func:`run_identity`), for its directory name."""
-    return identity_hash(run_identity(_root_))
-
-
-def method_tag(method: Any) -> str:
-    """``${method_tag:${method}}``: the directory-safe name of a method node (``prolora_r8_u1_m7_n7``); a node
-    the library rejects gets ``<name>_invalid`` (the recipe reports the error itself, in one line)."""
-    from prolora import ConfigError
-
-    try:
-        return adapter_config(method).tag()
-    except (ConfigError, TypeError, ValueError):
-        return f"{method['name']}_invalid"
-
-
-def asset_path(rel: str) -> str:
-    """``${asset:demo/train.jsonl}``: a file shipped inside the ``prolora`` package."""
-    from prolora.models import ASSETS
-
-    return str(ASSETS / rel)
-
-
-def first_set(*values: Any) -> Any:
-    """``${first_set:${output_dir},outputs/...}``: the first value that is not null (run dir = output_dir
-    when the user gives one, so Hydra writes nothing elsewhere)."""
-    return next((v for v in values if v is not None), None)
-
-
-for _name, _fn in (("method_tag", method_tag), ("asset", asset_path), ("first_set", first_set),
-                   ("run_hash", run_hash)):
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _fn)
+def help_lines(node: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """``[(dotted key, default, help)]`` of a schema dataclass, nested dataclasses flattened."""
+    rows: list[tuple[str, Any, str]] = []
+    hints = typing.get_type_hints(node)
+    for f in dataclasses.fields(node):
+        key = f"{prefix}{f.name}"
+        kind = hints.get(f.name)
+        if dataclasses.is_dataclass(kind):
+            rows += help_lines(kind, key + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        rows.append((key, default, str(f.metadata.get("help", ""))))
+    return rows

@@ -12,7 +12,7 @@ completed, ``final/`` with the compact adapter, ``peft/`` (a standard PEFT LoRA 
 
 Trust: every setting, the weights and the data are checked before any model or network work (one line
 naming what is wrong); a run holds its directory's lock (a second run into it stops at once); resume continues
-only a checkpoint of the same identity (:func:`recipes.schema.run_identity`, the training data's hash included);
+only a checkpoint of the same identity (:func:`recipes.run_config.run_identity`, the training data's hash included);
 a finished run or another run's checkpoints are never replaced without ``overwrite=true``.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +30,17 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from prolora.io import read_json
-from recipes import CONFIG_DIR, git_commit, one_line_errors, schema
+from recipes import CONFIG_DIR, config_store, git_commit, one_line_errors, run_config
+from recipes.run_config import RunConfig
+
+config_store.register()
 
 
-@dataclass
-class Plan:
-    """What a run will do, checked before any model or network work."""
+@dataclass(frozen=True)
+class TrainingJob:
+    """A checked training run: its settings (built once, :mod:`recipes.run_config`) and its files."""
 
-    adapter: object  # prolora.AdapterConfig
-    args: object  # prolora.trainer.TrainArgs
-    optim: object  # prolora.trainer.OptimArgs
+    run: RunConfig
     train_file: Path
     output_dir: Path
 
@@ -91,30 +93,26 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def plan(cfg: DictConfig) -> Plan:
-    """Build and check every setting (method, loop, optimizer, device, the adapter on the model's shapes) and
-    that the data and weights exist, before anything is loaded; every problem found goes in one error."""
+def plan(cfg: DictConfig) -> TrainingJob:
+    """Check every setting (method, loop, optimizer, device, the adapter on the model's shapes) and that the data
+    and weights exist, before anything is loaded; every problem found goes in one error."""
     import torch
 
-    from prolora.trainer import OptimArgs, TrainArgs
+    from prolora import gguf
 
-    adapter = schema.adapter_config(cfg.method)
-    args = OmegaConf.to_object(cfg.trainer)
-    optim = OmegaConf.to_object(cfg.optim)
-    assert isinstance(args, TrainArgs) and isinstance(optim, OptimArgs)
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={args.device} but no CUDA device is visible: use trainer.device=auto or cpu")
+    run = run_config.build(cfg).check()
+    if str(run.trainer.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={run.trainer.device} but no CUDA device is visible: use trainer.device=auto "
+                         "or cpu")
     problems = [p for p in (missing_weights(str(cfg.model.path)), missing_data(cfg)) if p]
     if problems:
         raise FileNotFoundError("; ".join(problems))
-    ref = schema.counting_ref(cfg.model)
-    from prolora import gguf
-
+    ref = run_config.counting_ref(cfg.model)
     if Path(ref).is_dir() or ref == cfg.model.name or gguf.is_gguf_ref(ref):  # the adapter on the real shapes (meta)
         import prolora
 
-        prolora.count_for(ref, adapter)  # a sharing rate wider than a layer fails here, naming the layer
-    return Plan(adapter, args, optim, train_file_path(cfg), output_dir(cfg))
+        prolora.count_for(ref, run.adapter)  # a sharing rate wider than a layer fails here, naming the layer
+    return TrainingJob(run, train_file_path(cfg), output_dir(cfg))
 
 
 def file_sha256(path: Path) -> str:
@@ -125,33 +123,34 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def claim_output_dir(cfg: DictConfig, p: Plan, identity: dict) -> Path | None:
+def claim_output_dir(cfg: DictConfig, job: TrainingJob, identity: dict) -> Path | None:
     """Decide what the run directory allows: returns the final dir when this very run is already finished
     (nothing to do), None to train; raises when it holds another run's work and ``overwrite`` is not set."""
     from prolora.trainer import identity_diff, list_checkpoints
 
-    final = p.output_dir / "final"
+    final = job.output_dir / "final"
     done = read_json(final / "run.json")
     if done is not None:
         diff = identity_diff(done.get("identity") or {}, identity)
         if not diff and not cfg.overwrite:
             return final
         if diff and not cfg.overwrite:
-            raise ValueError(f"{p.output_dir} holds a finished run of another configuration ({'; '.join(diff[:6])}): "
+            raise ValueError(f"{job.output_dir} holds a finished run of another configuration ({'; '.join(diff[:6])}): "
                              "train into another output_dir, or pass overwrite=true to replace it")
-    ckpts = list_checkpoints(p.output_dir / "checkpoints")
-    if ckpts and not p.args.resume and not cfg.overwrite:
-        raise ValueError(f"{p.output_dir} holds an unfinished run (checkpoints up to {ckpts[-1].name}): "
+    ckpts = list_checkpoints(job.output_dir / "checkpoints")
+    if ckpts and not job.run.trainer.resume and not cfg.overwrite:
+        raise ValueError(f"{job.output_dir} holds an unfinished run (checkpoints up to {ckpts[-1].name}): "
                          "trainer.resume=true continues it (when it is this run), overwrite=true starts over")
     if cfg.overwrite:
         for name in ("final", "checkpoints"):
-            shutil.rmtree(p.output_dir / name, ignore_errors=True)
-        (p.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(job.output_dir / name, ignore_errors=True)
+        (job.output_dir / "metrics.jsonl").unlink(missing_ok=True)
     return None
 
 
 def build_batches(cfg: DictConfig, tokenizer, args, train_file: Path):
-    """Tokenize the records (chat format, loss on assistant tokens) and plan group-by-length batches."""
+    """Tokenize the records (chat format, loss on assistant tokens) and plan group-by-length batches; returns the
+    step function and ``{"train_examples", "tokens"}``."""
     from prolora import data
 
     records, report = data.read_records(train_file)
@@ -165,7 +164,7 @@ def build_batches(cfg: DictConfig, tokenizer, args, train_file: Path):
               f"{cfg.dataset.max_seq_len}")
     batches = dataset.step_fn(args.micro_batch_size, seed=cfg.seed, micro_per_step=args.grad_accum,
                               group_by_length=args.group_by_length)
-    return batches, len(dataset), sum(dataset.lengths)
+    return batches, {"train_examples": len(dataset), "tokens": sum(dataset.lengths)}
 
 
 def autocast_dtype(cfg: DictConfig, device: str):
@@ -183,79 +182,121 @@ def run(cfg: DictConfig) -> Path:
     """Train one cell; returns the ``final/`` directory."""
     from prolora.io import FileLock
 
-    p = plan(cfg)
-    p.output_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(p.output_dir / ".train.lock")
+    job = plan(cfg)
+    job.output_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(job.output_dir / ".train.lock")
     if not lock.acquire({"started": time.time()}):
         holder = FileLock.holder(lock.path) or {}
-        raise ValueError(f"{p.output_dir} is in use by another training (pid {holder.get('pid', '?')}): wait for it, "
+        raise ValueError(f"{job.output_dir} is in use by another training (pid {holder.get('pid', '?')}): wait for it, "
                          "or train into another output_dir")
     try:
-        return _train(cfg, p)
+        return _train(cfg, job)
     finally:
         lock.release()
 
 
-def _train(cfg: DictConfig, p: Plan) -> Path:
-    import torch
-
-    import prolora
-    from prolora import bnb_cpu, checkpointing
-    from prolora.io import write_dir_atomic, write_json_atomic
-    from prolora.models import load_base_model, load_tokenizer, prepare_for_training, resolve_device
+def _train(cfg: DictConfig, job: TrainingJob) -> Path:
+    """The steps of one training run, in order; each is a function below."""
+    from prolora.models import load_tokenizer
     from prolora.trainer import Trainer, seed_everything
 
-    identity = {**schema.run_identity(cfg), "data_sha256": file_sha256(p.train_file)}
-    final_dir = claim_output_dir(cfg, p, identity)
-    if final_dir is not None:
-        print(f"already finished: {final_dir} (overwrite=true trains it again)")
-        return final_dir
-    final_dir = p.output_dir / "final"
-
+    identity = {**job.run.identity, "data_sha256": file_sha256(job.train_file)}
+    finished = claim_output_dir(cfg, job, identity)
+    if finished is not None:
+        print(f"already finished: {finished} (overwrite=true trains it again)")
+        return finished
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path)
-    batches, n_examples, n_tokens = build_batches(cfg, tokenizer, p.args, p.train_file)
-    print(f"{n_examples} training examples ({n_tokens} tokens); {p.args.max_steps} steps of "
-          f"{p.args.batch_size} sequences ({p.args.grad_accum} x {p.args.micro_batch_size})")
+    batches, data_info = build_batches(cfg, tokenizer, job.run.trainer, job.train_file)
+    args = job.run.trainer
+    print(f"{data_info['train_examples']} training examples ({data_info['tokens']} tokens); {args.max_steps} steps "
+          f"of {args.batch_size} sequences ({args.grad_accum} x {args.micro_batch_size})")
+    model, device = load_model(cfg, job)
+    logger = make_logger(cfg, job, model)
+    trainer = Trainer(model, batches, job.run.trainer, job.run.optim, job.output_dir, save_fn=_save,
+                      load_fn=_load, log_fn=logger.log if logger else None,
+                      autocast_dtype=autocast_dtype(cfg, device), identity=identity)
+    result = trainer.train()
+    report_checkpointing(trainer)
+    summary = run_summary(cfg, job, model, result, identity, device, data_info, logger)
+    final_dir = write_final(job, model, summary)
+    if logger:
+        logger.finish({"final_loss": result.final_loss, "trainable_params": summary["trainable_params"],
+                       "tokens_per_s": result.tokens_per_s})
+    print(f"loss {result.initial_loss:.4f} -> {result.final_loss:.4f} in {result.wall_time_s:.1f}s; "
+          f"adapter, PEFT export and run.json in {final_dir}")
+    return final_dir
 
-    device = resolve_device(p.args.device)
+
+def _save(model, directory):
+    import prolora
+
+    return prolora.save_adapter(model, directory)
+
+
+def _load(model, directory):
+    import prolora
+
+    return prolora.load_adapter(model, directory)
+
+
+def load_model(cfg: DictConfig, job: TrainingJob):
+    """The base model loaded as configured (4-bit NF4 by default) and prepared for QLoRA as the authors did, with
+    the adapter attached (its init depends only on the seed, not on what loading consumed); and its device."""
+    import prolora
+    from prolora.models import load_base_model, prepare_for_training, resolve_device
+    from prolora.trainer import seed_everything
+
+    device = resolve_device(job.run.trainer.device)
     model = load_base_model(cfg.model.path, quantize=cfg.model.quantize, double_quant=cfg.model.double_quant,
                             compute_dtype=cfg.model.compute_dtype, device=device,
                             cpu_packed_4bit=cfg.model.cpu_packed_4bit)
-    model = prepare_for_training(model, quantized=cfg.model.quantize)  # QLoRA's preparation, as the authors
-    seed_everything(cfg.seed)  # adapter init depends only on the seed, not on what loading consumed
-    model = prolora.attach(model, p.adapter)
-    trainable = prolora.count_trainable(model)
-    base_layer_type = next((type(m.base_layer).__name__ for m in model.modules() if hasattr(m, "base_layer")), None)
-    print(f"method={p.adapter.name} trainable parameters: {trainable:,}")
+    model = prepare_for_training(model, quantized=cfg.model.quantize)
+    seed_everything(cfg.seed)
+    model = prolora.attach(model, job.run.adapter)
+    print(f"method={job.run.adapter.name} trainable parameters: {prolora.count_trainable(model):,}")
+    return model, device
 
-    logger = None
-    if cfg.logger.name == "wandb":
-        from recipes.tracking import TrainLogger
 
-        logger = TrainLogger(OmegaConf.to_container(cfg.logger.wandb, resolve=True),
-                             OmegaConf.to_container(cfg, resolve=True), p.adapter.to_dict(), p.adapter.name,
-                             p.output_dir,
-                             name=f"{p.adapter.tag()}-{cfg.dataset.name}-lr{cfg.optim.lr}-s{cfg.seed}",
-                             trainable=trainable)
-    trainer = Trainer(model, batches, p.args, p.optim, p.output_dir, save_fn=prolora.save_adapter,
-                      load_fn=lambda m, d: prolora.load_adapter(m, d), log_fn=logger.log if logger else None,
-                      autocast_dtype=autocast_dtype(cfg, device), identity=identity)
-    result = trainer.train()
-    if trainer.checkpointing_probe:
-        info = trainer.checkpointing_probe
+def make_logger(cfg: DictConfig, job: TrainingJob, model):
+    """The W&B run of this training (offline unless configured), or None with ``logger=none``."""
+    if cfg.logger.name != "wandb":
+        return None
+    import prolora
+    from recipes.tracking import TrainLogger
+
+    adapter = job.run.adapter
+    return TrainLogger(OmegaConf.to_container(cfg.logger.wandb, resolve=True), OmegaConf.to_container(cfg, resolve=True),
+                       adapter.to_dict(), adapter.name, job.output_dir,
+                       name=f"{adapter.tag()}-{cfg.dataset.name}-lr{cfg.optim.lr}-s{cfg.seed}",
+                       trainable=prolora.count_trainable(model))
+
+
+def report_checkpointing(trainer) -> None:
+    info = trainer.checkpointing_probe
+    if info:
         print(f"gradient checkpointing auto: {info['checkpointed']} of {info['layers']} decoder layers recomputed "
               f"(a step adds {info['peak_all_bytes'] / 2**30:.2f} GiB with all recomputed, "
               f"+{info['per_layer_bytes'] / 2**20:.0f} MiB per layer that keeps its activations; "
               f"{info['budget_bytes'] / 2**30:.1f} GiB free)")
 
-    summary = {
+
+def run_summary(cfg: DictConfig, job: TrainingJob, model, result, identity: dict, device: str, data_info: dict,
+                logger) -> dict:
+    """``run.json``: the run's identity, full config, adapter, counts, losses, timings and environment."""
+    import torch
+
+    import prolora
+    from prolora import bnb_cpu, checkpointing
+
+    base_layer_type = next((type(m.base_layer).__name__ for m in model.modules() if hasattr(m, "base_layer")), None)
+    return {
         "identity": identity,
-        "identity_hash": schema.identity_hash(schema.run_identity(cfg)),
+        "identity_hash": job.run.identity_hash,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "method": p.adapter.name,
-        "adapter": p.adapter.to_dict(),
-        "trainable_params": trainable,
+        "method": job.run.adapter.name,
+        "adapter": job.run.adapter.to_dict(),
+        "trainable_params": prolora.count_trainable(model),
         "base_layer_type": base_layer_type,
         "git_commit": git_commit(),
         "steps": result.steps,
@@ -265,7 +306,7 @@ def _train(cfg: DictConfig, p: Plan) -> Path:
         "tokens": result.tokens,
         "tokens_per_s": result.tokens_per_s,
         "resumed_from_step": result.resumed_from,
-        "train_examples": n_examples,
+        "train_examples": data_info["train_examples"],
         "device": device,
         "cpu_4bit_path": bnb_cpu.report(model),
         "checkpointed_layers": checkpointing.recomputed(model),
@@ -274,18 +315,75 @@ def _train(cfg: DictConfig, p: Plan) -> Path:
         "wandb": logger.record() if logger else None,  # the run an evaluation of this checkpoint links to
     }
 
+
+def write_final(job: TrainingJob, model, summary: dict) -> Path:
+    """``final/``: the compact adapter, its PEFT export and run.json, written atomically together."""
+    import prolora
+    from prolora.io import write_dir_atomic, write_json_atomic
+
     def write(tmp: Path) -> None:
         prolora.save_adapter(model, tmp)
         prolora.export_lora(model, tmp / "peft")
         write_json_atomic(tmp / "run.json", summary)
 
-    write_dir_atomic(final_dir, write)
-    if logger:
-        logger.finish({"final_loss": result.final_loss, "trainable_params": trainable,
-                       "tokens_per_s": result.tokens_per_s})
-    print(f"loss {result.initial_loss:.4f} -> {result.final_loss:.4f} in {result.wall_time_s:.1f}s; "
-          f"adapter, PEFT export and run.json in {final_dir}")
-    return final_dir
+    return write_dir_atomic(job.output_dir / "final", write)
+
+
+def job_config_overrides(argv: list[str]) -> list[str] | None:
+    """The overrides of a ``--cfg job`` call this module answers itself (checked and annotated), or None for
+    every other command line (Hydra's own: training, ``-m``, ``--cfg hydra``, ``--help``, ...)."""
+    overrides, asked = [], False
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--cfg", "-c") or arg.startswith("--cfg="):
+            asked = (arg.split("=", 1)[1] if "=" in arg else next(args, "")) == "job"
+        elif arg in ("--resolve",):
+            continue
+        elif arg.startswith("-"):
+            return None
+        else:
+            overrides.append(arg)
+    return overrides if asked else None
+
+
+def show_job_config(overrides: list[str]) -> int:
+    """Print the job config with each field's help as a comment, once its values pass the checks training makes
+    (a bad value: one line on stderr, status 2).  Files and weights are not looked at here."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+        run_config.build(cfg).check()
+    except Exception as e:  # noqa: BLE001  (Hydra's override and composition errors, the library's checks)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+    print(annotated_yaml(cfg))
+    print("# values checked (the data and weights are checked when training starts)", file=sys.stderr)
+    return 0
+
+
+def annotated_yaml(cfg: DictConfig) -> str:
+    """The resolved job config as YAML, each field followed by its help text (:func:`recipes.schema.help_lines`)."""
+    from recipes.schema import TrainConfig, help_lines
+
+    helps = {key: text for key, _, text in help_lines(TrainConfig) if text}
+    job = OmegaConf.to_container(cfg, resolve=True)
+    job.pop("hydra", None)
+    lines, parents = [], []
+    for line in OmegaConf.to_yaml(job).splitlines():
+        body = line.lstrip(" ")
+        indent = len(line) - len(body)
+        if body.startswith("- ") or ":" not in body:
+            lines.append(line)
+            continue
+        while parents and parents[-1][0] >= indent:
+            parents.pop()
+        name = body.split(":", 1)[0].strip("'\"")
+        key = ".".join([k for _, k in parents] + [name])
+        parents.append((indent, name))
+        lines.append(f"{line}  # {helps[key]}" if key in helps else line)
+    return "\n".join(lines)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")

@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from recipes import schema  # noqa: E402  (also registers the structured configs and resolvers)
+from recipes import config_store, run_config  # noqa: E402
+
+config_store.register()
 
 # A count is a read-only query: no Hydra run directory, no log files.
 _QUIET = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
@@ -34,8 +36,8 @@ def main(cfg: DictConfig) -> None:
     from prolora.counting import count_by_module_type, lora_equivalent_rank, meta_model, module_instances
 
     method = OmegaConf.to_container(cfg.method, resolve=True)
-    config = schema.adapter_config(cfg.method)
-    ref = schema.counting_ref(cfg.model)
+    config = run_config.build(cfg).check().adapter
+    ref = run_config.counting_ref(cfg.model)
     model = meta_model(ref)
     prolora.attach(model, config)
     total = prolora.count_trainable(model)

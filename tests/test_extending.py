@@ -1,6 +1,6 @@
 """Extending the harness touches as few files as the architecture promises: a new adapter method is one module
-(``prolora/methods/<name>.py``: config + layer + registration) plus one YAML naming it; a new benchmark is one
-module (``eval/tasks/<name>.py``).  The test adds a toy method and a toy benchmark to a copy of the repository,
+(``prolora/methods/<name>.py``: config + layer + registration; the Hydra option comes from the registry); a new
+benchmark is one module (``eval/tasks/<name>.py``).  The test adds a toy method and a toy benchmark to a copy of the repository,
 in exactly those places, then trains the method on the tiny model with ``train.py`` and scores the checkpoint on
 the benchmark with ``recipes.evaluate`` — the same commands a user types."""
 
@@ -25,8 +25,9 @@ TOY_METHOD = textwrap.dedent('''
 
     from torch import nn
 
-    from prolora.config import AdapterConfig, bad
-    from prolora.methods.base import AdapterLayer, Method, register
+    from prolora.config import AdapterConfig, invalid
+    from prolora.methods.base import AdapterLayer, Method
+    from prolora.methods.registry import register
 
 
     @dataclass
@@ -37,10 +38,12 @@ TOY_METHOD = textwrap.dedent('''
         def __post_init__(self):
             super().__post_init__()
             if not isinstance(self.gate_init, (int, float)) or self.gate_init <= 0:
-                raise bad("ToyGateConfig", "gate_init", self.gate_init, "must be > 0", "use e.g. gate_init=1")
+                raise invalid("ToyGateConfig", "gate_init", self.gate_init, "must be > 0", "use e.g. gate_init=1")
 
 
     class ToyGateLayer(AdapterLayer):
+        adapter_params = ("lora_A", "lora_B", "gate")
+
         def __init__(self, base_layer, config, path, shared=None):
             super().__init__(base_layer, config, path, shared)
             self.scaling = config.alpha / config.r
@@ -61,8 +64,6 @@ TOY_METHOD = textwrap.dedent('''
         config_cls = ToyGateConfig
         layer_cls = ToyGateLayer
 ''')
-
-TOY_YAML = "defaults: [method_schema, _self_]\nname: toy_gate\n"
 
 TOY_TASK = textwrap.dedent('''
     """Toy benchmark: answer the demo's additions; exact match."""
@@ -108,11 +109,10 @@ def _copy_repo(dst: Path) -> None:
     shutil.copy(REPO / "train.py", dst / "train.py")
 
 
-def test_a_new_method_is_two_files_and_a_new_benchmark_one(tmp_path):
+def test_a_new_method_is_one_file_and_a_new_benchmark_one(tmp_path):
     repo = tmp_path / "repo"
     _copy_repo(repo)
     added = {repo / "prolora" / "methods" / "toy_gate.py": TOY_METHOD,
-             repo / "configs" / "method" / "toy_gate.yaml": TOY_YAML,
              repo / "eval" / "tasks" / "toy_sums.py": TOY_TASK}
     for path, text in added.items():
         path.write_text(text)

@@ -1,41 +1,17 @@
-"""Plain transformers backend (any machine; CPU included).
+"""Plain transformers backend (any machine, CPU included).  What it guarantees:
 
-* Batches are LEFT-padded by hand with an attention mask, and for scoring the position ids are
-  recomputed from the mask, so a prompt's result does not depend on what it is batched with (greedy
-  outputs at batch size 1 and 8 agree). Prompts are sorted by length before batching.
-* BOS: see :meth:`Backend.encode` (added by the tokenizer unless the prompt text starts with it).
-* Decoding: a fresh ``GenerationConfig`` per call and a neutral ``model.generation_config`` (the
-  checkpoint's own sampling defaults, e.g. LLaMA-2's temperature 0.6 / top-p 0.9, which transformers
-  would merge into unset fields, are never picked up); greedy when ``temperature == 0``;
-  sampling uses top-p only (``top_k=0``, as vLLM's default ``top_k=-1``), seeded with ``seed``.
-* Stop sequences end a row as soon as its decoded new text contains one; the returned text is cut
-  before the earliest stop sequence.
-* KV cache: ``kv_cache="dynamic"`` (default, transformers' own) concatenates each layer's keys and values
-  anew at every step (a copy that grows with the sequence); ``"static"`` preallocates them for prompt +
-  ``max_new_tokens`` and attends over that whole length at every step.  Greedy outputs are the same token
-  for token (tested); the measured speed is in ``results/bench/`` (``scripts/bench_eval.py``).  It stays
-  opt-in because it was never run on a GPU; transformers' automatic ``torch.compile`` of static-cache
-  generation is turned off (it would recompile for every batch shape).
-* Greedy decoding (``temperature == 0``, dynamic cache) runs the backend's own loop, not ``model.generate``.
-  Each prompt of a batch is prefilled alone (no padding: the causal fast path, exactly what batch 1 computes;
-  on a CPU prefill is compute-bound, so batching it gains nothing, and padded prefill attends through an explicit
-  mask, which made batch 8 slower than batch 1 on BBH's prompts of 80-1,144 tokens); then the rows decode
-  together, left-padded in the cache and masked, and a row that reaches EOS, a stop sequence or
-  ``max_new_tokens`` leaves the batch at once (its keys/values are dropped), so a batch costs what its rows
-  generate (``generate`` keeps computing finished rows until the last one stops).  Position ids come from each
-  row's own length, the argmax is the same; tests compare it token for token with ``model.generate``
-  (``evict_finished=False`` keeps ``generate``).  Sampling and the static cache go through ``model.generate``.
-* Prefix reuse (``prefix_cache=True``, opt-in): prompts that share a long token prefix (the few-shot
-  exemplars of GSM's 8-shot prompt, a BBH task's 3 exemplars) are grouped; the prefix is run through the
-  model ONCE per group and its keys/values are handed to ``generate`` for every batch of the group, which then
-  prefills only each row's own suffix.  A batch is laid out ``[prefix][pad…][suffix]`` with the pad masked out
-  and position ids from the mask, so every row sees exactly its own prompt at its own positions.  The math is
-  the same; the floating-point order of the prefix's matmuls is not (the prefix runs alone), so outputs can
-  differ where two logits tie to ~1e-6: ``scripts/bench_generate.py`` counts the outputs equal to the
-  default path's.  Dynamic KV cache only.
-* Loading: base model through ``prolora.models.load_base_model`` in 4-bit NF4, 8-bit or full
-  precision, then optionally a compact adapter directory (``prolora.load_adapter``), optionally merged
-  (``prolora.merge``); a merged model directory loads like a base model.
+* a prompt's result does not depend on what it is batched with: batches are left-padded with a mask, position
+  ids come from the mask, and greedy rows prefill alone and decode together (a finished row leaves the batch);
+* decoding uses only the task's settings: a fresh ``GenerationConfig`` per call, never the checkpoint's own
+  sampling defaults; greedy when ``temperature == 0``; sampling is top-p only (``top_k=0``, vLLM's default),
+  seeded; a row stops at EOS or as soon as its decoded text holds a stop sequence, and is cut before it;
+* the opt-in speed paths give the default path's tokens: ``kv_cache="static"`` (tested token for token) and
+  ``prefix_cache=True`` (a shared few-shot prefix prefilled once; the same math in another float order, so ties
+  at ~1e-6 may differ: ``scripts/bench_generate.py`` counts them).  Measurements: README, Speed.
+
+The model is loaded by ``prolora.models.load_base_model`` (NF4, 8-bit or full precision), then optionally a
+compact adapter (``prolora.load_adapter``), optionally merged (``prolora.merge``); a merged model directory loads
+like a base model.
 """
 
 from __future__ import annotations

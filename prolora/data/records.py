@@ -26,6 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prolora.io import open_atomic
+
 ROLES = ("system", "user", "assistant")
 PREPARE_HINT = "python scripts/prepare_data.py {name} --raw <raw source> --out {path}"
 
@@ -186,14 +188,10 @@ def load_records(path: str | os.PathLike, *, name: str | None = None, verbose: b
 
 
 def write_records(records: Iterable[dict], path: str | os.PathLike) -> int:
-    """Write records as jsonl (atomically: a temporary file renamed into place). Returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write records as jsonl, atomically (:func:`prolora.io.open_atomic`). Returns the count."""
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_atomic(path) as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n

@@ -1,16 +1,27 @@
-"""Adapter methods behind one interface (:class:`~prolora.methods.base.Method`), registered by name.
+"""Adapter methods behind one interface (:mod:`prolora.methods.base`), registered by name
+(:mod:`prolora.methods.registry`).
 
-Every module of this package (but ``base`` and private ``_*`` ones) is imported here, and each registers its
-method with ``@register``: adding ``prolora/methods/<name>.py`` is all the library needs for a new method.
+Every module of this package but ``base``, ``registry`` and private ``_*`` ones is a method and is imported
+here, registering itself with ``@register``: adding ``prolora/methods/<name>.py`` is all a new method needs.
 """
 
 import importlib
 import pkgutil
 
-from prolora.methods.base import METHODS, AdapterLayer, Method, get_method, lookup, register
+from prolora.methods.base import AdapterLayer, Method, SharedModule
+from prolora.methods.registry import (
+    METHODS,
+    config_from_dict,
+    get_method,
+    known_names,
+    lookup,
+    make_config,
+    register,
+)
 
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base" and not _info.name.startswith("_"):
+    if _info.name not in ("base", "registry") and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["METHODS", "AdapterLayer", "Method", "get_method", "lookup", "register"]
+__all__ = ["METHODS", "AdapterLayer", "Method", "SharedModule", "config_from_dict", "get_method", "known_names",
+           "lookup", "make_config", "register"]

@@ -1,16 +1,16 @@
-"""The one interface every adapter method implements (PEFT-tuners style), and the registry.
+"""The one interface every adapter method implements (PEFT-tuners style).
 
 A method is one module in ``prolora/methods/``: its config class (an :class:`~prolora.config.AdapterConfig`
-subclass with its own fields and checks), its layer class, and a :class:`Method` subclass registered with
-``@register`` that names both and may create model-level shared modules once (``create_shared``) and name
-presets (fixed field values under a name of their own, e.g. ``clora``).  The package imports every module
-in it, so a new method is that one module plus its Hydra YAML (``configs/method/<name>.yaml``).
+subclass with its own fields and checks), its layer class (an :class:`AdapterLayer`), and a :class:`Method`
+subclass registered with ``@register`` (:mod:`prolora.methods.registry`) that names both, may create
+model-level shared modules once (``create_shared``, a :class:`SharedModule`) and may name presets.
+
 Every adapter layer exposes its update as two expanded fp32 factors and a scalar::
 
     ΔW = scaling · B_full @ A_full,      A_full: (r × h),  B_full: (o × r)
 
-The shared :meth:`AdapterLayer.forward`, the PEFT export and ``merge`` all use ``factors()``; a method
-only writes its own parameters and how they expand into (A_full, B_full).
+and DECLARES the tensors it owns (``adapter_params``, PEFT's ``adapter_layer_names`` habit): saving, loading,
+counting and export read that declaration, and ``attach`` checks that it is exactly what the layer trains.
 """
 
 from __future__ import annotations
@@ -39,14 +39,42 @@ def weight_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def declared_state(module: nn.Module) -> dict[str, nn.Parameter]:
+    """``{local name: tensor}`` of what ``module.adapter_params`` declares: a parameter gives one entry, a
+    ``ParameterDict`` one per key (``B.q_proj``), a name set to None (an empty part) none."""
+    out: dict[str, nn.Parameter] = {}
+    for name in type(module).adapter_params:
+        value = getattr(module, name, None)
+        if value is None:
+            continue
+        if isinstance(value, nn.ParameterDict):
+            out.update({f"{name}.{key}": p for key, p in value.items()})
+        elif isinstance(value, torch.Tensor):
+            out[name] = value
+        else:
+            raise TypeError(f"{type(module).__name__}.adapter_params names {name!r}, which is a "
+                            f"{type(value).__name__}: declare parameters or ParameterDicts only")
+    return out
+
+
+class SharedModule(nn.Module):
+    """Model-level tensors a method shares between layers (``model.prolora_shared[<method>]``), created once by
+    ``Method.create_shared``.  ``adapter_params``: the names of the ones it saves (frozen buffers: none)."""
+
+    adapter_params: ClassVar[tuple[str, ...]] = ()
+
+
 class AdapterLayer(nn.Module):
     """Wraps a frozen linear (``nn.Linear`` or bitsandbytes ``Linear4bit``) as ``.base_layer``.
 
-    Adapter parameters are fp32 whatever the base dtype; the forward casts the (dropped-out) adapter
-    input to fp32 and the adapter output back to the base output dtype::
+    ``adapter_params``: the names of the parameters this layer owns, trains and saves (a part a config leaves
+    empty is set to None).  Adapter parameters are fp32 whatever the base dtype; the forward casts the
+    (dropped-out) adapter input to fp32 and the adapter output back to the base output dtype::
 
         y = base_layer(x) + scaling · (dropout(x) A_fullᵀ) B_fullᵀ
     """
+
+    adapter_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, path: str, shared: nn.Module | None = None):
         super().__init__()
@@ -105,9 +133,10 @@ class Method:
             for key, want in cls.presets[preset].items():
                 got = fields.setdefault(key, want)
                 if got != want:
-                    raise ConfigError(f"{cls.config_cls.__name__}.{key}={got!r} is invalid: preset {preset!r} "
-                                      f"fixes {key}={want!r}; drop {key} or pick another preset "
-                                      f"(known: {sorted(cls.presets)})")
+                    config = cls.config_cls.__name__
+                    raise ConfigError(f"{config}.{key}={got!r} is invalid: preset {preset!r} fixes {key}={want!r}; "
+                                      f"drop {key} or pick another preset (known: {sorted(cls.presets)})",
+                                      field=key, value=got, config=config)
         return cls.config_cls(**fields)
 
     @classmethod
@@ -117,7 +146,7 @@ class Method:
 
     @classmethod
     def create_shared(cls, model: nn.Module, config: AdapterConfig,
-                      targets: list[tuple[str, nn.Module]]) -> nn.Module | None:
+                      targets: list[tuple[str, nn.Module]]) -> SharedModule | None:
         """Model-level parameters/buffers shared by several layers (created once), or None."""
         return None
 
@@ -125,36 +154,3 @@ class Method:
     def create_layer(cls, base_layer: nn.Module, config: AdapterConfig, path: str,
                      shared: nn.Module | None) -> AdapterLayer:
         return cls.layer_cls(base_layer, config, path, shared)
-
-
-METHODS: dict[str, type[Method]] = {}
-
-
-def register(method: type[Method]) -> type[Method]:
-    """Class decorator: make ``method`` known by its ``name`` (and its presets by theirs)."""
-    if method.config_cls.method != method.name:
-        raise TypeError(f"{method.__name__}: config method {method.config_cls.method!r} != {method.name!r}")
-    taken = {p: m.name for m in METHODS.values() if m.name != method.name for p in (m.name, *m.presets)}
-    clash = sorted(n for n in (method.name, *method.presets) if n in taken)
-    if clash:
-        raise TypeError(f"{method.__name__}: name(s) {clash} already registered by {[taken[n] for n in clash]}")
-    METHODS[method.name] = method
-    return method
-
-
-def get_method(name: str) -> type[Method]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise KeyError(f"unknown adapter method {name!r}; registered: {sorted(METHODS)}") from None
-
-
-def lookup(name: str) -> tuple[type[Method], str | None]:
-    """``(method, preset)`` for a method name (preset None) or a preset name."""
-    if name in METHODS:
-        return METHODS[name], None
-    for method in METHODS.values():
-        if name in method.presets:
-            return method, name
-    known = sorted(set(METHODS) | {p for m in METHODS.values() for p in m.presets})
-    raise ConfigError(f"unknown adapter method {name!r}; known: {known}")

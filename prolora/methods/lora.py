@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from prolora.config import AdapterConfig
-from prolora.methods.base import AdapterLayer, Method, register
+from prolora.methods.base import AdapterLayer, Method
+from prolora.methods.registry import register
 
 
 @dataclass
@@ -29,6 +30,8 @@ class LoRAConfig(AdapterConfig):
 
 
 class LoRALayer(AdapterLayer):
+    adapter_params = ("lora_A", "lora_B")
+
     def __init__(self, base_layer: nn.Module, config: LoRAConfig, path: str, shared=None):
         super().__init__(base_layer, config, path, shared)
         self.scaling = config.alpha / config.r

@@ -12,6 +12,24 @@ Paper Eq. 4 (unshared rank rows FIRST, then the r − u shared ones)::
 
 Trainable parameters per module: u(h + o) + ⌈h/m⌉(r − u) + ⌈o/n⌉(r − u)  (the paper writes h/m, o/n).
 
+The matrices for r = 5, u = 2, m = 4, n = 3 (s_A = s_B = max(⌊(r−u)/m⌋, 1) = 1; a cell names the row of A_0
+or the column of B_0 it holds)::
+
+    A_full (r × h)                                                B_full (o × r)
+              ◄───────────────────── h ─────────────────────►            B_u   shared (r − u)
+             ┌───────────────────────────────────────────────┐          ┌─────┬─────────────┐ ▲
+    A_u      │ unshared row 1 (trained)                      │          │     │ B_0: 0 1 2  │ │ ⌈o/n⌉
+    (u rows) │ unshared row 2 (trained)                      │          │     ├─────────────┤ │
+             ├───────────┬───────────┬───────────┬───────────┤          │ u   │ B_1: 1 2 0  │ │ o
+    shared   │ A_0 row 0 │ A_0 row 1 │ A_0 row 2 │ A_0 row 0 │          │cols │ (copy 1)    │ │
+    (r − u)  │ A_0 row 1 │ A_0 row 2 │ A_0 row 0 │ A_0 row 1 │          │     ├─────────────┤ │
+             │ A_0 row 2 │ A_0 row 0 │ A_0 row 1 │ A_0 row 2 │          │     │ B_2: 2 0 1  │ │
+             └───────────┴───────────┴───────────┴───────────┘          └─────┴─────────────┘ ▼
+               copy 0      copy 1      copy 2      copy 3                      last copy cut to o
+               = A_0       ◄ ⌈h/m⌉ ►               (cut to h)
+
+Only A_u, B_u, A_0 and B_0 are trained and saved; the copies are views of them built at each forward.
+
 Rotation stride and direction (``stride_from``):
 
 * ``"shared"`` (default, the authors' code): s_A = max(⌊(r−u)/m⌋, 1), rolled over the r − u shared rows
@@ -47,14 +65,15 @@ matrix, a reshape and a concatenation with the unshared rows, no Python loop ove
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from prolora.config import AdapterConfig, ConfigError, bad, is_int
-from prolora.methods.base import AdapterLayer, Method, kaiming_bound, register
+from prolora.config import AdapterConfig, ConfigError, invalid, is_int
+from prolora.methods.base import AdapterLayer, Method, kaiming_bound
+from prolora.methods.registry import register
 
 SHARE_DIMS = ("hidden", "rank")
 ROTATE_DIMS = ("rank", "hidden")
@@ -97,16 +116,17 @@ class PRoLoRAConfig(AdapterConfig):
 
     method: ClassVar[str] = "prolora"
 
-    r: int = 8
-    u: int = 1
-    m: int = 7
-    n: int | None = None
-    rotate: bool = True
-    rectified_init: bool = True
-    share_dim: str = "hidden"
-    rotate_dim: str = "rank"
-    stride_from: str = "shared"
-    preset: str = "prolora"
+    r: int = field(default=8, metadata={"help": "rank of ΔW: u unshared rows + r−u shared ones"})
+    u: int = field(default=1, metadata={"help": "unshared ranks (u = r is plain LoRA)"})
+    m: int = field(default=7, metadata={"help": "sharing rate of A: copies of A_0 along the hidden dim"})
+    n: int | None = field(default=None, metadata={"help": "sharing rate of B (null: m)"})
+    rotate: bool = field(default=True, metadata={"help": "roll copy i by i·s along the rotated dim"})
+    rectified_init: bool = field(default=True, metadata={"help": "A_0 drawn with the full fan-in h (Eq. 5)"})
+    share_dim: str = field(default="hidden", metadata={"help": "hidden (the paper) | rank (Table 4)"})
+    rotate_dim: str = field(default="rank", metadata={"help": "rank (the paper) | hidden (Table 4)"})
+    stride_from: str = field(default="shared", metadata={
+        "help": "shared: s = max(⌊(r−u)/m⌋,1) (authors' code) | full: s = max(⌊r/m⌋,1) (paper)"})
+    preset: str = field(default="prolora", metadata={"help": "the named variant (clora, rolora, ...)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,24 +134,24 @@ class PRoLoRAConfig(AdapterConfig):
         if self.n is None:
             self.n = self.m
         if not is_int(self.u) or self.u < 0:
-            raise bad(c, "u", self.u, "the number of unshared ranks must be an integer >= 0", "use e.g. u=1")
+            raise invalid(c, "u", self.u, "the number of unshared ranks must be an integer >= 0", "use e.g. u=1")
         if self.u > self.r:
-            raise bad(c, "u", self.u, f"u (unshared ranks) cannot exceed r={self.r}",
+            raise invalid(c, "u", self.u, f"u (unshared ranks) cannot exceed r={self.r}",
                       f"use u <= {self.r} (u = r is plain LoRA) or raise r")
         for key in ("m", "n"):
             v = getattr(self, key)
             if not is_int(v) or v < 1:
-                raise bad(c, key, v, "the sharing rate must be an integer >= 1 (1 = no sharing)", f"use e.g. {key}=7")
+                raise invalid(c, key, v, "the sharing rate must be an integer >= 1 (1 = no sharing)", f"use e.g. {key}=7")
         for key in ("rotate", "rectified_init"):
             if not isinstance(getattr(self, key), bool):
-                raise bad(c, key, getattr(self, key), "expected true or false", f"use {key}=true")
+                raise invalid(c, key, getattr(self, key), "expected true or false", f"use {key}=true")
         for key, known, fix in (("share_dim", SHARE_DIMS, "'hidden' (the paper) or 'rank' (Table 4)"),
                                 ("rotate_dim", ROTATE_DIMS, "'rank' (the paper) or 'hidden' (Table 4)"),
                                 ("stride_from", STRIDE_FROM, "'shared' (authors' code) or 'full' (paper formula)")):
             if getattr(self, key) not in known:
-                raise bad(c, key, getattr(self, key), f"unknown value (known: {list(known)})", f"use {key}={fix}")
+                raise invalid(c, key, getattr(self, key), f"unknown value (known: {list(known)})", f"use {key}={fix}")
         if self.stride_from == "full" and self.rotate_dim != "rank":
-            raise bad(c, "stride_from", self.stride_from,
+            raise invalid(c, "stride_from", self.stride_from,
                       "the paper's stride max(floor(r/m),1) is defined for rotation along the rank dim only",
                       "use stride_from='shared' with rotate_dim='hidden'")
         shared = self.r - self.u
@@ -139,15 +159,15 @@ class PRoLoRAConfig(AdapterConfig):
             for key in ("m", "n"):
                 v = getattr(self, key)
                 if v > shared:
-                    raise bad(c, key, v, f"share_dim='rank' splits the r-u={shared} shared ranks into {key} "
+                    raise invalid(c, key, v, f"share_dim='rank' splits the r-u={shared} shared ranks into {key} "
                               "chunks, so it cannot exceed r-u", f"use {key} <= {shared}")
         if self.preset not in PRESETS:
-            raise bad(c, "preset", self.preset, f"unknown preset (known: {sorted(PRESETS)})",
+            raise invalid(c, "preset", self.preset, f"unknown preset (known: {sorted(PRESETS)})",
                       "use make_config(<preset>, ...)")
         for key, want in PRESETS[self.preset].items():
             got = getattr(self, key)
             if got != want:
-                raise bad(c, key, got, f"preset {self.preset!r} fixes {key}={want!r}",
+                raise invalid(c, key, got, f"preset {self.preset!r} fixes {key}={want!r}",
                           f"drop {key} or pick another preset (known: {sorted(PRESETS)})")
 
     @property
@@ -228,6 +248,8 @@ class PRoLoRALayer(AdapterLayer):
     """Parameters: ``A_u`` (u × h), ``B_u`` (o × u), ``A_0`` (chunk of A), ``B_0`` (chunk of B, stored
     o-major like B: share hidden (⌈o/n⌉ × r−u), share rank (o × ⌈(r−u)/n⌉)); empty ones are None."""
 
+    adapter_params = ("A_u", "B_u", "A_0", "B_0")
+
     def __init__(self, base_layer: nn.Module, config: PRoLoRAConfig, path: str, shared=None):
         super().__init__(base_layer, config, path, shared)
         h, o, r, u = self.in_features, self.out_features, config.r, config.u
@@ -279,10 +301,11 @@ class PRoLoRA(Method):
     def build_config(cls, preset, fields):
         named = fields.pop("preset", None)  # the preset given as a field (as to_dict writes it)
         if named is not None and preset is not None and named != preset:
-            raise ConfigError(f"make_config({preset!r}, preset={named!r}): the preset is the name; drop preset")
+            raise ConfigError(f"make_config({preset!r}, preset={named!r}): the preset is the name; drop preset",
+                              field="preset", value=named, config="PRoLoRAConfig")
         if preset is None and named not in (None, "prolora"):
             if named not in cls.presets:
-                raise bad("PRoLoRAConfig", "preset", named, f"unknown preset (known: {sorted(PRESETS)})",
+                raise invalid("PRoLoRAConfig", "preset", named, f"unknown preset (known: {sorted(PRESETS)})",
                           "use make_config(<preset>, ...)")
             preset = named
         if preset is not None:
@@ -298,4 +321,5 @@ class PRoLoRA(Method):
             if rate > width:
                 raise ConfigError(
                     f"PRoLoRAConfig.{key}={rate} is invalid for layer {path} ({dim}={width}): the sharing rate "
-                    f"cannot exceed the width it splits (each chunk needs a column); use {key} <= {width}")
+                    f"cannot exceed the width it splits (each chunk needs a column); use {key} <= {width}",
+                    field=key, value=rate, config="PRoLoRAConfig")

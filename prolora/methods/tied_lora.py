@@ -30,8 +30,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from prolora.config import AdapterConfig, ConfigError, bad
-from prolora.methods.base import AdapterLayer, Method, register, weight_device
+from prolora.config import AdapterConfig, ConfigError, invalid
+from prolora.methods.base import AdapterLayer, Method, SharedModule, weight_device
+from prolora.methods.registry import register
 
 QKV_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
 
@@ -42,14 +43,15 @@ class TiedLoRAConfig(AdapterConfig):
 
     method: ClassVar[str] = "tied_lora"
 
-    r: int = 256
-    target_modules: list[str] = field(default_factory=lambda: list(QKV_MODULES))
+    r: int = field(default=256, metadata={"help": "rank of the tied A (r × d) and of each B_t"})
+    target_modules: list[str] = field(default_factory=lambda: list(QKV_MODULES),
+                                      metadata={"help": "the projections A is tied across: q/k/v only"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         extra = [t for t in self.target_modules if t not in QKV_MODULES]
         if extra:
-            raise bad("TiedLoRAConfig", "target_modules", self.target_modules,
+            raise invalid("TiedLoRAConfig", "target_modules", self.target_modules,
                       f"Tied LoRA ties one A across q/k/v, so it only adapts {list(QKV_MODULES)} (got {extra})",
                       f"use target_modules={list(QKV_MODULES)}")
 
@@ -60,7 +62,9 @@ def layer_key(path: str) -> str:
     return parent.replace(".", "__") or "root"
 
 
-class TiedLoRAShared(nn.Module):
+class TiedLoRAShared(SharedModule):
+    adapter_params = ("A", "B", "layer_scale")
+
     def __init__(self, config: TiedLoRAConfig, d: int, outs: dict[str, int], layers: list[str],
                  device: torch.device):
         super().__init__()
@@ -81,6 +85,8 @@ class TiedLoRAShared(nn.Module):
 
 
 class TiedLoRALayer(AdapterLayer):
+    adapter_params = ("out_scale",)
+
     def __init__(self, base_layer: nn.Module, config: TiedLoRAConfig, path: str, shared: TiedLoRAShared):
         super().__init__(base_layer, config, path, shared)
         self.scaling = config.alpha / config.r

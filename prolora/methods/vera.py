@@ -17,14 +17,15 @@ As a rank-r LoRA: A_full = diag(λ_d) A, B_full = diag(λ_b) B, scaling 1.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from prolora.config import AdapterConfig, ConfigError, bad, is_int
-from prolora.methods.base import AdapterLayer, Method, kaiming_bound, register, weight_device
+from prolora.config import AdapterConfig, ConfigError, invalid, is_int, is_number
+from prolora.methods.base import AdapterLayer, Method, SharedModule, kaiming_bound, weight_device
+from prolora.methods.registry import register
 
 
 @dataclass
@@ -34,17 +35,17 @@ class VeRAConfig(AdapterConfig):
 
     method: ClassVar[str] = "vera"
 
-    r: int = 256
-    d_init: float = 0.1
-    projection_seed: int = 0
+    r: int = field(default=256, metadata={"help": "rank of the frozen random pair A (r × h), B (o × r)"})
+    d_init: float = field(default=0.1, metadata={"help": "initial value of every λ_d"})
+    projection_seed: int = field(default=0, metadata={"help": "seed that regenerates the frozen pairs"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.d_init, bool) or not isinstance(self.d_init, (int, float)):
-            raise bad("VeRAConfig", "d_init", self.d_init, "d_init must be a number", "use e.g. d_init=0.1")
+        if not is_number(self.d_init):
+            raise invalid("VeRAConfig", "d_init", self.d_init, "d_init must be a number", "use e.g. d_init=0.1")
         self.d_init = float(self.d_init)
         if not is_int(self.projection_seed) or self.projection_seed < 0:
-            raise bad("VeRAConfig", "projection_seed", self.projection_seed,
+            raise invalid("VeRAConfig", "projection_seed", self.projection_seed,
                       "the seed must be a non-negative integer", "use e.g. projection_seed=0")
 
 
@@ -52,8 +53,8 @@ def projection_seed_for(seed: int, module_type: str) -> int:
     return (seed + zlib.crc32(module_type.encode())) % (2**63)
 
 
-class VeRAShared(nn.Module):
-    """Frozen (A, B) per module type as non-persistent buffers ``A_<type>``, ``B_<type>``."""
+class VeRAShared(SharedModule):
+    """Frozen (A, B) per module type as non-persistent buffers ``A_<type>``, ``B_<type>``; nothing saved."""
 
     def __init__(self, config: VeRAConfig, shapes: dict[str, tuple[int, int]], device: torch.device):
         super().__init__()
@@ -71,6 +72,8 @@ class VeRAShared(nn.Module):
 
 
 class VeRALayer(AdapterLayer):
+    adapter_params = ("lambda_d", "lambda_b")
+
     def __init__(self, base_layer: nn.Module, config: VeRAConfig, path: str, shared: VeRAShared):
         super().__init__(base_layer, config, path, shared)
         self.lambda_d = self._param(config.r)

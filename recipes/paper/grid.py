@@ -46,7 +46,9 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import recipes.schema  # noqa: F401  (structured configs + resolvers)
+    from recipes import config_store
+
+    config_store.register()
 
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app (a --slurm cell job): same config dir
         return hydra_compose(config_name=config_name, overrides=list(overrides))
@@ -78,7 +80,9 @@ def fmt_lr(lr: float) -> str:
 
 @functools.cache
 def _group_yaml(group: str, name: str) -> dict[str, Any]:
-    import recipes.schema  # noqa: F401  (the ${asset:...} resolver)
+    from recipes import config_store
+
+    config_store.register()  # the ${asset:...} resolver
 
     path = Path(CONFIG_DIR) / group / f"{name}.yaml"
     if not path.is_file():

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recipes import REPO
 from recipes.paper.grid import Cell, Grid, fmt_lr, make_variant, model_info
-from recipes.schema import counting_ref
+from recipes.run_config import counting_ref
 
 PAPER_REFERENCE = REPO / "results" / "paper_reference.json"
 

@@ -24,6 +24,8 @@ def all_method_configs(dropout: float = 0.1) -> dict[str, object]:
         "share_hidden_rotate_hidden": make_config("share_hidden_rotate_hidden", r=8, u=2, m=7, dropout=dropout),
         "share_rank_rotate_rank": make_config("share_rank_rotate_rank", r=8, u=2, m=3, dropout=dropout),
         "share_rank_rotate_hidden": make_config("share_rank_rotate_hidden", r=8, u=2, m=3, dropout=dropout),
+        "prolora_nr": make_config("prolora_nr", r=8, u=2, m=3, dropout=dropout),
+        "prolora_ni": make_config("prolora_ni", r=8, u=2, m=3, dropout=dropout),
     }
 
 

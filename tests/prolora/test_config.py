@@ -69,20 +69,27 @@ def test_make_config():
         make_config("prolora_nr", rotate=True)
 
 
-def test_hydra_method_configs_build():
-    from pathlib import Path
+def test_errors_carry_the_field_as_data():
+    with pytest.raises(ConfigError) as err:
+        PRoLoRAConfig(r=8, u=9)
+    assert (err.value.field, err.value.value, err.value.config) == ("u", 9, "PRoLoRAConfig")
+    with pytest.raises(ConfigError) as err:
+        make_config("lora", r=8, u=1)
+    assert (err.value.field, err.value.value, err.value.config) == ("u", 1, "LoRAConfig")
+    with pytest.raises(ConfigError) as err:
+        make_config("clora", r=16, u=2, m=2)
+    assert (err.value.field, err.value.value) == ("u", 2)
+    with pytest.raises(ConfigError) as err:
+        make_config("dora", r=8)
+    assert (err.value.field, err.value.value) == ("method", "dora")
 
-    from omegaconf import OmegaConf
 
-    root = Path(__file__).resolve().parents[2] / "configs" / "method"
-    for path in sorted(root.glob("*.yaml")):
-        raw = OmegaConf.to_container(OmegaConf.load(path))
-        raw.pop("defaults", None)
-        # resolve the ${pick:...} shorthands to their defaults by hand (no Hydra here)
-        fields = {k: (int(v.split(",")[2]) if isinstance(v, str) and v.startswith("${pick:") else v)
-                  for k, v in raw.items()}
-        cfg = make_config(**fields)
-        assert cfg.r >= 1, path.name
+def test_the_test_configs_cover_every_method_and_preset():
+    from prolora import known_names
+
+    from .conftest import all_method_configs
+
+    assert set(known_names()) <= {cfg.name for cfg in all_method_configs().values()}
 
 
 def test_layer_dependent_errors_name_field_and_layer(tiny):

@@ -66,3 +66,39 @@ def test_bf16_base_keeps_fp32_adapters_and_base_dtype_output(tiny, ids):
     out = model(ids, labels=ids)
     out.loss.backward()
     assert layer.A_0.grad is not None and layer.A_0.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_what_layers_declare_is_what_the_adapter_trains_and_saves(tiny, name):
+    from prolora import adapter_state
+
+    model = attach(tiny(), CONFIGS[name])
+    declared = adapter_state(model)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert list(declared) and set(declared) == set(trained)  # the saved keys are the parameters' own names
+    assert all(declared[k] is trained[k] for k in declared)
+
+
+def test_a_parameter_a_layer_forgot_to_declare_is_refused(tiny):
+    from torch import nn
+
+    from prolora.methods.lora import LoRALayer
+
+    class Forgetful(LoRALayer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.gate = nn.Parameter(torch.ones(1))  # trained, but not in adapter_params
+
+    from prolora.methods.lora import LoRA
+
+    class ForgetfulMethod(LoRA):
+        layer_cls = Forgetful
+
+    model = tiny()
+    from prolora import LoRAConfig
+    from prolora.inject import attach as attach_with
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("prolora.inject.get_method", lambda name: ForgetfulMethod)
+        with pytest.raises(TypeError, match=r"\['model.layers.0.mlp.down_proj.gate'.*are trained but not declared"):
+            attach_with(model, LoRAConfig(r=2))

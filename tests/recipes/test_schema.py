@@ -1,4 +1,4 @@
-"""Hydra composition: groups, shorthands, validation, run-directory names."""
+"""The training schema: composition, shorthands, the method options generated from the registry, help texts."""
 
 import subprocess
 import sys
@@ -7,25 +7,26 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from recipes import CONFIG_DIR, schema
+from recipes import CONFIG_DIR, config_store, run_config, schema
 from tests.conftest import REPO
+
+config_store.register()
 
 
 def _compose(overrides):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return cfg
+        return compose(config_name="config", overrides=overrides)
 
 
 def _adapter(overrides):
-    return schema.adapter_config(_compose(overrides).method)
+    return run_config.adapter_config(_compose(overrides).method)
 
 
 def test_shorthands_resolve_into_method():
     cfg = _compose(["method=prolora", "rank=8", "unshared=1", "sharing=7"])
     m = OmegaConf.to_container(cfg.method, resolve=True)
     assert (m["name"], m["r"], m["u"], m["m"], m["n"]) == ("prolora", 8, 1, 7, 7)
-    adapter = schema.adapter_config(cfg.method)
+    adapter = run_config.adapter_config(cfg.method)
     assert (adapter.r, adapter.u, adapter.m, adapter.n) == (8, 1, 7, 7)
     assert adapter.rotate is True and adapter.rectified_init is True
     # an explicit method field wins over its shorthand
@@ -44,14 +45,12 @@ def test_method_defaults_come_from_the_library():
     assert _adapter(["method=share_rank_rotate_hidden"]).tag() == "share_rank_rotate_hidden_r32_u4_m7_n7"
 
 
-def test_every_method_yaml_only_names_its_method():
+def test_every_method_and_preset_is_an_option_without_a_yaml_file():
     import prolora
 
-    for path in sorted((REPO / "configs" / "method").glob("*.yaml")):
-        node = OmegaConf.load(path)
-        assert set(node) == {"defaults", "name"} and node.name == path.stem, path
-    names = {p.stem for p in (REPO / "configs" / "method").glob("*.yaml")}
-    assert names == set(prolora.known_names())  # one YAML per method and preset
+    assert not (REPO / "configs" / "method").exists()  # the registry is the list; no YAML repeats it
+    for name in prolora.known_names():
+        assert _adapter([f"method={name}"]).name == name
 
 
 def test_dataset_lr_flows_into_optimizer():
@@ -60,26 +59,12 @@ def test_dataset_lr_flows_into_optimizer():
     assert _compose(["dataset=superni", "optim.lr=1e-4"]).optim.lr == 1e-4
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["method=prolora", "rank=-2"], "rank=-2: PRoLoRAConfig.r=-2"),
-    (["method=prolora", "unshared=-1"], "unshared=-1: PRoLoRAConfig.u=-1"),
-    (["method=prolora", "sharing=0"], "sharing=0: PRoLoRAConfig.m=0"),
-    (["method=prolora", "rank=4", "unshared=5"], "unshared=5: .*cannot exceed r=4"),
-    (["method=lora", "unshared=1"], "unshared=1 does not apply to method=lora"),
-    (["method=vera", "sharing=7"], "sharing=7 does not apply to method=vera"),
-])
-def test_bad_or_inapplicable_shorthand_names_the_value(overrides, needle):
-    import prolora
-
-    with pytest.raises(prolora.ConfigError, match=needle):
-        _adapter(overrides)
-
-
-def test_method_tag_names_run_dirs():
-    cfg = _compose(["method=prolora", "rank=8", "unshared=1", "sharing=7"])
-    assert schema.method_tag(cfg.method) == "prolora_r8_u1_m7_n7"
-    assert schema.method_tag({"name": "lora", "r": 2}) == "lora_r2"
-    assert schema.method_tag({"name": "prolora", "r": 2, "u": 3}) == "prolora_invalid"
+def test_every_field_has_a_help_text():
+    rows = schema.help_lines(schema.TrainConfig)
+    keys = {key for key, _, _ in rows}
+    assert {"model.path", "method.u", "method.stride_from", "optim.lr", "trainer.gradient_checkpointing",
+            "dataset.eval_tasks", "logger.wandb.mode", "seed", "rank"} <= keys
+    assert [key for key, _, text in rows if not text] == []
 
 
 def _train_py(*args):
@@ -87,16 +72,41 @@ def _train_py(*args):
                           cwd=REPO, timeout=120)
 
 
-def test_cli_cfg_job_prints_resolved_method():
+def test_cli_cfg_job_prints_the_resolved_config_with_help():
     out = _train_py("--cfg", "job", "method=prolora", "rank=8", "unshared=1", "sharing=7")
     assert out.returncode == 0, out.stderr
     method = OmegaConf.create(out.stdout).method
     assert (method.r, method.u, method.m, method.n) == (8, 1, 7, 7)
+    assert "  u: 1  # unshared ranks (u = r is plain LoRA)" in out.stdout.splitlines()
+    assert any(line.startswith("  'n': 7  # sharing rate of B") for line in out.stdout.splitlines())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["method=prolora", "rank=-3"], "error: rank=-3: PRoLoRAConfig.r=-3 is invalid: the rank must be an integer >= 1; "
+                                    "use e.g. r=8"),
+    (["method=lora", "unshared=1"], "error: unshared=1 does not apply to method=lora (LoRAConfig has no u): drop "
+                                    "unshared= or pick a method that has it"),
+    (["method=lora", "unshared=1", "sharing=7"],
+     "error: unshared=1 does not apply to method=lora (LoRAConfig has no u); sharing=7 does not apply to method=lora "
+     "(LoRAConfig has no m/n): drop unshared=, sharing= or pick a method that has it"),
+    (["trainer.max_steps=0"], "error: trainer.max_steps=0: must be an integer >= 1"),
+])
+def test_cli_cfg_job_checks_what_it_prints(args, message):
+    out = _train_py("--cfg", "job", *args)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.strip() == message
+
+
+def test_cli_help_lists_fields_with_their_help():
+    out = _train_py("--help")
+    assert out.returncode == 0, out.stderr
+    assert "method: clora, lora," in out.stdout
+    assert any(line.split()[:1] == ["method.u"] and "unshared ranks" in line for line in out.stdout.splitlines())
+    assert "optim.shared_lr" in out.stdout and "${rank}" in out.stdout
 
 
 def test_cli_refuses_unknown_method_and_negative_rank(tmp_path):
     out = _train_py("--cfg", "job", "method=nope")
-    assert out.returncode != 0 and "method/nope" in out.stderr
+    assert out.returncode != 0 and "method/nope" in out.stderr and "prolora" in out.stderr
     out = _train_py("method=prolora", "rank=-3", f"output_dir={tmp_path}")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "error: rank=-3: PRoLoRAConfig.r=-3 is invalid: the rank must be an integer >= 1; use e.g. r=8"]
