@@ -36,8 +36,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from recipes import CONFIG_DIR, REPO  # noqa: E402
 from recipes.paper.grid import build_grid, cells_dir, load_config, with_defaults  # noqa: E402
 from recipes.paper.plan import plan_text  # noqa: E402
-from recipes.paper.runner import Runner, cell_state  # noqa: E402
-from recipes.paper.tables import render_experiment  # noqa: E402
+from recipes.paper.render import render_experiment  # noqa: E402
+from recipes.paper.runner import Runner  # noqa: E402
+from recipes.paper.state import cell_state  # noqa: E402
 
 CELL_JOB_FLAG = "--cell-job"  # internal: this process is one Hydra (submitit) job running cell=<id>
 

@@ -20,6 +20,7 @@ from prolora.io import FileLock
 from recipes import reproduce
 from recipes.paper.grid import build_grid, load_config
 from recipes.paper.runner import Runner
+from recipes.paper.state import cell_state
 from tests.conftest import REPO
 
 SLOW_TRAIN = textwrap.dedent('''
@@ -144,8 +145,6 @@ def test_a_cell_file_recorded_for_other_settings_is_not_reused(grid, capsys, mon
     path.write_text(json.dumps(lora))
     cfg = load_config([*ov, "experiment.max_steps=10"])
     cell = build_grid(cfg).cell("lora_r2__demo__lr0.01__seed1")
-    from recipes.paper.runner import cell_state
-
     assert cell_state(cfg, cell) == ("done", "")
     assert cell_state(load_config(ov), build_grid(load_config(ov)).cell(cell.id))[0] == "to do"
 
