@@ -82,7 +82,7 @@ def _cell(tmp: Path, cid: str) -> dict:
 def test_sigterm_stops_the_step_and_everything_it_started_before_the_lock_goes(grid):
     tmp, ov = grid
     cid = "lora_r2__demo__lr0.01__seed1"
-    runner = subprocess.Popen([sys.executable, "recipes/reproduce.py", *ov, "--rows", "lora_r2"], cwd=REPO,
+    runner = subprocess.Popen([sys.executable, "-m", "recipes.reproduce", *ov, "--rows", "lora_r2"], cwd=REPO,
                               env={**os.environ, "FAKE_STEP_S": "0.2"}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
     pids_file = None
