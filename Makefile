@@ -61,11 +61,11 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
 demo: install  ## the embedded end-to-end run: tiny 4-bit Llama, mini grid, evaluation, table + loss curves in results/demo/
-	$(PY) recipes/reproduce.py experiment=demo --require-complete
+	$(PY) -m recipes.reproduce experiment=demo --require-complete
 
 # results/real/ is committed (results/demo/ is not): the table names the commit its cells ran at
 demo-real: real-model real-data  ## the real-model demo: SmolLM2-135M-Instruct, LoRA r2 vs PRoLoRA r8 on a CodeAlpaca 2k sample, MMLU + BBH subsets (~15 min, 2 cores) -> results/real/
-	PROLORA_NO_PROGRESS=1 $(PY) recipes/reproduce.py experiment=real data_dir=data eval_data_dir=$(REAL_DATA) --require-complete
+	PROLORA_NO_PROGRESS=1 $(PY) -m recipes.reproduce experiment=real data_dir=data eval_data_dir=$(REAL_DATA) --require-complete
 
 real-data: install  ## demo-real's training file: data/code_alpaca_2k.jsonl from the shared data (REAL_DATA=, default ../shared/data), once
 	@for f in code_alpaca/code_alpaca_2k.json mmlu/test bbh/bbh bbh/cot-prompts; do test -e "$(REAL_DATA)/$$f" || { \
@@ -77,16 +77,16 @@ $(REAL_TRAIN): $(REAL_DATA)/code_alpaca/code_alpaca_2k.json scripts/prepare_data
 	$(PY) scripts/prepare_data.py code_alpaca --raw $< --out $@ --no-progress
 
 reproduce-table2: install  ## LLaMA2-7B Table 2 grid (GPU + weights); ARGS="--plan" lists the cells
-	$(PY) recipes/reproduce.py experiment=table2 $(ARGS)
+	$(PY) -m recipes.reproduce experiment=table2 $(ARGS)
 
 reproduce-table3: install  ## LLaMA2-13B Table 3 grid
-	$(PY) recipes/reproduce.py experiment=table3 $(ARGS)
+	$(PY) -m recipes.reproduce experiment=table3 $(ARGS)
 
 reproduce-table4: install  ## Table 4 share/rotate variants on BBH
-	$(PY) recipes/reproduce.py experiment=table4 $(ARGS)
+	$(PY) -m recipes.reproduce experiment=table4 $(ARGS)
 
 reproduce-figure2: install  ## Figure 2: rank 32, u = 0..8 at the LoRA-r8 budget x learning rates
-	$(PY) recipes/reproduce.py experiment=figure2 $(ARGS)
+	$(PY) -m recipes.reproduce experiment=figure2 $(ARGS)
 
 count-params: install  ## trainable-parameter count on the meta device, e.g. ARGS="model=llama2_7b method=prolora rank=8 unshared=1 sharing=7"
 	$(PY) scripts/count_params.py $(ARGS)

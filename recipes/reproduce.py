@@ -1,4 +1,4 @@
-"""Reproduce a paper artefact: ``python recipes/reproduce.py experiment=table2 [--plan] [flags] [overrides]``.
+"""Reproduce a paper artefact: ``python -m recipes.reproduce experiment=table2 [--plan] [flags] [overrides]``.
 
 Experiments: ``table2`` (LLaMA2-7B), ``table3`` (13B), ``table4`` (share/rotate variants, BBH), ``figure2``
 (unshared rank x LR), ``demo`` (tiny model, minutes on a CPU).  ``make reproduce-table2 ARGS="--plan"``.
@@ -28,16 +28,13 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recipes import CONFIG_DIR, REPO  # noqa: E402
-from recipes.paper.grid import build_grid, cells_dir, load_config, with_defaults  # noqa: E402
-from recipes.paper.plan import plan_text  # noqa: E402
-from recipes.paper.runner import Runner, cell_state  # noqa: E402
-from recipes.paper.tables import render_experiment  # noqa: E402
+from recipes import CONFIG_DIR, REPO
+from recipes.paper.grid import build_grid, cells_dir, load_config, with_defaults
+from recipes.paper.plan import plan_text
+from recipes.paper.render import render_experiment
+from recipes.paper.runner import Runner
+from recipes.paper.state import cell_state
 
 CELL_JOB_FLAG = "--cell-job"  # internal: this process is one Hydra (submitit) job running cell=<id>
 
@@ -47,7 +44,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recipes/reproduce.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m recipes.reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=table2 results_dir=...")
     p.add_argument("--plan", action="store_true")
@@ -70,7 +67,7 @@ def render(cfg, experiment: str) -> None:
 
 
 def slurm_command(args: argparse.Namespace, overrides: list[str], cell_ids: list[str]) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), CELL_JOB_FLAG, "--multirun",
+    return [sys.executable, "-m", "recipes.reproduce", CELL_JOB_FLAG, "--multirun",
             f"hydra/launcher={args.launcher}", *overrides, f"cell={','.join(cell_ids)}"]
 
 

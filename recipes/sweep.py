@@ -34,11 +34,9 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from prolora.io import read_json, write_text_atomic
-
-DASH = "—"
+from recipes.paper.facts import COLUMNS, DASH
 
 
 class SweepError(ValueError):
@@ -123,23 +121,15 @@ def find_evals(root: Path, eval_glob: str | None = None) -> dict[Path, list[tupl
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def _columns() -> dict[str, tuple[str, Any]]:
-    """Column id -> (task, Column) for every registered task."""
-    from eval.tasks import TASKS
-
-    return {col: (name, spec) for name, cls in TASKS.items() for col, spec in cls.columns.items()}
-
-
 def resolve_metric(metric: str) -> str:
     """A column id (``gsm_em``) from itself or its short name (``gsm``)."""
-    cols = _columns()
-    if metric in cols:
+    if metric in COLUMNS:
         return metric
-    for col, (_, spec) in cols.items():
-        if getattr(spec, "key", None) == metric:
+    for col, column in COLUMNS.items():
+        if column.key == metric:
             return col
-    raise SweepError(f"--metric {metric}: unknown; use one of {sorted(cols)} or their short names "
-                     f"{sorted(getattr(s, 'key', c) for c, (_, s) in cols.items())}")
+    raise SweepError(f"--metric {metric}: unknown; use one of {sorted(COLUMNS)} or their short names "
+                     f"{sorted(column.key for column in COLUMNS.values())}")
 
 
 def _group_key(run_json: dict) -> str:
@@ -164,27 +154,26 @@ def _label(run_json: dict) -> str:
 
 def _score(run: RunResult, run_json: dict, evals: list[tuple[Path, dict]], metric: str | None) -> None:
     """Fill ``run``'s score from its evaluations: ``metric`` or its dataset's first evaluated benchmark."""
-    cols = _columns()
     col = metric
     if col is None:
         tasks = ((run_json.get("config") or {}).get("dataset") or {}).get("eval_tasks") or []
         evaluated = {t for _, ev in evals for t in (ev.get("tasks") or {})}
         task = next((t for t in tasks if t in evaluated), tasks[0] if tasks else None)
-        col = next((c for c, (t, _) in cols.items() if t == task), None)
+        col = next((c for c, column in COLUMNS.items() if column.task == task), None)
     if col is None:
         return
-    task, spec = cols[col]
+    task, metric_key = COLUMNS[col].task, COLUMNS[col].metric
     run.column = col
     found = [(path, ev, ev["tasks"][task]) for path, ev in evals
-             if isinstance((ev.get("tasks") or {}).get(task), dict) and spec.metric in ev["tasks"][task]]
-    values = {round(float(entry[spec.metric]), 9) for _, _, entry in found}
+             if isinstance((ev.get("tasks") or {}).get(task), dict) and metric_key in ev["tasks"][task]]
+    values = {round(float(entry[metric_key]), 9) for _, _, entry in found}
     if len(values) > 1:
         raise SweepError(f"{run.run_dir}: {len(found)} evaluations score {col} differently "
-                         f"({', '.join(f'{p.parent}: {e[spec.metric]:.4g}' for p, _, e in found)}): pass --eval-glob "
+                         f"({', '.join(f'{p.parent}: {e[metric_key]:.4g}' for p, _, e in found)}): pass --eval-glob "
                          "to choose which evaluation directories count")
     if found:
         path, ev, entry = found[0]
-        run.score, run.eval_path = float(entry[spec.metric]), path
+        run.score, run.eval_path = float(entry[metric_key]), path
         run.n_examples, run.subset, run.protocol = entry.get("n_examples"), bool(entry.get("subset")), ev.get("protocol")
 
 
@@ -265,7 +254,7 @@ def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
 def _header(col: str | None) -> str:
     if col is None:
         return "score"
-    return _columns()[col][1].header
+    return COLUMNS[col].header
 
 
 def markdown(groups: list[Group], root: Path) -> str:

@@ -2,7 +2,7 @@
 
     python scripts/render_tables.py --experiment table2 [--results-dir results] [--out-dir DIR] [--wandb]
 
-A thin command line over :mod:`recipes.paper.tables` (its docstring says what is rendered and how).
+A thin command line over :mod:`recipes.paper.render` (its docstring says what is rendered and how).
 """
 
 import sys
@@ -11,7 +11,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes.paper.tables import main  # noqa: E402
+from recipes.paper.render import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

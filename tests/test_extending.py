@@ -139,6 +139,6 @@ def test_a_new_method_is_one_file_and_a_new_benchmark_one(tmp_path):
     result = json.loads((out / "eval.json").read_text())
     assert result["tasks"]["toy_sums"]["n_examples"] == 3 and 0 <= result["scores"]["toy_sums"] <= 100
     assert result["config"]["toy_sums"]["n"] == 3  # its options are on the command line, from its fields
-    columns = subprocess.run([sys.executable, "-c", "from recipes.paper.tables import COLUMNS; print(COLUMNS['toy_em'])"],
+    columns = subprocess.run([sys.executable, "-c", "from recipes.paper.facts import COLUMNS; print(tuple(COLUMNS['toy_em']))"],
                              cwd=repo, env=env, capture_output=True, text=True, timeout=120)
-    assert columns.stdout.strip() == "('toy_sums', 'Toy EM', 'exact_match')", columns.stderr[-2000:]
+    assert columns.stdout.strip() == "('toy_sums', 'Toy EM', 'exact_match', 'toy')", columns.stderr[-2000:]

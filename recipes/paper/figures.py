@@ -11,11 +11,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from recipes.paper import grid as G
-from recipes.paper.tables import COLUMNS, DASH, Index, Value, _num, dataset_of
+from recipes.paper.facts import COLUMNS, DASH, Index, Value, csv_number, fmt_lr
+from recipes.paper.grid import Row, dataset_of
 
 
-def heatmap(cfg: DictConfig, grid_rows: list[G.Row], index: Index, out: Path) -> tuple[str, str]:
+def heatmap(cfg: DictConfig, grid_rows: list[Row], index: Index, out: Path) -> tuple[str, str]:
     """Figure 2: rows (unshared rank) x the LR grid; Markdown + CSV text, and the PNG at ``out``."""
     exp = cfg.experiment
     col = exp.columns[0]
@@ -27,9 +27,9 @@ def heatmap(cfg: DictConfig, grid_rows: list[G.Row], index: Index, out: Path) ->
         vt = row.variants[0]
         grid.append([index.value(vt.id, ds, lr, col, seeds) for lr in lrs])
     md = [f"# {exp.title} (reproduced)", "",
-          f"{COLUMNS[col][1]}: mean ± sample std over seeds {seeds}; {DASH}: no result yet. "
+          f"{COLUMNS[col].header}: mean ± sample std over seeds {seeds}; {DASH}: no result yet. "
           "The paper gives Figure 2 only as an image (no numbers to compare with).", "",
-          "| Unshared rank | variant | " + " | ".join(f"lr {G.fmt_lr(x)}" for x in lrs) + " |",
+          "| Unshared rank | variant | " + " | ".join(f"lr {fmt_lr(x)}" for x in lrs) + " |",
           "|---|---|" + "---|" * len(lrs)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -37,7 +37,7 @@ def heatmap(cfg: DictConfig, grid_rows: list[G.Row], index: Index, out: Path) ->
     for row, vals in zip(grid_rows, grid):
         md.append(f"| {row.label} | {row.variants[0].id} | " + " | ".join(v.text() for v in vals) + " |")
         for lr, v in zip(lrs, vals):
-            w.writerow([exp.name, row.id, row.variants[0].id, G.fmt_lr(lr), _num(v.mean), _num(v.std), v.n])
+            w.writerow([exp.name, row.id, row.variants[0].id, fmt_lr(lr), csv_number(v.mean), csv_number(v.std), v.n])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +48,7 @@ def heatmap(cfg: DictConfig, grid_rows: list[G.Row], index: Index, out: Path) ->
     fig, ax = plt.subplots(figsize=(1.3 * len(lrs) + 2.5, 0.5 * len(grid_rows) + 1.8))
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, aspect="auto")
-    ax.set_xticks(range(len(lrs)), [G.fmt_lr(x) for x in lrs])
+    ax.set_xticks(range(len(lrs)), [fmt_lr(x) for x in lrs])
     ax.set_yticks(range(len(grid_rows)), [r.label for r in grid_rows])
     ax.set_xlabel("learning rate")
     ax.set_ylabel("unshared rank u")
@@ -56,7 +56,7 @@ def heatmap(cfg: DictConfig, grid_rows: list[G.Row], index: Index, out: Path) ->
         for j in range(data.shape[1]):
             ax.text(j, i, DASH if math.isnan(data[i, j]) else f"{data[i, j]:.2f}", ha="center", va="center",
                     fontsize=8, color="black" if math.isnan(data[i, j]) else "white")
-    ax.set_title(f"{exp.name}: {COLUMNS[col][1]} (r=32, LoRA-r8 budget)", fontsize=10)
+    ax.set_title(f"{exp.name}: {COLUMNS[col].header} (r=32, LoRA-r8 budget)", fontsize=10)
     if not np.all(np.isnan(data)):
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
@@ -79,7 +79,7 @@ def loss_curves(records: list[dict[str, Any]], out: Path, title: str) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for rec, curve in sorted(curves, key=lambda rc: rc[0]["cell_id"]):
         ax.plot([p[0] for p in curve], [p[1] for p in curve],
-                label=f"{rec['variant']} seed {rec.get('seed')} (lr {G.fmt_lr(rec['lr'])})")
+                label=f"{rec['variant']} seed {rec.get('seed')} (lr {fmt_lr(rec['lr'])})")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title(title, fontsize=10)

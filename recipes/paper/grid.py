@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from recipes import CONFIG_DIR, REPO
+from recipes.paper.facts import COLUMNS, fmt_lr
 
 EXPERIMENT_DEFAULTS: dict[str, Any] = dict(
     name="", title="", model="llama2_7b", seeds=[1, 2, 3], eval_seed=None, max_steps=10_000, lr_grid=None,
@@ -74,10 +75,6 @@ def repo_path(p: str | os.PathLike) -> Path:
     return p if p.is_absolute() else REPO / p
 
 
-def fmt_lr(lr: float) -> str:
-    return f"{float(lr):g}"
-
-
 @functools.cache
 def _group_yaml(group: str, name: str) -> dict[str, Any]:
     from recipes import config_store
@@ -107,14 +104,12 @@ def model_info(name: str) -> dict[str, Any]:
 
 def column_tasks(columns: Iterable[str]) -> list[str]:
     """The benchmarks the experiment's columns come from, in column order."""
-    from recipes.paper.tables import COLUMNS
-
     tasks: list[str] = []
     for col in columns:
         if col not in COLUMNS:
             raise ValueError(f"unknown column {col!r}; known: {sorted(COLUMNS)}")
-        if COLUMNS[col][0] not in tasks:
-            tasks.append(COLUMNS[col][0])
+        if COLUMNS[col].task not in tasks:
+            tasks.append(COLUMNS[col].task)
     return tasks
 
 
@@ -122,6 +117,15 @@ def experiment_datasets(exp: DictConfig) -> dict[str, list[str]]:
     """Training dataset -> the benchmarks it feeds in this experiment (its eval_tasks among the columns')."""
     wanted = column_tasks(exp.columns)
     return {str(ds): [t for t in dataset_tasks(str(ds)) if t in wanted] for ds in exp.datasets}
+
+
+def dataset_of(exp: DictConfig, col: str) -> str | None:
+    """The training dataset whose benchmarks feed table column ``col`` in this experiment (None: none does)."""
+    task = COLUMNS[col].task
+    for ds, tasks in experiment_datasets(exp).items():
+        if task in tasks:
+            return str(ds)
+    return None
 
 
 def all_tasks(exp: DictConfig) -> list[str]:
@@ -209,13 +213,14 @@ class Cell:
             eval_only=self.eval_only, chat=self.chat)
 
 
-def _ov(v: Any) -> str:
+def override_value(v: Any) -> str:
+    """A value as a Hydra command-line override writes it (``true``, ``null``, ``[1,2]``)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
         return "null"
     if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_ov(x) for x in v) + "]"
+        return "[" + ",".join(override_value(x) for x in v) + "]"
     return str(v)
 
 
@@ -232,7 +237,7 @@ def make_variant(spec: dict[str, Any]) -> Variant:
     plain = prolora.make_config(name, **{k: spec[k] for k in ("r", "u", "m", "n") if k in spec})
     fields = {k: v for k, v in adapter.to_dict().items() if k not in ("method", "preset")}
     vid = adapter.tag() if adapter == plain else f"{adapter.tag()}_{short_hash([repr(sorted(fields.items()))])[:6]}"
-    overrides = (f"method={name}",) + tuple(f"method.{k}={_ov(v)}" for k, v in sorted(spec.items()))
+    overrides = (f"method={name}",) + tuple(f"method.{k}={override_value(v)}" for k, v in sorted(spec.items()))
     return Variant(id=vid, short=f"r{adapter.r}", method={"name": name, **fields}, overrides=overrides)
 
 

@@ -18,7 +18,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from recipes import REPO
-from recipes.paper.grid import Cell, Grid, fmt_lr, make_variant, model_info
+from recipes.paper.facts import fmt_int, fmt_lr
+from recipes.paper.grid import Cell, Grid, experiment_datasets, make_variant, model_info
+from recipes.paper.state import cell_state
 from recipes.run_config import counting_ref
 
 PAPER_REFERENCE = REPO / "results" / "paper_reference.json"
@@ -44,10 +46,6 @@ def count_params(model: str, method: dict[str, Any]) -> int:
 def paper_formula_count(model: str, method: dict[str, Any]) -> float:
     """The same with the paper's h/m chunks (equal to :func:`count_params` outside the PRoLoRA family)."""
     return _count(model, json.dumps(method, sort_keys=True))[1]
-
-
-def fmt_int(n: int | float | None) -> str:
-    return "?" if n is None else f"{round(n):,}"
 
 
 def parse_millions(text: str | None) -> float | None:
@@ -144,9 +142,6 @@ def eval_line(cfg: DictConfig) -> str:
 
 
 def plan_text(cfg: DictConfig, grid: Grid) -> str:
-    from recipes.paper.grid import experiment_datasets
-    from recipes.paper.runner import cell_state
-
     exp = cfg.experiment
     n_train = sum(1 for c in grid.cells if not c.eval_only)
     n_eval = len(grid.cells) - n_train

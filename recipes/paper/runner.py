@@ -1,14 +1,12 @@
 """Running a grid: one subprocess per step (train, then evaluate), a lock per cell, a record per cell.
 
-State of a cell: *done* (cell file with status done), *running* (its lock file is flock-ed by a live process:
-the kernel takes the lock atomically and drops it when the holder dies, so there is no stale lock and no race
-between two runners), *failed* (cell file with status failed: stage, return code, stderr tail), *to do*
-otherwise.  Each step runs in its own subprocess (its own process group), so a crash or OOM of one cell only
-marks that cell failed; SIGTERM/SIGINT of the runner stop the step's whole process group and wait for it before
-the lock goes; a killed grid resumes where it stopped (finished steps are never rerun: ``final/run.json`` marks
-a finished training, an ``eval.json`` whose ``status`` is ``complete`` a finished evaluation).  A cell is
-recorded done only when its files agree (the evaluation scored this cell's checkpoint, the training ran its
-steps).
+A cell runs unless its state (:mod:`recipes.paper.state`) is done, running (another process holds its lock, so
+two runners never run one cell) or failed without ``retry_failed``.  Each step runs in its own subprocess (its
+own process group), so a crash or OOM of one cell only marks that cell failed (stage, return code, stderr
+tail); SIGTERM/SIGINT of the runner stop the step's whole process group and wait for it before the lock goes;
+a killed grid resumes where it stopped (finished steps are never rerun: ``final/run.json`` marks a finished
+training, an ``eval.json`` whose ``status`` is ``complete`` a finished evaluation).  A cell is recorded done
+only when its files agree (the evaluation scored this cell's checkpoint, the training ran its steps).
 """
 
 from __future__ import annotations
@@ -29,50 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from prolora.io import FileLock, read_json, read_tail, write_json_atomic
 from recipes import REPO, git_commit
+from recipes.paper.facts import COLUMNS, eval_to_columns, subset_columns
 from recipes.paper.grid import Cell, Grid, cells_dir, compose, eval_command, train_args, train_command
 from recipes.paper.plan import count_params
-from recipes.paper.tables import COLUMNS, eval_to_columns
+from recipes.paper.state import cell_state, eval_complete
 
 CELL_SCHEMA = 1
-
-
-def cell_state(cfg: DictConfig, cell: Cell) -> tuple[str, str]:
-    """(state, detail): state in done | running | failed | to do."""
-    d = cells_dir(cfg, cell.experiment)
-    lock = FileLock.holder(d / f"{cell.id}.lock")
-    if lock is not None:
-        return "running", f"pid {lock.get('pid')} on {lock.get('host')}, {lock.get('stage', '')}"
-    rec = read_json(d / f"{cell.id}.json")
-    stale = cell.recorded_for_other_settings(rec) if rec and rec.get("status") == "done" else None
-    if stale:  # another max_steps, LR grid or overrides than the file's: run again (the old run dir stays)
-        return "to do", f"cell file {stale}"
-    if rec and rec.get("status") == "done":
-        return "done", ""
-    if rec and rec.get("status") == "failed":
-        f = rec.get("failure") or {}
-        return "failed", f"{f.get('stage')} rc={f.get('returncode')}"
-    trained = cell.eval_only or (cell.run_dir is not None and (cell.run_dir / "final" / "run.json").exists())
-    evaluated = eval_complete(cell.eval_dir)
-    detail = "" if cell.eval_only else ("trained" if trained else "")
-    if evaluated:
-        detail = "trained+evaluated, to record"
-    return "to do", detail
-
-
-def eval_complete(eval_dir: Path) -> bool:
-    """An evaluation is finished when its eval.json says every planned task was scored."""
-    return (read_json(eval_dir / "eval.json") or {}).get("status") == "complete"
-
-
-def subset_columns(ev: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """Table columns whose number is NOT on the whole set: {column: {"n", "of"}} from eval.json."""
-    out: dict[str, dict[str, Any]] = {}
-    tasks = (ev or {}).get("tasks") or {}
-    for col, (task, _, _) in COLUMNS.items():
-        entry = tasks.get(task) or {}
-        if entry.get("subset"):
-            out[col] = {"n": entry.get("n_examples"), "of": entry.get("full_size") or entry.get("n_available")}
-    return out
 
 
 def _loss_curve(metrics: Path) -> list[list[float]]:

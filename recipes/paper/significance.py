@@ -34,7 +34,10 @@ from typing import Any
 import numpy as np
 
 from eval.stats import Interval, load_predictions, paired_bootstrap, seed_interval
-from recipes.paper import grid as G
+from eval.tasks import TASKS
+from recipes.paper.facts import COLUMNS, Index, csv_number, fmt_lr, load_cells
+from recipes.paper.grid import build_grid, cells_dir, dataset_of, load_config
+from recipes.paper.tables import build_table
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
@@ -90,7 +93,9 @@ def _task_records(cell: dict[str, Any], task: str) -> list[dict]:
     return load_predictions(path)
 
 
-def _macro(values: np.ndarray, groups: list[str] | None) -> float:
+def macro_mean(values: np.ndarray, groups: list[str] | None) -> float:
+    """The benchmark's aggregate of per-item values: their mean, or the mean of the group means (BBH tasks,
+    TyDi QA languages)."""
     if groups is None:
         return float(values.mean())
     g = np.asarray(groups)
@@ -100,10 +105,7 @@ def _macro(values: np.ndarray, groups: list[str] | None) -> float:
 def item_matrix(cells: dict[int, dict[str, Any]], seeds: list[int], column: str
                 ) -> tuple[list[str], np.ndarray, list[str] | None]:
     """Items (ids in a fixed order), their values per seed (seeds × items) and groups, for one side."""
-    from eval.tasks import TASKS
-    from recipes.paper.tables import COLUMNS
-
-    task, _, metric = COLUMNS[column]
+    task, metric = COLUMNS[column].task, COLUMNS[column].metric
     cls = TASKS[task]
     ids: list[str] | None = None
     rows, groups = [], None
@@ -121,8 +123,8 @@ def item_matrix(cells: dict[int, dict[str, Any]], seeds: list[int], column: str
         arr = np.asarray(values, dtype=float)[order]
         grp = None if grp is None else [grp[j] for j in order]
         recorded = ((cells[seed].get("metrics") or {}).get(column))
-        if recorded is None or not math.isclose(_macro(arr, grp), float(recorded), abs_tol=1e-6):
-            raise PredictionError(f"the {task} predictions of seed {seed} give {_macro(arr, grp):.6f}, the cell "
+        if recorded is None or not math.isclose(macro_mean(arr, grp), float(recorded), abs_tol=1e-6):
+            raise PredictionError(f"the {task} predictions of seed {seed} give {macro_mean(arr, grp):.6f}, the cell "
                                   f"recorded {recorded}: saved by an older version, or not this cell's")
         rows.append(arr)
         groups = grp
@@ -208,8 +210,6 @@ def table_comparisons(cfg, table, index) -> list[Comparison]:
 
 
 def markdown(comparisons: list[Comparison], title: str = "Significance") -> str:
-    from recipes.paper.tables import COLUMNS
-
     if not comparisons:
         return ""
     lines = ["", f"## {title}", "",
@@ -218,7 +218,7 @@ def markdown(comparisons: list[Comparison], title: str = "Significance") -> str:
              f"seed {BOOTSTRAP_SEED}) and a paired t-interval over seeds (≥ 2 seeds). ▲/▼: every interval "
              "excludes 0.", "", "| row | baseline | column | Δ and intervals | beyond noise |", "|---|---|---|---|---|"]
     for c in comparisons:
-        lines.append(f"| {c.b} | {c.a} | {COLUMNS[c.column][1]} | {c.text()} | {c.mark or 'no'} |")
+        lines.append(f"| {c.b} | {c.a} | {COLUMNS[c.column].header} | {c.text()} | {c.mark or 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -228,20 +228,16 @@ def csv_text(comparisons: list[Comparison]) -> str:
     w.writerow(["row", "baseline", "column", "delta", "items_low", "items_high", "n_items", "seeds_low", "seeds_high",
                 "n_seeds", "beyond_noise", "reason"])
 
-    def num(x):
-        return "" if x is None else f"{x:.4f}"
-
     for c in comparisons:
         it, se = c.items, c.seeds
-        w.writerow([c.b, c.a, c.column, num(c.delta), num(it and it.low), num(it and it.high), it.n if it else "",
-                    num(se and se.low), num(se and se.high), c.n_seeds, int(c.beyond_noise), c.reason])
+        w.writerow([c.b, c.a, c.column, csv_number(c.delta), csv_number(it and it.low), csv_number(it and it.high),
+                    it.n if it else "", csv_number(se and se.low), csv_number(se and se.high), c.n_seeds,
+                    int(c.beyond_noise), c.reason])
     return buf.getvalue()
 
 
 def forest_plot(comparisons: list[Comparison], out: Path, title: str) -> bool:
     """Δ with its item interval (thick) and seed interval (thin) per comparison; False when nothing to draw."""
-    from recipes.paper.tables import COLUMNS
-
     drawn = [c for c in comparisons if c.items is not None]
     if not drawn:
         return False
@@ -258,7 +254,7 @@ def forest_plot(comparisons: list[Comparison], out: Path, title: str) -> bool:
         ax.plot([c.items.low, c.items.high], [y, y], color=color, linewidth=4, solid_capstyle="butt")
         ax.plot([c.delta], [y], "o", color="black", markersize=4)
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(drawn)), [f"{c.b} − {c.a}: {COLUMNS[c.column][1]}" for c in reversed(drawn)], fontsize=7)
+    ax.set_yticks(range(len(drawn)), [f"{c.b} − {c.a}: {COLUMNS[c.column].header}" for c in reversed(drawn)], fontsize=7)
     ax.set_xlabel(f"Δ (points); thick: {CONFIDENCE:.0%} item bootstrap, thin: seed t-interval")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
@@ -272,8 +268,6 @@ def forest_plot(comparisons: list[Comparison], out: Path, title: str) -> bool:
 # ------------------------------------------------------------------------------------------------ Figure 2
 def heatmap_vs_best(cfg, grid_rows, index) -> tuple[tuple[int, int] | None, list[list[Comparison | None]]]:
     """Every heatmap cell against the best one (highest mean): its position and the comparisons by (row, lr)."""
-    from recipes.paper.tables import dataset_of
-
     exp = cfg.experiment
     col = exp.columns[0]
     ds = dataset_of(exp, col)
@@ -289,13 +283,13 @@ def heatmap_vs_best(cfg, grid_rows, index) -> tuple[tuple[int, int] | None, list
     if best is None:
         return None, grid
     bi, bj = best
-    best_label = f"{grid_rows[bi].label} lr {G.fmt_lr(lrs[bj])}"
+    best_label = f"{grid_rows[bi].label} lr {fmt_lr(lrs[bj])}"
     for i, vals in enumerate(values):
         for j, v in enumerate(vals):
             if (i, j) == best or v.mean is None:
                 continue
             grid[i][j] = compare(index, v.source, values[bi][bj].source, col, seeds,
-                                 f"{grid_rows[i].label} lr {G.fmt_lr(lrs[j])}", best_label)
+                                 f"{grid_rows[i].label} lr {fmt_lr(lrs[j])}", best_label)
     return best, grid
 
 
@@ -303,10 +297,10 @@ def heatmap_markdown(grid_rows, lrs, best, grid) -> str:
     if best is None:
         return ""
     lines = ["", "## Against the best cell", "",
-             f"Δ = cell − best cell ({grid_rows[best[0]].label}, lr {G.fmt_lr(lrs[best[1]])}) with the "
+             f"Δ = cell − best cell ({grid_rows[best[0]].label}, lr {fmt_lr(lrs[best[1]])}) with the "
              f"{CONFIDENCE:.0%} item-bootstrap interval; ≈: not distinguishable from the best (an interval "
              "includes 0).", "",
-             "| Unshared rank | " + " | ".join(f"lr {G.fmt_lr(x)}" for x in lrs) + " |", "|---|" + "---|" * len(lrs)]
+             "| Unshared rank | " + " | ".join(f"lr {fmt_lr(x)}" for x in lrs) + " |", "|---|" + "---|" * len(lrs)]
     for i, row in enumerate(grid_rows):
         cells = []
         for j in range(len(lrs)):
@@ -350,7 +344,7 @@ def heatmap_plot(grid_rows, lrs, best, grid, out: Path, title: str) -> bool:
             dark = not np.isnan(data[i, j]) and abs(data[i, j]) > 0.6 * span
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
-    ax.set_xticks(range(len(lrs)), [G.fmt_lr(x) for x in lrs])
+    ax.set_xticks(range(len(lrs)), [fmt_lr(x) for x in lrs])
     ax.set_yticks(range(len(grid_rows)), [r.label for r in grid_rows])
     ax.set_xlabel("learning rate")
     ax.set_ylabel("unshared rank u")
@@ -365,8 +359,6 @@ def heatmap_plot(grid_rows, lrs, best, grid, out: Path, title: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------ CLI
 def main(argv: list[str] | None = None) -> int:
-    from recipes.paper import tables as T
-
     p = argparse.ArgumentParser(prog="python -m recipes.paper.significance", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", required=True)
@@ -380,9 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.results_dir:
         overrides.append(f"results_dir={Path(args.results_dir).resolve()}")
     try:
-        cfg = G.load_config(overrides)
-        index = T.Index(T.load_cells(G.cells_dir(cfg, str(cfg.experiment.name))))
-        table = T.build_table(cfg, G.build_grid(cfg).rows, index, {}, counts=False)
+        cfg = load_config(overrides)
+        index = Index(load_cells(cells_dir(cfg, str(cfg.experiment.name))))
+        table = build_table(cfg, build_grid(cfg).rows, index, {}, counts=False)
         comparisons = table_comparisons(cfg, table, index)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

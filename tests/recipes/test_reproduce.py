@@ -1,4 +1,4 @@
-"""recipes/reproduce.py: a resumable, crash-proof run of a grid (fake and real steps), SLURM submission, --dry-run."""
+"""recipes.reproduce: a resumable, crash-proof run of a grid (fake and real steps), SLURM submission, --dry-run."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def fake(tmp_path):
 
 
 def _run(overrides, *flags, env=None):
-    return subprocess.run([sys.executable, "recipes/reproduce.py", *overrides, *flags], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "recipes.reproduce", *overrides, *flags], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
@@ -91,7 +91,7 @@ def test_killed_grid_resumes_without_recomputing(fake, capsys, monkeypatch):
     tmp, overrides, log = fake
     ov = overrides + ["experiment.seeds=[1,2]", "render=false"]
     monkeypatch.setenv("FAKE_LOG", str(log))
-    first = _run(ov, "--rows", "lora_r2", env={"FAKE_KILL_SEED": "2"})  # the script, as typed
+    first = _run(ov, "--rows", "lora_r2", env={"FAKE_KILL_SEED": "2"})  # the module, as typed
     assert first.returncode == -9, first.stdout + first.stderr  # SIGKILLed while training cell 2
     c1 = "lora_r2__demo__lr0.01__seed1"
     c2 = "lora_r2__demo__lr0.01__seed2"

@@ -1,4 +1,4 @@
-"""scripts/render_tables.py, the thin command line over recipes.paper.tables, as a user runs it."""
+"""scripts/render_tables.py, the thin command line over recipes.paper.render, as a user runs it."""
 
 import subprocess
 import sys

@@ -23,8 +23,8 @@ TABLE2_PARAMS = {
 
 @pytest.fixture(scope="module")
 def table2_plan(tmp_path_factory) -> str:
-    """``python recipes/reproduce.py experiment=table2 --plan`` (in-process: the script's main with the same
-    argv; the runner tests below go through the script itself)."""
+    """``python -m recipes.reproduce experiment=table2 --plan`` (in-process: the module's main with the same
+    argv; the runner tests below run it as a command)."""
     out = tmp_path_factory.mktemp("plan")
     mp = pytest.MonkeyPatch()
     buf = io.StringIO()

@@ -60,12 +60,12 @@ def test_real_eval_overrides_name_existing_task_options(real):
     """Each ``<task>.<option>=`` is a field of that task's dataclass, each other key an evaluation option; the
     composed evaluation builds its tasks (their own checks run) and, where the shared data is here, they load it
     (every chosen MMLU subject and BBH task exists)."""
-    import recipes.evaluate as E
     from eval.tasks import TASKS
+    from recipes import evaluate
 
     cfg, grid = real
     overrides = [str(x) for x in cfg.experiment.eval_overrides]
-    run_options = {f.name for f in fields(E.RunOptions)}
+    run_options = {f.name for f in fields(evaluate.RunOptions)}
     for ov in overrides:
         key = ov.split("=", 1)[0].lstrip("+~")
         head, _, option = key.partition(".")
@@ -77,7 +77,7 @@ def test_real_eval_overrides_name_existing_task_options(real):
     for chat in (True, False):
         ecfg = compose("evaluate", ["model=smollm2_135m", "tasks=[mmlu,bbh]", f"chat={str(chat).lower()}",
                                     *overrides])
-        tasks = E.build_tasks(ecfg, chat)
+        tasks = evaluate.build_tasks(ecfg, chat)
         assert [t.name for t in tasks] == ["mmlu", "bbh"]
         by_name = {t.name: t for t in tasks}
         assert by_name["mmlu"].subjects and by_name["bbh"].tasks  # subsets, labelled as such in every table

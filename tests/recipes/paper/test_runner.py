@@ -20,6 +20,7 @@ from prolora.io import FileLock
 from recipes import reproduce
 from recipes.paper.grid import build_grid, load_config
 from recipes.paper.runner import Runner
+from recipes.paper.state import cell_state
 from tests.conftest import REPO
 
 SLOW_TRAIN = textwrap.dedent('''
@@ -81,7 +82,7 @@ def _cell(tmp: Path, cid: str) -> dict:
 def test_sigterm_stops_the_step_and_everything_it_started_before_the_lock_goes(grid):
     tmp, ov = grid
     cid = "lora_r2__demo__lr0.01__seed1"
-    runner = subprocess.Popen([sys.executable, "recipes/reproduce.py", *ov, "--rows", "lora_r2"], cwd=REPO,
+    runner = subprocess.Popen([sys.executable, "-m", "recipes.reproduce", *ov, "--rows", "lora_r2"], cwd=REPO,
                               env={**os.environ, "FAKE_STEP_S": "0.2"}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
     pids_file = None
@@ -144,8 +145,6 @@ def test_a_cell_file_recorded_for_other_settings_is_not_reused(grid, capsys, mon
     path.write_text(json.dumps(lora))
     cfg = load_config([*ov, "experiment.max_steps=10"])
     cell = build_grid(cfg).cell("lora_r2__demo__lr0.01__seed1")
-    from recipes.paper.runner import cell_state
-
     assert cell_state(cfg, cell) == ("done", "")
     assert cell_state(load_config(ov), build_grid(load_config(ov)).cell(cell.id))[0] == "to do"
 

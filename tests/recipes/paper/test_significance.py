@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recipes.paper import significance as S
-from recipes.paper import tables as R
+from recipes.paper import render, significance
 
 N = 400  # demo test items per seed
 
@@ -32,7 +31,7 @@ def _cell(root: Path, variant: str, seed: int, correct: np.ndarray, lr: float = 
 
 
 def _render(root: Path, tmp_path: Path) -> str:
-    R.main(["--experiment", "demo", "--results-dir", str(root), "--out-dir", str(tmp_path / "out"), "--quiet",
+    render.main(["--experiment", "demo", "--results-dir", str(root), "--out-dir", str(tmp_path / "out"), "--quiet",
             "experiment.seeds=[1,2,3]"])
     return (tmp_path / "out" / "table.md").read_text()
 
@@ -128,7 +127,7 @@ def test_macro_average_tasks_bootstrap_their_own_aggregate():
     metrics = bbh.score(examples, predictions)
     values, groups = bbh.item_values([{"id": i, **p} for i, p in enumerate(metrics["per_example"])], "exact_match")
     assert groups == ["x", "x", "x", "y"]
-    assert S._macro(np.array(values), groups) == pytest.approx(metrics["exact_match"])  # (33.3 + 100) / 2
+    assert significance.macro_mean(np.array(values), groups) == pytest.approx(metrics["exact_match"])  # (33.3 + 100) / 2
     assert np.mean(values) != pytest.approx(metrics["exact_match"])  # the micro mean would be another number
 
 
@@ -159,7 +158,7 @@ def test_figure2_cells_against_the_best_cell(tmp_path):
     cell("prolora_r32_u4_m7_n7", 1e-4, best)
     cell("lora_r8", 2e-4, worse)
     out = tmp_path / "out"
-    R.main(["--experiment", "figure2", "--results-dir", str(root), "--out-dir", str(out), "--quiet",
+    render.main(["--experiment", "figure2", "--results-dir", str(root), "--out-dir", str(out), "--quiet",
             "experiment.seeds=[1]"])
     md = (out / "table.md").read_text().splitlines()
     u4 = next(line for line in md if line.startswith("| u=4 | ") and "best" in line)
@@ -180,7 +179,7 @@ def test_a_row_with_two_baselines_names_the_one_each_mark_is_against(tmp_path):
         _cell(root, "lora_r2", seed, a)
         _cell(root, "prolora_r8_u1_m7_n7", seed, b)
         _cell(root, "vera_r64", seed, b, lr=0.05)
-    R.main(["--experiment", "demo", "--results-dir", str(root), "--out-dir", str(tmp_path / "out"), "--quiet",
+    render.main(["--experiment", "demo", "--results-dir", str(root), "--out-dir", str(tmp_path / "out"), "--quiet",
             "experiment.seeds=[1,2,3]",
             "experiment.compare=[{row:prolora_r8,baseline:lora_r2},{row:prolora_r8,baseline:vera_r64}]"])
     md = (tmp_path / "out" / "table.md").read_text()

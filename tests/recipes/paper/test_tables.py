@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from recipes.paper import tables as R
-from recipes.paper.grid import fmt_lr
-from recipes.paper.tables import eval_to_columns
+from recipes.paper import render
+from recipes.paper.facts import fmt_lr
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures" / "results"
@@ -19,7 +18,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "results"
 @pytest.fixture(scope="module")
 def table2(tmp_path_factory):
     out = tmp_path_factory.mktemp("table2")
-    assert R.main(["--experiment", "table2", "--results-dir", str(FIXTURES), "--out-dir", str(out), "--quiet"]) == 0
+    assert render.main(["--experiment", "table2", "--results-dir", str(FIXTURES), "--out-dir", str(out), "--quiet"]) == 0
     return out
 
 
@@ -97,7 +96,7 @@ def test_table4_grid_and_figure2_heatmap(tmp_path):
     for s, v in ((1, 37.0), (2, 38.0)):
         _cell(t4, "prolora_r32_u4_m7_n7", "flan_v2", 2e-4, s, {"bbh_em": v}, ["share_hidden_rotate_rank"])
     _cell(t4, "share_rank_rotate_hidden_r32_u4_m7_n7", "flan_v2", 2e-4, 1, {"bbh_em": 36.0}, ["x"])
-    R.main(["--experiment", "table4", "--results-dir", str(tmp_path), "--quiet"])
+    render.main(["--experiment", "table4", "--results-dir", str(tmp_path), "--quiet"])
     md = (tmp_path / "table4" / "table.md").read_text().splitlines()
     assert "| Hidden. | — (36.45) | 37.50 ± 0.71 n=2/3 (37.33, +0.17) |" in md
     assert "| Rank. | 36.00 n=1/3 (36.35, -0.35) | — (37.07) |" in md
@@ -107,7 +106,7 @@ def test_table4_grid_and_figure2_heatmap(tmp_path):
     f2 = tmp_path / "figure2" / "cells"
     _cell(f2, "prolora_r32_u4_m7_n7", "flan_v2", 2e-4, 1, {"bbh_em": 37.25}, ["u4"])
     _cell(f2, "lora_r8", "flan_v2", 1e-3, 1, {"bbh_em": 35.5}, ["u8"])
-    R.main(["--experiment", "figure2", "--results-dir", str(tmp_path), "--quiet"])
+    render.main(["--experiment", "figure2", "--results-dir", str(tmp_path), "--quiet"])
     md = (tmp_path / "figure2" / "table.md").read_text().splitlines()
     assert "| u=4 | prolora_r32_u4_m7_n7 | — | — | 37.25 n=1/3 | — | — |" in md
     assert "| u=8 (LoRA r8) | lora_r8 | — | — | — | — | 35.50 n=1/3 |" in md
@@ -121,7 +120,7 @@ def test_demo_loss_curves_and_wandb_table(tmp_path, monkeypatch, capsys):
     for s in (1, 2):
         _cell(d, "lora_r2", "demo", 1e-2, s, {"demo_em": 10.0 * s}, ["lora_r2"])
     monkeypatch.setenv("WANDB_MODE", "disabled")  # offline-safe path, no service started in the test
-    assert R.main(["--experiment", "demo", "--results-dir", str(tmp_path), "--wandb", "experiment.seeds=[1,2]"]) == 0
+    assert render.main(["--experiment", "demo", "--results-dir", str(tmp_path), "--wandb", "experiment.seeds=[1,2]"]) == 0
     out = capsys.readouterr().out
     assert "| LoRA | 2 | 4,864 | 15.00 ± 7.07 |" in out
     assert (tmp_path / "demo" / "loss_curves.png").stat().st_size > 5000
@@ -134,23 +133,9 @@ def test_a_number_scored_on_a_subset_is_marked(tmp_path):
     _cell(d, "lora_r2", "demo", 1e-2, 1, {"demo_em": 40.0}, ["lora_r2"])
     _cell(d, "lora_r2", "demo", 1e-2, 2, {"demo_em": 50.0}, ["lora_r2"], subsets={"demo_em": {"n": 20, "of": 118}})
     _cell(d, "vera_r64", "demo", 5e-2, 1, {"demo_em": 30.0}, ["vera_r64"])
-    assert R.main(["--experiment", "demo", "--results-dir", str(tmp_path), "experiment.seeds=[1,2]", "--quiet"]) == 0
+    assert render.main(["--experiment", "demo", "--results-dir", str(tmp_path), "experiment.seeds=[1,2]", "--quiet"]) == 0
     md = (tmp_path / "demo" / "table.md").read_text()
     assert "| LoRA | 2 | 4,864 | 45.00 ˢ ± 7.07 |" in md and "| VeRA | 64 | 2,176 | 30.00 n=1/2 |" in md
     assert "ˢ: scored on a subset of the benchmark, not comparable to the paper" in md
     rows = {r["row"]: r for r in csv.DictReader(open(tmp_path / "demo" / "table.csv"))}
     assert (rows["lora_r2"]["demo_em_subset"], rows["vera_r64"]["demo_em_subset"]) == ("1", "0")
-
-
-def test_eval_json_to_paper_columns():
-    """eval.json as eval/driver.py's write_results lays it out (percent) -> the paper's six columns."""
-    ev = {"scores": {"mmlu": 41.18, "tydiqa": 17.4, "bbh": 33.43, "gsm": 3.03, "humaneval": 0.64},
-          "tasks": {"mmlu": {"score": 41.18, "accuracy": 41.18, "n_examples": 14042},
-                    "tydiqa": {"score": 17.4, "f1": 17.4, "exact_match": 0.1, "languages": {}},
-                    "bbh": {"score": 33.43, "exact_match": 33.43}, "gsm": {"score": 3.03, "exact_match": 3.03},
-                    "humaneval": {"score": 0.64, "pass@1": 0.64, "pass@10": 2.0}}}
-    got = eval_to_columns(ev, ["mmlu_em", "bbh_em", "gsm_em", "tydiqa_f1", "tydiqa_em", "humaneval_p1"])
-    assert got == {"mmlu_em": 41.18, "bbh_em": 33.43, "gsm_em": 3.03, "tydiqa_f1": 17.4, "tydiqa_em": 0.1,
-                   "humaneval_p1": 0.64}
-    assert eval_to_columns({"tasks": {"bbh": {"exact_match": 50.0}}}, ["mmlu_em", "bbh_em"]) == {"bbh_em": 50.0}
-    assert eval_to_columns(None, ["mmlu_em"]) == {}
