@@ -32,7 +32,7 @@ from prolora.inject import (
     get_config,
 )
 from prolora.io import write_dir_atomic
-from prolora.methods import config_from_dict
+from prolora.methods import config_from_dict, get_method
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -71,7 +71,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     config = _require_attached(model, "save_adapter")
-    tensors = {k: p.detach().to("cpu").contiguous() for k, p in adapter_state(model).items()}
+    tensors = {k: p.detach().to("cpu").contiguous() for k, p in adapter_state(model, buffers=True).items()}
     _check_finite(tensors, "save_adapter", "the model's adapter (nothing was written)")
     meta = {"format": FORMAT, "method": config.method, "config": config.to_dict(),
             "trainable_params": count_trainable(model), "base_model_name_or_path": _base_name(model)}
@@ -122,7 +122,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         raise ValueError(f"load_adapter: {weights} is not a readable safetensors file ({type(e).__name__}: {e}); "
                          "the checkpoint is corrupt or incomplete") from None
     _check_finite(tensors, "load_adapter", str(weights))
-    params = adapter_state(model)
+    params = adapter_state(model, buffers=True)
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or unexpected:
         raise ConfigError(f"load_adapter: {weights} does not fit this model: missing {missing[:5]}"
@@ -182,10 +182,14 @@ def export_lora(model: nn.Module, directory: str | os.PathLike, vllm_compatible:
             b = torch.cat([b, b.new_zeros(b.shape[0], r_exp - r)], 1)
         tensors[f"base_model.model.{path}.lora_A.weight"] = a.cpu().contiguous()
         tensors[f"base_model.model.{path}.lora_B.weight"] = b.cpu().contiguous()
+        for key, t in layer.extra_peft_tensors().items():
+            tensors[f"base_model.model.{path}.{key}"] = t.detach().float().cpu().contiguous()
+    _check_finite(tensors, "export_lora", "the model's adapter (nothing was written)")
 
     peft_config = LoraConfig(
         r=r_exp, lora_alpha=lora_alpha, lora_dropout=config.dropout, target_modules=list(config.target_modules),
-        bias="none", task_type="CAUSAL_LM", base_model_name_or_path=_base_name(model), inference_mode=True)
+        bias="none", task_type="CAUSAL_LM", base_model_name_or_path=_base_name(model), inference_mode=True,
+        **get_method(config.method).peft_config_fields(config))
     note: dict[str, Any] = {"method": config.method, "rank": r, "exported_rank": r_exp,
                             "zero_padded": r_exp != r, "scaling": scaling, "scaling_folded_into_B": fold,
                             "config": config.to_dict()}
@@ -236,7 +240,7 @@ def merge(model: nn.Module) -> nn.Module:
         base = layer.base_layer
         dense, dtype = _dense_weight(base)
         quantized |= getattr(base.weight, "quant_state", None) is not None
-        new_w = (dense + layer.delta_weight().to(dense.device)).to(dtype)
+        new_w = layer.merged_weight(dense).to(dtype)
         bias = getattr(base, "bias", None)
         if isinstance(base, nn.Linear) and type(base) is nn.Linear:
             base.weight.data = new_w

@@ -7,6 +7,7 @@ Everything is validated before the model is touched, so a bad config leaves the 
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from prolora.config import AdapterConfig, ConfigError
@@ -105,17 +106,20 @@ def detach(model: nn.Module) -> nn.Module:
     return model
 
 
-def adapter_state(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Every tensor the attached adapter declares (each layer's and each shared module's ``adapter_params``),
-    by its name in the model (``<layer path>.lora_A``, ``prolora_shared.<method>.A``): what is saved, loaded,
-    counted and trained.  Empty for a model without an adapter."""
-    state: dict[str, nn.Parameter] = {}
-    for path, layer in adapter_layers(model).items():
-        state.update({f"{path}.{name}": t for name, t in declared_state(layer).items()})
+def adapter_state(model: nn.Module, buffers: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor the attached adapter declares as trained (each layer's and each shared module's
+    ``adapter_params``; with ``buffers``, the saved frozen ``adapter_buffers`` too), by its name in the model
+    (``<layer path>.lora_A``, ``prolora_shared.<method>.A``): what is trained and counted, and (with buffers) what
+    is saved and loaded.  Empty for a model without an adapter."""
+    modules: list[tuple[str, nn.Module]] = list(adapter_layers(model).items())
     shared = getattr(model, SHARED_ATTR, None)
     if isinstance(shared, nn.ModuleDict):
-        for method, module in shared.items():
-            state.update({f"{SHARED_ATTR}.{method}.{name}": t for name, t in declared_state(module).items()})
+        modules += [(f"{SHARED_ATTR}.{method}", module) for method, module in shared.items()]
+    state: dict[str, torch.Tensor] = {}
+    for prefix, module in modules:
+        state.update({f"{prefix}.{name}": t for name, t in declared_state(module).items()})
+        if buffers:
+            state.update({f"{prefix}.{name}": t for name, t in declared_state(module, buffers=True).items()})
     return state
 
 

@@ -9,8 +9,18 @@ Every adapter layer exposes its update as two expanded fp32 factors and a scalar
 
     ΔW = scaling · B_full @ A_full,      A_full: (r × h),  B_full: (o × r)
 
-and DECLARES the tensors it owns (``adapter_params``, PEFT's ``adapter_layer_names`` habit): saving, loading,
-counting and export read that declaration, and ``attach`` checks that it is exactly what the layer trains.
+and DECLARES the tensors it owns (PEFT's ``adapter_layer_names`` habit): ``adapter_params`` (trained, saved,
+counted) and ``adapter_buffers`` (saved with the adapter but not trained or counted, e.g. factors computed from
+the base weight that a trained tensor is only valid with).  Saving, loading, counting and export read these
+declarations, and ``attach`` checks that ``adapter_params`` is exactly what the adapter trains.
+
+The hooks a method may override, each with a default from ``factors()``:
+
+* ``delta_output(x, base_out)``: the adapter's term of the layer's output (fp32, scaled).  The default builds
+  (A_full, B_full); a method's compact form computes the same from its own tensors (serving, mixed batches);
+* ``merged_weight(dense)``: the weight with the adapter folded in (default ``dense + delta_weight()``);
+* ``extra_peft_tensors()`` and ``Method.peft_config_fields(config)``: what a PEFT export needs beyond the
+  rank-r LoRA factors (e.g. DoRA's magnitude vector and ``use_dora``).
 """
 
 from __future__ import annotations
@@ -39,29 +49,32 @@ def weight_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def declared_state(module: nn.Module) -> dict[str, nn.Parameter]:
-    """``{local name: tensor}`` of what ``module.adapter_params`` declares: a parameter gives one entry, a
-    ``ParameterDict`` one per key (``B.q_proj``), a name set to None (an empty part) none."""
-    out: dict[str, nn.Parameter] = {}
-    for name in type(module).adapter_params:
+def declared_state(module: nn.Module, buffers: bool = False) -> dict[str, torch.Tensor]:
+    """``{local name: tensor}`` of what ``module.adapter_params`` (with ``buffers``: ``adapter_buffers``)
+    declares: a tensor gives one entry, a ``ParameterDict``/``BufferDict``-like mapping one per key
+    (``B.q_proj``), a name set to None (an empty part) none."""
+    out: dict[str, torch.Tensor] = {}
+    for name in type(module).adapter_buffers if buffers else type(module).adapter_params:
         value = getattr(module, name, None)
         if value is None:
             continue
-        if isinstance(value, nn.ParameterDict):
+        if isinstance(value, (nn.ParameterDict, dict)):
             out.update({f"{name}.{key}": p for key, p in value.items()})
         elif isinstance(value, torch.Tensor):
             out[name] = value
         else:
-            raise TypeError(f"{type(module).__name__}.adapter_params names {name!r}, which is a "
-                            f"{type(value).__name__}: declare parameters or ParameterDicts only")
+            raise TypeError(f"{type(module).__name__} declares {name!r}, which is a {type(value).__name__}: "
+                            "declare tensors (parameters, buffers) or ParameterDicts only")
     return out
 
 
 class SharedModule(nn.Module):
     """Model-level tensors a method shares between layers (``model.prolora_shared[<method>]``), created once by
-    ``Method.create_shared``.  ``adapter_params``: the names of the ones it saves (frozen buffers: none)."""
+    ``Method.create_shared``.  ``adapter_params``: the trained tensors it saves; ``adapter_buffers``: frozen ones it
+    saves (frozen tensors regenerated from a seed, as VeRA's, need not be saved)."""
 
     adapter_params: ClassVar[tuple[str, ...]] = ()
+    adapter_buffers: ClassVar[tuple[str, ...]] = ()
 
 
 class AdapterLayer(nn.Module):
@@ -75,6 +88,7 @@ class AdapterLayer(nn.Module):
     """
 
     adapter_params: ClassVar[tuple[str, ...]] = ()
+    adapter_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, path: str, shared: nn.Module | None = None):
         super().__init__()
@@ -99,16 +113,29 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
     def delta_weight(self) -> torch.Tensor:
+        """ΔW = scaling · B_full A_full (o × h), fp32."""
         a, b = self.factors()
         return self.scaling * (b @ a)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
+    def delta_output(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """The adapter's term of the output, fp32: scaling · (dropout(x) A_fullᵀ) B_fullᵀ (``base_out``, the base
+        layer's output, is for methods whose term depends on it)."""
         a, b = self.factors()
         out = F.linear(F.linear(self.dropout(x.to(a.dtype)), a), b)
-        if self.scaling != 1.0:
-            out = out * self.scaling
-        return result + out.to(result.dtype)
+        return out * self.scaling if self.scaling != 1.0 else out
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        return result + self.delta_output(x, result).to(result.dtype)
+
+    def merged_weight(self, dense: torch.Tensor) -> torch.Tensor:
+        """The base weight (fp32, o × h) with the adapter folded in: ``dense + ΔW``."""
+        return dense + self.delta_weight().to(dense.device)
+
+    def extra_peft_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors a PEFT export of this layer needs beyond ``lora_A``/``lora_B`` (key: the name after the layer's
+        path in PEFT's state dict, e.g. ``lora_magnitude_vector``)."""
+        return {}
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, r={self.r}, scaling={self.scaling:g}"
@@ -149,6 +176,12 @@ class Method:
                       targets: list[tuple[str, nn.Module]]) -> SharedModule | None:
         """Model-level parameters/buffers shared by several layers (created once), or None."""
         return None
+
+    @classmethod
+    def peft_config_fields(cls, config: AdapterConfig) -> dict[str, Any]:
+        """``peft.LoraConfig`` fields an export of this method sets beyond the rank-r LoRA ones (DoRA:
+        ``{"use_dora": True}``)."""
+        return {}
 
     @classmethod
     def create_layer(cls, base_layer: nn.Module, config: AdapterConfig, path: str,
