@@ -5,11 +5,16 @@ A training checkpoint (``<run>/final/`` as ``recipes/train.py`` writes it) holds
 export, for vLLM) and ``run.json`` whose ``config.model`` names the base model it was trained on.
 A run directory (holding ``final/``) is accepted too. A directory with a ``config.json`` and no
 adapter is a (merged or plain) Hugging Face model.
+
+An adapter checkpoint is verified against the sha256 of its files recorded at training (``checksums.json`` and
+``run.json``: :mod:`prolora.integrity`) before anything is loaded: a file that differs stops the evaluation with
+one line unless ``allow_modified``; a checkpoint from before the hashes is used with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,21 +29,43 @@ class ModelSpec:
     peft_dir: str | None = None  # PEFT LoRA export (vllm backend)
     kind: str = "base"  # base | adapter | merged
     run_model: dict = field(default_factory=dict)  # config.model of run.json, when there is one
+    integrity: dict | None = None  # adapter checkpoints: verified | unverified | modified (prolora.integrity)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def read_run_model(directory: Path) -> dict:
+def read_run(directory: Path) -> dict:
     run = directory / "run.json"
     if not run.is_file():
         return {}
-    data = json.loads(run.read_text())
-    return dict((data.get("config") or {}).get("model") or {})
+    try:
+        data = json.loads(run.read_text())
+    except ValueError:
+        raise ValueError(f"{run} is not valid JSON: the checkpoint is damaged; train it again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{run} is not a JSON object: the checkpoint is damaged; train it again")
+    return data
 
 
-def resolve_checkpoint(checkpoint: str | None, model_path: str | None = None, peft_subdir: str = "peft") -> ModelSpec:
-    """Decide what to load. ``model_path`` (the ``model`` config) overrides the base named in run.json."""
+def verify_checkpoint(ckpt: Path, run: dict, allow_modified: bool) -> dict:
+    """The checkpoint's files against what training recorded (one line and no work when they differ)."""
+    from prolora import integrity
+
+    result = integrity.verify(ckpt, allow_modified=allow_modified, expected=run.get("checkpoint_sha256"))
+    if result.status == "unverified":
+        warnings.warn(f"{ckpt} records no sha256 of its files (written before checkpoints did): it is used "
+                      "without verifying that its files are the ones training wrote", stacklevel=3)
+    elif result.status == "modified":
+        warnings.warn(f"{ckpt}: used although modified since training (allow_modified=true): "
+                      f"{', '.join(result.modified[:3])}", stacklevel=3)
+    return {**result.to_dict(), "allow_modified": allow_modified}
+
+
+def resolve_checkpoint(checkpoint: str | None, model_path: str | None = None, peft_subdir: str = "peft",
+                       allow_modified: bool = False) -> ModelSpec:
+    """Decide what to load. ``model_path`` (the ``model`` config) overrides the base named in run.json.  An adapter
+    checkpoint's files are verified first (:func:`verify_checkpoint`)."""
     if checkpoint is None:
         if not model_path:
             raise ValueError("nothing to evaluate: give checkpoint=<dir> and/or model=<name> (e.g. model=tiny)")
@@ -48,16 +75,18 @@ def resolve_checkpoint(checkpoint: str | None, model_path: str | None = None, pe
         raise FileNotFoundError(f"checkpoint {ckpt} is not a directory")
     if not (ckpt / "adapter_config.json").is_file() and (ckpt / "final" / "adapter_config.json").is_file():
         ckpt = ckpt / "final"
-    run_model = read_run_model(ckpt)
+    run = read_run(ckpt)
+    run_model = dict((run.get("config") or {}).get("model") or {})
     if (ckpt / "adapter_config.json").is_file():
         base = model_path or run_model.get("path")
         if not base:
             raise ValueError(f"{ckpt} is an adapter checkpoint but names no base model (no run.json with "
                              "config.model.path): pass model=<name> (e.g. model=llama2_7b)")
+        integrity = verify_checkpoint(ckpt, run, allow_modified)
         peft = ckpt / peft_subdir
         return ModelSpec(model_path=base, tokenizer_path=base, adapter_dir=str(ckpt),
                          peft_dir=str(peft) if (peft / "adapter_config.json").is_file() else None,
-                         kind="adapter", run_model=run_model)
+                         kind="adapter", run_model=run_model, integrity=integrity)
     if (ckpt / "config.json").is_file():
         has_tok = any((ckpt / f).is_file() for f in TOKENIZER_FILES)
         tokenizer = str(ckpt) if has_tok else (model_path or run_model.get("path"))

@@ -96,6 +96,13 @@ def read_json(path: str | os.PathLike) -> Any:
         return None
 
 
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The parsed file when it is a JSON object; None when it is missing, not valid JSON, or another JSON value
+    (a list, a number: a damaged result file, never a half-read one)."""
+    data = read_json(path)
+    return data if isinstance(data, dict) else None
+
+
 def read_tail(path: str | os.PathLike, chars: int) -> str:
     """The last ``chars`` characters of a text file (decoding errors replaced), or "" when it is unreadable."""
     try:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prolora import checkpointing
+from prolora import checkpointing, integrity
 from prolora.io import write_dir_atomic, write_text_atomic
 
 CHECKPOINT_PREFIX = "step_"
@@ -319,6 +319,7 @@ class Trainer:
         def write(tmp: Path) -> None:
             self.save_fn(self.model, tmp / "adapter")
             torch.save(state, tmp / TRAINER_STATE)
+            integrity.write_manifest(tmp)
 
         final = write_dir_atomic(self.ckpt_dir / f"{CHECKPOINT_PREFIX}{self.step:07d}", write)
         for old in list_checkpoints(self.ckpt_dir)[:-max(self.args.keep_last, 1)]:
@@ -326,8 +327,9 @@ class Trainer:
         return final
 
     def maybe_resume(self) -> int | None:
-        """With ``args.resume``: restore the newest checkpoint that loads (damaged ones are skipped with a
-        warning, newest first); a checkpoint of another run (its identity differs) is refused, naming the keys."""
+        """With ``args.resume``: restore the newest checkpoint that loads (damaged ones, and ones whose files differ
+        from their manifest, are skipped with a warning, newest first); a checkpoint of another run (its identity
+        differs: settings or training data) is refused, naming the keys."""
         self._clean_leftovers()
         if not self.args.resume:
             return None
@@ -335,6 +337,7 @@ class Trainer:
 
         for ckpt in reversed(list_checkpoints(self.ckpt_dir)):
             try:
+                integrity.verify(ckpt)  # a file changed since the save: treated as damaged
                 state = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=False)
             except Exception as e:  # noqa: BLE001  (a torn or garbled file: try the previous checkpoint)
                 warnings.warn(f"resume: {ckpt / TRAINER_STATE} does not load ({type(e).__name__}: {e}); "

@@ -9,6 +9,7 @@ import functools
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +32,19 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line, ``warning: <text>`` (the source line Python adds says nothing to a user)."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def one_line_errors(main):
     """Wrap a recipe's ``main``: a bad setting or a missing file (``ValueError``, ``FileNotFoundError``) ends the
-    run with ONE line that names it and exit status 2, not a traceback; ``HYDRA_FULL_ERROR=1`` shows it all."""
+    run with ONE line that names it and exit status 2, not a traceback (``HYDRA_FULL_ERROR=1`` shows it all); a
+    warning is one line too."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
+        warnings.formatwarning = one_line_warning
         try:
             return main(*args, **kwargs)
         except (ValueError, FileNotFoundError) as e:

@@ -57,6 +57,8 @@ class VLLMOptions:
 class RunOptions:
     model: ModelConfig | None = None  # None: the base named in the checkpoint's run.json
     checkpoint: str | None = None
+    # score a checkpoint whose files differ from what training wrote (recorded in eval.json, marked in tables)
+    allow_modified: bool = False
     tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
     backend: str = "hf"  # hf | vllm
     data_dir: str = "data/eval"  # holds mmlu/, bbh/, gsm/, tydiqa/ in open-instruct's layout
@@ -227,17 +229,18 @@ def run(cfg: DictConfig) -> dict:
         from hydra.core.hydra_config import HydraConfig
 
         output_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.backend not in ("hf", "vllm"):
+        raise ValueError(f"backend={cfg.backend!r}: use hf or vllm")
+    if cfg.backend == "vllm":
+        require_vllm()
     model_path = cfg.model.path if cfg.model is not None else None
-    spec = resolve_checkpoint(cfg.checkpoint, model_path, peft_subdir=cfg.vllm.peft_subdir)
+    spec = resolve_checkpoint(cfg.checkpoint, model_path, peft_subdir=cfg.vllm.peft_subdir,
+                              allow_modified=cfg.allow_modified)
     settings = model_settings(cfg, spec.run_model)
     chat = cfg.chat if cfg.chat is not None else spec.kind != "base"
     precision = cfg.precision or ("nf4" if settings.get("quantize", True) else "full")
     if precision not in ("nf4", "8bit", "full"):
         raise ValueError(f"precision={precision!r}: use nf4, 8bit or full")
-    if cfg.backend not in ("hf", "vllm"):
-        raise ValueError(f"backend={cfg.backend!r}: use hf or vllm")
-    if cfg.backend == "vllm":
-        require_vllm()
     tasks = build_tasks(cfg, chat)  # validates task names and options before any model is loaded
     for task in tasks:  # a missing or malformed benchmark file fails here, before any model is loaded
         task.load(cfg.data_dir)
@@ -247,6 +250,7 @@ def run(cfg: DictConfig) -> dict:
     pool = BackendPool(cfg, spec, settings, precision)
     writer = ResultWriter(output_dir, [t.name for t in tasks], {
         "protocol": cfg.protocol, "model": {**spec.to_dict(), "settings": settings}, "backend": cfg.backend,
+        "checkpoint_integrity": spec.integrity,
         "chat": chat, "precision": {t.name: pool.precision_for(t) for t in tasks}, "dtype": pool.dtype,
         "config": OmegaConf.to_container(cfg, resolve=True), "git_commit": git_commit(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),

@@ -35,7 +35,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prolora.io import read_json, write_text_atomic
+from prolora.io import read_json_object, write_text_atomic
 from recipes.paper.facts import COLUMNS, DASH
 
 
@@ -88,7 +88,7 @@ def _cell_paths(root: Path) -> tuple[list[Path], list[Path]]:
     """Run and eval dirs named by the runner's cell files under ``root`` (``cells/*.json``, done ones)."""
     runs, evals = [], []
     for path in sorted(root.rglob("cells/*.json")):
-        rec = read_json(path)
+        rec = read_json_object(path)
         if not isinstance(rec, dict) or rec.get("status") != "done":
             continue
         paths = rec.get("paths") or {}
@@ -113,7 +113,7 @@ def find_evals(root: Path, eval_glob: str | None = None) -> dict[Path, list[tupl
     for path in sorted(p.resolve() for p in paths):
         if eval_glob and not fnmatch.fnmatch(str(path.parent), eval_glob):
             continue
-        ev = read_json(path)
+        ev = read_json_object(path)
         adapter = ((ev or {}).get("model") or {}).get("adapter_dir") if isinstance(ev, dict) else None
         if adapter:
             out.setdefault(Path(adapter).resolve(), []).append((path, ev))
@@ -186,7 +186,7 @@ def collect(root: Path, metric: str | None = None, eval_glob: str | None = None)
     evals = find_evals(root, eval_glob)
     runs = []
     for run_dir in find_runs(root):
-        run_json = read_json(run_dir / "final" / "run.json")
+        run_json = read_json_object(run_dir / "final" / "run.json")
         if not isinstance(run_json, dict):
             print(f"warning: {run_dir / 'final' / 'run.json'} is unreadable; skipped", file=sys.stderr)
             continue

@@ -29,7 +29,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from prolora.io import read_json
+from prolora.io import read_json_object
 from recipes import CONFIG_DIR, config_store, git_commit, one_line_errors, run_config
 from recipes.run_config import RunConfig
 
@@ -129,7 +129,7 @@ def claim_output_dir(cfg: DictConfig, job: TrainingJob, identity: dict) -> Path 
     from prolora.trainer import identity_diff, list_checkpoints
 
     final = job.output_dir / "final"
-    done = read_json(final / "run.json")
+    done = read_json_object(final / "run.json")
     if done is not None:
         diff = identity_diff(done.get("identity") or {}, identity)
         if not diff and not cfg.overwrite:
@@ -317,14 +317,19 @@ def run_summary(cfg: DictConfig, job: TrainingJob, model, result, identity: dict
 
 
 def write_final(job: TrainingJob, model, summary: dict) -> Path:
-    """``final/``: the compact adapter, its PEFT export and run.json, written atomically together."""
+    """``final/``: the compact adapter, its PEFT export and run.json, written atomically together, with the sha256
+    of every file (``checksums.json``; the adapter's and the export's also in run.json), which evaluation, merge,
+    export and the grid runner verify."""
     import prolora
+    from prolora import integrity
     from prolora.io import write_dir_atomic, write_json_atomic
 
     def write(tmp: Path) -> None:
         prolora.save_adapter(model, tmp)
         prolora.export_lora(model, tmp / "peft")
+        summary["checkpoint_sha256"] = integrity.digest(tmp)  # the adapter and its export, as written
         write_json_atomic(tmp / "run.json", summary)
+        integrity.write_manifest(tmp)  # every file, run.json included
 
     return write_dir_atomic(job.output_dir / "final", write)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from eval.tasks import TASKS
-from prolora.io import read_json
+from prolora.io import read_json_object
 
 DASH = "—"  # no result yet (never filled in)
 
@@ -94,6 +94,7 @@ class Value:
     unsettled: bool = False  # another candidate still misses seeds
     paper: float | None = None
     subset: bool = False  # some number behind it was scored on a subset of the benchmark
+    modified: bool = False  # a checkpoint behind it was scored although modified after training (allow_modified)
     source: tuple | None = None  # the cells behind it: (variant, dataset, lr) or ("eval_only", row) -> Index.cells
     mark: str = ""  # significance against the row's baseline (recipes.paper.significance): ▲ / ▼
 
@@ -105,7 +106,7 @@ class Value:
         if self.mean is None:
             s = DASH
         else:
-            s = f"{self.mean:.2f}" + (" ˢ" if self.subset else "")
+            s = f"{self.mean:.2f}" + (" ˢ" if self.subset else "") + (" ᵐ" if self.modified else "")
             if self.std is not None:
                 s += f" ± {self.std:.2f}"
             if self.choice:
@@ -136,7 +137,7 @@ def load_cells(cells_dir: Path) -> list[dict[str, Any]]:
     """The cell files of ``cells_dir`` whose status is done, in file-name order."""
     out = []
     for p in sorted(cells_dir.glob("*.json")):
-        rec = read_json(p)
+        rec = read_json_object(p)
         if isinstance(rec, dict) and rec.get("status") == "done":
             out.append(rec)
     return out
@@ -154,6 +155,7 @@ class Index:
         self.eval_only: dict[str, dict[int, dict[str, float]]] = {}
         self.subsets: set[tuple] = set()  # (variant, dataset, lr, seed, col) / (row, seed, col) scored on a subset
         self.records = records
+        self.modified: set[tuple] = set()  # (variant, dataset, lr, seed) / (row, seed) of modified checkpoints
         self.cells: dict[tuple, dict[int, dict[str, Any]]] = {}  # source (see Value.source) -> {seed: cell record}
         for rec in records:
             metrics = rec.get("metrics") or {}
@@ -168,6 +170,8 @@ class Index:
                 self.trained.setdefault(k, {})[seed] = metrics
                 self.subsets |= {(*k, seed, col) for col in rec.get("subsets") or {}}
                 self.cells.setdefault(k, {})[seed] = rec
+                if (rec.get("checkpoint_integrity") or {}).get("status") == "modified":
+                    self.modified.add((*k, seed))
 
     def values(self, variant: str, dataset: str, lr: float, col: str, seeds: list[int]) -> list[float]:
         by_seed = self.trained.get((variant, dataset, lr_key(lr)), {})
@@ -177,5 +181,6 @@ class Index:
         """The candidate's mean ± std over the finished seeds, marked when any of them is a subset number."""
         v = summarize(self.values(variant, dataset, lr, col, seeds), len(seeds))
         v.subset = any((variant, dataset, lr_key(lr), s, col) in self.subsets for s in seeds)
+        v.modified = any((variant, dataset, lr_key(lr), s) in self.modified for s in seeds)
         v.source = (variant, dataset, lr_key(lr))
         return v

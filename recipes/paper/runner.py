@@ -25,7 +25,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from prolora.io import FileLock, read_json, read_tail, write_json_atomic
+from prolora import integrity
+from prolora.io import FileLock, read_json_object, read_tail, write_json_atomic
 from recipes import REPO, git_commit
 from recipes.paper.facts import COLUMNS, eval_to_columns, subset_columns
 from recipes.paper.grid import Cell, Grid, cells_dir, compose, eval_command, train_args, train_command
@@ -160,12 +161,17 @@ class Runner:
         scored = model.get("adapter_dir")
         if scored is None or Path(scored).resolve() != (cell.run_dir / "final").resolve():
             return f"eval.json scored {scored}, not this cell's checkpoint {cell.run_dir / 'final'}"
+        allowed = bool((ev.get("checkpoint_integrity") or {}).get("allow_modified"))
+        try:  # the checkpoint is still what training wrote (or the evaluation was told to accept it)
+            integrity.verify(cell.run_dir / "final", allow_modified=allowed, expected=run_json.get("checkpoint_sha256"))
+        except integrity.ModifiedCheckpoint as e:
+            return str(e)
         return None
 
     def _record(self, cell: Cell, status: str, timings: dict[str, float], failure: dict[str, Any] | None,
                 commands: dict[str, list[str]]) -> dict[str, Any]:
-        run_json = read_json(cell.run_dir / "final" / "run.json") if cell.run_dir else None
-        ev = read_json(cell.eval_dir / "eval.json")
+        run_json = read_json_object(cell.run_dir / "final" / "run.json") if cell.run_dir else None
+        ev = read_json_object(cell.eval_dir / "eval.json")
         problem = self.inconsistency(cell, run_json, ev) if status == "done" else None
         if problem:
             self.log(f"    NOT recorded as done: {problem}")
@@ -183,6 +189,7 @@ class Runner:
             "metrics": eval_to_columns(ev, COLUMNS) if ev else {},
             "subsets": {c: v for c, v in subset_columns(ev).items() if c in self.cfg.experiment.columns},
             "protocol": (ev or {}).get("protocol"),
+            "checkpoint_integrity": (ev or {}).get("checkpoint_integrity"),
             "trainable_params": count_params(cell.model, cell.variant.method) if cell.variant else None,
             "trainable_params_run": (run_json or {}).get("trainable_params"),
             "train": {k: (run_json or {}).get(k) for k in

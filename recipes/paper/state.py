@@ -23,6 +23,8 @@ def cell_state(cfg: DictConfig, cell: Cell) -> tuple[str, str]:
     if lock is not None:
         return "running", f"pid {lock.get('pid')} on {lock.get('host')}, {lock.get('stage', '')}"
     rec = read_json(d / f"{cell.id}.json")
+    if rec is not None and not isinstance(rec, dict):  # valid JSON, but not a cell file: damaged, run it again
+        return "to do", f"cell file {cell.id}.json is not a JSON object (damaged); it is rewritten when the cell runs"
     stale = cell.recorded_for_other_settings(rec) if rec and rec.get("status") == "done" else None
     if stale:  # another max_steps, LR grid or overrides than the file's: run again (the old run dir stays)
         return "to do", f"cell file {stale}"
@@ -41,4 +43,5 @@ def cell_state(cfg: DictConfig, cell: Cell) -> tuple[str, str]:
 
 def eval_complete(eval_dir: Path) -> bool:
     """An evaluation is finished when its eval.json says every planned task was scored."""
-    return (read_json(eval_dir / "eval.json") or {}).get("status") == "complete"
+    ev = read_json(eval_dir / "eval.json")
+    return isinstance(ev, dict) and ev.get("status") == "complete"

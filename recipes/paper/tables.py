@@ -93,6 +93,7 @@ def build_table(cfg: DictConfig, grid_rows: list[Row], index: Index, ref: dict[s
             avg.mean = statistics.fmean(values[c].mean for c in exp.columns)  # type: ignore[misc]
             avg.n = avg.planned = 1
             avg.subset = any(values[c].subset for c in exp.columns)
+            avg.modified = any(values[c].modified for c in exp.columns)
         if ref_row.get("note"):
             notes.append(ref_row["note"])
         rows.append(TableRow(row=row, values=values, params=params, params_paper=ref_row.get("params"),
@@ -126,6 +127,7 @@ def markdown(cfg: DictConfig, table: list[TableRow], ref: dict[str, Any], record
     lines.append(f"[r32] / [lr x]: the candidate a multi-variant row kept for that benchmark (better mean, as the paper); "
                  f"n=k/{len(exp.seeds)}: seeds finished so far; †: a candidate still misses seeds; {DASH}: no result yet; "
                  "ˢ: scored on a subset of the benchmark, not comparable to the paper; "
+                 "ᵐ: a checkpoint behind it was modified after training and scored anyway (allow_modified=true); "
                  "▲/▼: better/worse than its baseline row beyond the 95% intervals (Significance, below; ▲[id]: against row id, where a row has several baselines); "
                  f"≠: our parameter count does not round to the paper's.")
     lines.append(f"Built from {len(records)} finished cell file(s).")

@@ -8,6 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import prolora
+from prolora import integrity
 from prolora.models import TINY_DIR
 from recipes import CONFIG_DIR
 from recipes import evaluate as recipe
@@ -47,6 +48,7 @@ def checkpoints(tmp_path_factory):
     prolora.export_lora(model, final / "peft")
     (final / "run.json").write_text(json.dumps({"config": {"model": {
         "name": "tiny", "path": str(TINY_DIR), "quantize": False, "compute_dtype": "float32"}}}))
+    integrity.write_manifest(final)  # as training does
     merged = tmp / "merged"
     prolora.merge(model).save_pretrained(merged)
     return final, merged

@@ -201,3 +201,19 @@ def test_one_real_tiny_cell(tmp_path, capsys):
     assert rec["subsets"] == {"demo_em": {"n": 4, "of": 118}} and rec["protocol"] == "authors"  # marked a subset
     assert rec["config"]["run"]["method"]["m"] == 7 and rec["config"]["run"]["seed"] == 1
     assert len(rec["loss_curve"]) >= 1
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{not json"])
+def test_a_damaged_cell_file_is_named_in_the_plan_and_run_again(fake, content):
+    tmp, overrides, log = fake
+    cells = tmp / "results" / "demo" / "cells"
+    cells.mkdir(parents=True)
+    (cells / "lora_r2__demo__lr0.01__seed1.json").write_text(content)
+    plan = _run(overrides, "--plan", "--rows", "lora_r2")
+    assert plan.returncode == 0 and "Traceback" not in plan.stderr, plan.stderr[-2000:]
+    if content.startswith(("[", "1", '"')):
+        assert "lora_r2__demo__lr0.01__seed1.json is not a JSON object (damaged)" in plan.stdout
+    run = _run([*overrides, "render=false", "experiment.seeds=[1]"], "--rows", "lora_r2",
+               env={"FAKE_LOG": str(log)})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert _cell(tmp, "lora_r2__demo__lr0.01__seed1")["status"] == "done"

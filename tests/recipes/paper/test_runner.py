@@ -39,6 +39,9 @@ SLOW_TRAIN = textwrap.dedent('''
     (out / "final").mkdir(exist_ok=True)
     (out / "final" / "run.json").write_text(json.dumps({"config": {"seed": int(args["seed"]), "optim": {
         "lr": float(args["optim.lr"])}}, "steps": steps, "trainable_params": 4864, "final_loss": 1.0}))
+    if os.environ.get("FAKE_MANIFEST"):  # as the real recipe: the sha256 of every file of the checkpoint
+        from prolora import integrity
+        integrity.write_manifest(out / "final")
     helper.kill()
 ''')
 
@@ -50,7 +53,10 @@ FAKE_EVAL = textwrap.dedent('''
     score = float(os.environ.get("FAKE_SCORE", "40"))
     model = {"kind": "base", "adapter_dir": None} if args["checkpoint"] == "null" else {
         "kind": "adapter", "adapter_dir": os.environ.get("FAKE_SCORED", args["checkpoint"])}
-    (out / "eval.json").write_text(json.dumps({"status": "complete", "model": model, "protocol": "authors",
+    if os.environ.get("FAKE_TAMPER"):  # the checkpoint edited while (or after) it was scored
+        (pathlib.Path(args["checkpoint"]) / "adapter_config.json").write_text("{}")
+    status = os.environ.get("FAKE_STATUS", "complete")
+    (out / "eval.json").write_text(json.dumps({"status": status, "model": model, "protocol": "authors",
         "scores": {"demo": score}, "tasks": {"demo": {"score": score, "exact_match": score, "n_examples": 118,
         "n_available": 118, "subset": False}}}))
 ''')
@@ -156,6 +162,31 @@ def test_a_cell_whose_files_disagree_is_not_done(grid, monkeypatch):
     rec = _cell(tmp, "lora_r2__demo__lr0.01__seed1")
     assert rec["status"] == "failed" and rec["failure"]["stage"] == "record"
     assert "scored /somewhere/else/final, not this cell's checkpoint" in rec["failure"]["reason"]
+
+
+@pytest.mark.parametrize("status", ["incomplete", "failed"])
+def test_an_evaluation_that_did_not_finish_is_never_recorded_done(grid, monkeypatch, status):
+    tmp, ov = grid
+    monkeypatch.setenv("FAKE_STATUS", status)  # eval.json exists, exit code 0, but not every task was scored
+    assert reproduce.main([*ov, "--rows", "lora_r2"]) == 1
+    rec = _cell(tmp, "lora_r2__demo__lr0.01__seed1")
+    assert rec["status"] == "failed" and rec["failure"]["stage"] == "eval"
+    assert rec["failure"]["reason"] == "exit code 0 but no finished eval.json"
+    cfg = load_config(ov)
+    assert cell_state(cfg, build_grid(cfg).cell(rec["cell_id"]))[0] == "failed"
+
+
+def test_a_checkpoint_modified_after_training_is_not_recorded_done(grid, monkeypatch):
+    tmp, ov = grid
+    monkeypatch.setenv("FAKE_MANIFEST", "1")
+    monkeypatch.setenv("FAKE_TAMPER", "1")
+    assert reproduce.main([*ov, "--rows", "lora_r2"]) == 1
+    rec = _cell(tmp, "lora_r2__demo__lr0.01__seed1")
+    assert rec["status"] == "failed" and rec["failure"]["stage"] == "record"
+    assert "adapter_config.json (added) differs from what training wrote" in rec["failure"]["reason"]
+    monkeypatch.delenv("FAKE_TAMPER")
+    assert reproduce.main([*ov, "--rows", "lora_r2", "experiment.seeds=[2]"]) == 0  # untouched: done, verified
+    assert _cell(tmp, "lora_r2__demo__lr0.01__seed2")["status"] == "done"
 
 
 def _race(path: str, barrier, results) -> None:
