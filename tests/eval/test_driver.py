@@ -90,3 +90,29 @@ def test_driver_batch_size_does_not_change_greedy_outputs(backend):
     for name in batched:
         assert [r["outputs"] for r in batched[name].records] == [r["outputs"] for r in single[name].records]
         assert batched[name].metrics == single[name].metrics
+
+
+class _ScriptedLogprobs:
+    """A backend whose next-token log-probs over the candidates are given per prompt (MMLU's A/B/C/D)."""
+
+    tokenizer = None
+
+    def __init__(self, table):
+        self.table = table
+
+    def next_token_logprobs(self, prompts, candidates, desc=None):
+        return [self.table[i % len(self.table)] for i in range(len(prompts))]
+
+
+def test_mmlu_predicts_the_most_likely_letter_and_scores_it(monkeypatch):
+    task = get_task("mmlu", chat=False)
+    examples = [{"id": f"s/{i}", "subject": "s", "question": "q", "choices": ["1", "2", "3", "4"], "answer": a}
+                for i, a in enumerate("BDAC")]
+    monkeypatch.setattr(task, "load", lambda data_dir=None: examples)
+    monkeypatch.setattr(task, "prompt", lambda ex, tokenizer=None: ex["id"])
+    monkeypatch.setattr(task, "candidates", lambda tokenizer: [10, 11, 12, 13])
+    # the log-probs' maxima are B, D, A, B: three right (the fourth answer is C), one wrong
+    table = [[-3.0, -0.5, -2.0, -4.0], [-9.0, -8.0, -7.0, -0.1], [-0.2, -5.0, -6.0, -7.0], [-2.0, -1.0, -1.5, -3.0]]
+    result = evaluate([task], _ScriptedLogprobs(table), data_dir=None, log=None)["mmlu"]
+    assert [r["prediction"] for r in result.records] == ["B", "D", "A", "B"]
+    assert result.metrics["accuracy"] == 75.0 and [r["correct"] for r in result.records] == [True, True, True, False]

@@ -212,3 +212,31 @@ def test_resume_refuses_a_checkpoint_of_another_identity(tmp_path):
     with pytest.raises(ValueError, match=r"belongs to another run \(seed: 3 -> 7\)"):
         b.maybe_resume()
     assert identity_diff({"a": {"b": 1}, "c": 2}, {"a": {"b": 2}, "c": 2}) == ["a.b: 1 -> 2"]
+
+
+def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path):
+    """k micro-batches of b rows = one batch of k·b rows (each micro-batch's loss is scaled by 1/k): the same
+    loss and the same gradient norm, so the same clipped step.  Rows hold equally many labelled tokens, where the
+    mean of the micro-batch means is the mean over the batch."""
+    from prolora.trainer import Trainer
+
+    whole = _labelled_batch(rows=4)
+    whole["attention_mask"][:] = 1
+    whole["labels"] = whole["input_ids"].clone()
+    whole["labels"][:, :8] = -100
+    halves = [{k: v[:2] for k, v in whole.items()}, {k: v[2:] for k, v in whole.items()}]
+    rows = []
+    for micro in ([whole], halves):
+        torch.manual_seed(0)
+        model = prolora.attach(build_tiny_llama(), prolora.LoRAConfig(r=4, dropout=0.0))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.05)  # B = 0 at init would leave A without gradient
+        args = TrainArgs(max_steps=1, batch_size=4, micro_batch_size=4 // len(micro), save_every=0, progress=False,
+                         device="cpu", gradient_checkpointing=False)
+        trainer = Trainer(model, lambda step, m=micro: m, args, OptimArgs(name="adamw", lr=1e-2), tmp_path,
+                          save_fn=lambda m, d: None, load_fn=lambda m, d: None)
+        rows.append(trainer.train_step())
+    assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-6)
+    assert rows[1]["grad_norm"] == pytest.approx(rows[0]["grad_norm"], rel=1e-5)

@@ -60,7 +60,9 @@ def test_default_run_dirs_differ_for_every_setting_that_changes_numbers():
     base = run_dir()
     assert base.startswith("outputs/adhoc/tiny/demo/lora_r2/lr0.01_seed1_")
     for other in ("trainer.max_steps=2", "method.alpha=32", "method.dropout=0.0", "optim.warmup_ratio=0.1",
-                  "dataset.max_seq_len=32", "model.quantize=false"):
+                  "dataset.max_seq_len=32", "model.quantize=false", "dataset.train_file=other.jsonl", "seed=2",
+                  "optim.lr=0.02", "trainer.batch_size=8", "trainer.max_train_samples=10", "model.double_quant=false",
+                  "model.compute_dtype=bfloat16", "optim.name=adamw"):
         assert run_dir(other) != base, other
     for same in ("trainer.log_every=2", "trainer.save_every=3", "trainer.resume=true", "logger=wandb",
                  "trainer.gradient_checkpointing=true", "experiment_name=adhoc"):

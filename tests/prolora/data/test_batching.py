@@ -96,3 +96,18 @@ def test_tokenized_dataset_on_demo_records_feeds_the_trainer():
         assert (b["labels"][pad] == IGNORE_INDEX).all() and (b["input_ids"][pad] == tok.pad_token_id).all()
         assert ((b["labels"] != IGNORE_INDEX).sum(dim=1) > 0).all()
     assert [x["input_ids"].tolist() for x in batches(3)] == [x["input_ids"].tolist() for x in ds.step_fn(4, 1, 2)(3)]
+
+
+def test_padded_positions_of_a_real_batch_are_never_learned():
+    """The dataset's own collation of rows of different lengths (length grouping makes the trainer's batches
+    nearly equal, so this pins the padding down where there is some): every padded label is -100, even though
+    the tiny tokenizer's pad id is its EOS, which the labels do learn at the end of each answer."""
+    tok = load_tokenizer(TINY_DIR)
+    ds = TokenizedDataset(load_records(DEMO_DATA_DIR / "train.jsonl"), tok, max_len=64)
+    short, long = min(range(len(ds)), key=ds.lengths.__getitem__), max(range(len(ds)), key=ds.lengths.__getitem__)
+    assert ds.lengths[short] < ds.lengths[long]
+    batch = ds.collate([short, long])
+    pad = batch["attention_mask"] == 0
+    assert pad.sum() == ds.lengths[long] - ds.lengths[short] > 0
+    assert (batch["labels"][pad] == IGNORE_INDEX).all()
+    assert (batch["labels"] == tok.eos_token_id).any()  # EOS is learned where it ends an answer, not as padding
