@@ -7,6 +7,7 @@ a half-written one: every result file, checkpoint and prepared dataset of the ha
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -81,11 +82,41 @@ def write_dir_atomic(directory: str | os.PathLike, write: Callable[[Path], objec
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+    except Exception as e:
+        full = _device_full(target.parent, e)  # before the partial files go (they hold the last free bytes)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            cause = e.cause if isinstance(e, DeviceFull) else f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+            raise DeviceFull(target, cause) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(target.parent)
     return target
+
+
+class DeviceFull(OSError):
+    """A write failed because the device is full; nothing was replaced (the message says where and what to do)."""
+
+    def __init__(self, target: Path, cause: str):
+        self.target, self.cause = target, cause
+        super().__init__(errno.ENOSPC, f"no space left on the device of {target.parent} while writing {target.name} "
+                         f"({cause}); nothing was replaced: free some space or write elsewhere")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _device_full(directory: Path, error: BaseException) -> bool:
+    """Whether ``error`` (raised while writing under ``directory``) came from a full device: ENOSPC, or a library
+    error without an errno (torch.save, safetensors) while less than 1 MiB is free."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(directory).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def read_json(path: str | os.PathLike) -> Any:

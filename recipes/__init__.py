@@ -38,16 +38,16 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def one_line_errors(main):
-    """Wrap a recipe's ``main``: a bad setting or a missing file (``ValueError``, ``FileNotFoundError``) ends the
-    run with ONE line that names it and exit status 2, not a traceback (``HYDRA_FULL_ERROR=1`` shows it all); a
-    warning is one line too."""
+    """Wrap a recipe's ``main``: a bad setting or a file problem (``ValueError``; ``OSError``: a missing file, a
+    read-only or full disk) ends the run with ONE line that names it and exit status 2, not a traceback
+    (``HYDRA_FULL_ERROR=1`` shows it all); a warning is one line too."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         warnings.formatwarning = one_line_warning
         try:
             return main(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, OSError) as e:  # OSError: FileNotFoundError, a read-only or full disk, ...
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {e}", file=sys.stderr)

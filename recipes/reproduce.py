@@ -29,6 +29,8 @@ import argparse
 import subprocess
 import sys
 
+from hydra.errors import HydraException
+
 from recipes import CONFIG_DIR, REPO
 from recipes.paper.grid import build_grid, cells_dir, load_config, with_defaults
 from recipes.paper.plan import plan_text
@@ -80,9 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.lr_sweep:
         overrides.append("lr_sweep=true")
-    cfg = load_config(overrides)
-    grid = build_grid(cfg, rows=_csv(args.rows), datasets=_csv(args.datasets),
-                        seeds=[int(s) for s in _csv(args.seeds) or []] or None)
+    stray = [o for o in overrides if "=" not in o]
+    if stray:
+        print(f"error: {stray} are not key=value overrides; --rows, --datasets and --seeds take a comma list "
+              "(--seeds 1,2)", file=sys.stderr)
+        return 2
+    try:  # a bad override, experiment or row ends in one line, before any work
+        cfg = load_config(overrides)
+        grid = build_grid(cfg, rows=_csv(args.rows), datasets=_csv(args.datasets),
+                          seeds=[int(s) for s in _csv(args.seeds) or []] or None)
+    except (HydraException, ValueError, OSError) as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
     name = cfg.experiment.name
     if args.plan:
         print(plan_text(cfg, grid))

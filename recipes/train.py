@@ -351,6 +351,45 @@ def job_config_overrides(argv: list[str]) -> list[str] | None:
     return overrides if asked else None
 
 
+def check_run_dir(argv: list[str]) -> int:
+    """Before Hydra creates the run directory (its first write, which a read-only disk would turn into a
+    traceback): for a plain run (overrides only), compose the config, and say in one line, exit status 2, when its
+    run directory cannot be written.  Anything else (flags, a bad override) is left to Hydra and the recipe."""
+    from hydra import compose, initialize_config_dir
+
+    if any(arg.startswith("-") for arg in argv):
+        return 0
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(argv), return_hydra_config=True)
+        run_dir = Path(cfg.hydra.run.dir)
+    except Exception:  # noqa: BLE001  (the recipe reports a bad config in its own words)
+        return 0
+    problem = unwritable(run_dir)
+    if problem:
+        print(f"error: the run directory {run_dir} cannot be written ({problem}): point output_dir= at a writable "
+              "directory", file=sys.stderr)
+        return 2
+    return 0
+
+
+def unwritable(directory: Path) -> str | None:
+    """Why ``directory`` cannot be created and written (None when it can): a 64 KiB probe file (Hydra's own files
+    need about that much) is written and removed."""
+    probe = directory / f".write-probe-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * (64 << 10))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
+
+
 def show_job_config(overrides: list[str]) -> int:
     """Print the job config with each field's help as a comment, once its values pass the checks training makes
     (a bad value: one line on stderr, status 2).  Files and weights are not looked at here."""

@@ -189,6 +189,42 @@ def test_a_checkpoint_modified_after_training_is_not_recorded_done(grid, monkeyp
     assert _cell(tmp, "lora_r2__demo__lr0.01__seed2")["status"] == "done"
 
 
+def test_two_runners_and_a_sigterm_to_one_mid_cell(grid):
+    """Runner A takes seed 1's cell, runner B (started while A trains) skips it as running and does seed 2;
+    SIGTERM to A mid-cell leaves seed 1 to do, B's cell done, no lock held and nothing recorded for seed 1; a
+    third run finishes seed 1 only."""
+    tmp, ov = grid
+    ov = [*ov, "experiment.seeds=[1,2]"]
+
+    def runner(step_s):
+        return subprocess.Popen([sys.executable, "-m", "recipes.reproduce", *ov, "--rows", "lora_r2"], cwd=REPO,
+                                env={**os.environ, "FAKE_STEP_S": step_s}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    a = runner("1.0")  # 20 steps of a second: still training when B arrives
+    lock1 = tmp / "results" / "demo" / "cells" / "lora_r2__demo__lr0.01__seed1.lock"
+    deadline = time.time() + 60
+    while FileLock.holder(lock1) is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert FileLock.holder(lock1) is not None, a.communicate(timeout=30)
+    b = runner("0.05")
+    seen = []
+    for line in b.stdout:  # B reaches seed 1 while A holds it
+        seen.append(line)
+        if "running elsewhere" in line or len(seen) > 50:
+            break
+    assert "lora_r2__demo__lr0.01__seed1: running elsewhere, skipped" in "".join(seen), "".join(seen)
+    a.send_signal(signal.SIGTERM)  # mid-cell
+    a.wait(timeout=60)
+    out_b = "".join(seen) + b.communicate(timeout=120)[0]
+    assert b.returncode == 0, out_b
+    assert _cell(tmp, "lora_r2__demo__lr0.01__seed2")["status"] == "done"
+    assert not (tmp / "results" / "demo" / "cells" / "lora_r2__demo__lr0.01__seed1.json").exists()
+    assert FileLock.holder(lock1) is None
+    assert reproduce.main(ov + ["--rows", "lora_r2"]) == 0
+    assert _cell(tmp, "lora_r2__demo__lr0.01__seed1")["status"] == "done"
+
+
 def _race(path: str, barrier, results) -> None:
     lock = FileLock(path)
     barrier.wait()
