@@ -26,8 +26,8 @@ from .leases import DEFAULT_UID_BASE, _UidLease
 # the child side (standard library only), copied into every run's directory and run from there
 CHILD_DIR = Path(__file__).resolve().parent / "child"
 ISOLATION_KEYS = ("user_ns", "pid_ns", "mount_ns", "net_ns", "ipc_ns", "readonly_fs", "private_proc", "minimal_dev",
-                  "seccomp", "landlock", "uid_switch", "caps_dropped", "no_new_privs", "rlimits", "audit_hook",
-                  "verdict_channel")
+                  "seccomp", "seccomp_metadata", "landlock", "uid_switch", "caps_dropped", "no_new_privs", "rlimits",
+                  "audit_hook", "verdict_channel")
 
 
 @dataclass

@@ -200,6 +200,7 @@ def test_isolation_is_reported():
         assert iso["minimal_dev"]
         assert iso["caps_dropped"]
         assert iso["uid_switch"] if os.geteuid() == 0 else iso["user_ns"]
+    assert iso["seccomp_metadata"] == iso["seccomp"]
     assert sandbox.run("print('x')\n").passed
     assert sandbox.isolation == iso
 

@@ -82,15 +82,32 @@ class Outside:
             os.chmod(d, 0o777)  # no sticky bit: anybody may create and delete here
             Path(d, "victim").write_text("must survive")
             os.chmod(Path(d, "victim"), 0o666)
+        # a private file of the boxes' user (uid 65534 when the tests run as root) outside every working
+        # directory: mode, times, owner and extended attributes must stay as they are
+        self.private = tempfile.mkdtemp(prefix="prolora-private-")
+        secret = Path(self.private, "secret")
+        secret.write_text("private")
+        os.chmod(secret, 0o600)
+        os.setxattr(secret, "user.keep", b"1")
+        if os.geteuid() == 0:
+            for p in (self.private, secret):
+                os.chown(p, UNPRIVILEGED, UNPRIVILEGED)
+        self.private_stat = self._private_state()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
 
+    def _private_state(self) -> tuple:
+        secret = Path(self.private, "secret")
+        st = os.stat(secret)
+        return (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns, sorted(os.listxattr(secret)))
+
     def completions(self, evaluator_pid: int | str) -> dict[str, str]:
         subs = {"__CANARY__": self.canary, "__CANARY2__": self.canary2, "__TOKEN__": self.token,
-                "__PORT__": str(self.port), "__EVALUATOR_PID__": str(evaluator_pid), "__MARKER__": MARKER}
+                "__PORT__": str(self.port), "__EVALUATOR_PID__": str(evaluator_pid), "__MARKER__": MARKER,
+                "__PRIVATE__": self.private}
         out = {}
         for case in CORPUS:
             text = case["text"]
@@ -102,6 +119,7 @@ class Outside:
     def assert_untouched(self) -> None:
         for d in (self.canary, self.canary2):
             assert sorted(os.listdir(d)) == ["victim"], (d, os.listdir(d))
+        assert self._private_state() == self.private_stat
         for d in ("/tmp", "/dev/shm", "/var/tmp"):
             if os.path.isdir(d):
                 assert not [n for n in os.listdir(d) if self.token in n], d
@@ -115,7 +133,7 @@ class Outside:
 
     def close(self) -> None:
         self.listener.close()
-        for d in (self.canary, self.canary2):
+        for d in (self.canary, self.canary2, self.private):
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -294,13 +312,15 @@ def test_all_canonical_solutions_pass_unprivileged(problems):
 
 def test_hostile_corpus_unprivileged_without_namespaces(problems, outside):
     """The degraded mode of a machine that refuses user namespaces (e.g. Ubuntu's AppArmor default):
-    seccomp, Landlock, rlimits and the process group must still hold; only the /proc listing of other
+    seccomp, Landlock, rlimits and the process group must still hold (seccomp refuses what Landlock has no
+    right for: chmod, chown, utime, xattrs, prlimit of the evaluator, ...); only the /proc listing of other
     processes (readable cmdlines) cannot be hidden without a pid namespace."""
     out = _unprivileged_run(problems, outside, disable=("namespaces",))
     iso = out["isolation"]
     assert not iso["pid_ns"] and not iso["mount_ns"]
     if not (iso["seccomp"] and iso["landlock"]):
         pytest.skip(f"this kernel lacks seccomp or Landlock: {iso}")
+    assert iso["seccomp_metadata"]
     check_outcomes(out["results"], outside, skip=("read_other_procs",))
 
 

@@ -224,7 +224,7 @@ def _exec_workload(spec, box, role, fds, guard_cfg, st_w, ns) -> None:
     _send(status_fd, info)
     cfg = dict(guard_cfg, status_fd=status_fd, work=box["cwd"] if box.get("writable") else None,
                signals_confined=bool(ns.get("pid_ns") or info.get("landlock_scoped")),
-               disable=list(spec.get("disable", [])))
+               landlock_abi=int(info.get("landlock") or 0), disable=list(spec.get("disable", [])))
     env = dict(spec["env"], HOME=box["cwd"], TMPDIR=box["cwd"])
     python = spec["python"]
     os.execve(python, [python, "-I", "-B", spec["script"], "guard", json.dumps(cfg)], env)
