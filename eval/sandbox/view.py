@@ -63,7 +63,7 @@ def _probe_interpreter(python: str) -> tuple[str, dict]:
     if proc.returncode != 0:
         raise RuntimeError(f"sandbox: {python} could not describe its own files ({proc.stderr.strip()[-300:]}); "
                            "set PROLORA_SANDBOX_PYTHON to a working interpreter")
-    found = json.loads(proc.stdout)
+    found = json.loads(proc.stdout.strip().splitlines()[-1])  # the last line: whatever a module printed
     python = found["python"]
     dirs, files, links = set(), {python}, {}
     for path in [*found["stdlib"], *found["objects"], "/etc/ld.so.cache"]:

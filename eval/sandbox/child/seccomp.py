@@ -54,7 +54,7 @@ _AARCH64 = {  # asm-generic numbers (include/uapi/asm-generic/unistd.h)
 _COMMON_DENY = {"pidfd_send_signal": 424, "pidfd_open": 434, "pidfd_getfd": 438, "io_uring_setup": 425,
                 "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
                 "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
-                "open_tree_attr": 467}
+                "statmount": 457, "listmount": 458, "open_tree_attr": 467}  # (the mount table, without /proc)
 _COMMON_METADATA = {"fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469}
 _NEWEST_KNOWN = 469  # newer syscalls answer ENOSYS (a new way to change metadata cannot slip through)
 # the ioctls a Python program needs (isatty, terminal size, close-on-exec, non-blocking, bytes available);
@@ -112,8 +112,8 @@ def _filter(table: dict, deny_signals: bool, landlock_abi: int) -> list:
 def _install_seccomp(deny_signals: bool, landlock_abi: int = 0) -> bool:
     """A seccomp-BPF filter (refusing with EPERM): no exec, no sockets, no ptrace / process_vm / kcmp, no
     pidfds, no fcntl F_SETOWN/F_SETSIG (SIGIO to another process), no new namespaces, mounts or chroot, no
-    setsid/setpgid (the box's process group stays whole), no io_uring, bpf, keyrings, perf, modules, kexec,
-    reboot; no chmod / chown / utime / xattr calls of any variant (Landlock has no right for them), no System
+    listmount / statmount (the mount table without /proc), no setsid/setpgid (the box's process group stays
+    whole), no io_uring, bpf, keyrings, perf, modules, kexec, reboot; no chmod / chown / utime / xattr calls of any variant (Landlock has no right for them), no System
     V IPC or POSIX message queues; prlimit, sched_set*, setpriority and ioprio_set only on the caller itself;
     ioctl only for the few requests a Python program makes (else ENOTTY); truncate(path) where Landlock
     cannot refuse it (ABI < 3); without a pid namespace or a Landlock signal scope also no
