@@ -4,7 +4,7 @@
     eval.backends    ``hf`` (transformers) and ``vllm`` (lazy) behind one generate/logprobs interface
     eval.driver      ``evaluate(tasks, backend, data_dir)`` and ``write_results`` (eval.json + predictions)
     eval.metrics     exact match, SQuAD F1/EM, GSM/BBH answer extraction, unbiased pass@k
-    eval.execution   sandboxed execution of generated code (own process, limits, no network)
+    eval.sandbox     sandboxed execution of generated code (HumanEval: a verdict the completion cannot forge)
     eval.checkpoint  base model / adapter checkpoint / merged model resolution
 
 The Hydra entry point is ``python -m recipes.evaluate``.

@@ -12,7 +12,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -22,12 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .leases import DEFAULT_UID_BASE, _UidLease
+from .rundirs import RunDir, sweep_dead_runs
+from .view import interpreter_view, with_paths
 
 # the child side (standard library only), copied into every run's directory and run from there
 CHILD_DIR = Path(__file__).resolve().parent / "child"
-ISOLATION_KEYS = ("user_ns", "pid_ns", "mount_ns", "net_ns", "ipc_ns", "readonly_fs", "private_proc", "minimal_dev",
-                  "seccomp", "landlock", "uid_switch", "caps_dropped", "no_new_privs", "rlimits", "audit_hook",
-                  "verdict_channel")
+ISOLATION_KEYS = ("user_ns", "pid_ns", "mount_ns", "net_ns", "ipc_ns", "minimal_root", "readonly_fs", "private_proc",
+                  "minimal_dev", "seccomp", "seccomp_metadata", "landlock", "landlock_reads", "uid_switch",
+                  "caps_dropped", "no_new_privs", "rlimits", "audit_hook", "verdict_channel")
 
 
 @dataclass
@@ -121,19 +122,6 @@ def sandbox_python(unprivileged: bool) -> str | None:
     return None
 
 
-def _keep_paths(python: str) -> list[str]:
-    """Directories the box must still see when /root, /home, /tmp, ... are hidden: the prefix of the
-    interpreter and of every hop of its symlink chain (a venv and the interpreter it points to)."""
-    keep = set()
-    path = os.path.abspath(python)
-    for _ in range(40):
-        keep.add(os.path.dirname(os.path.dirname(path)))
-        if not os.path.islink(path):
-            break
-        path = os.path.abspath(os.path.join(os.path.dirname(path), os.readlink(path)))
-    return sorted(keep)
-
-
 _PROBE = CheckProgram({"prompt": 'def probe(x):\n    """Returns x."""\n', "entry_point": "probe",
                        "test": "def check(candidate):\n    assert candidate(2) == 2\n"}, "    return x\n")
 _PROBE_CACHE: dict = {}
@@ -154,7 +142,8 @@ class Sandbox:
         self.uid_base = DEFAULT_UID_BASE if uid_base is None else uid_base
         self.drop = _is_root() if drop_privileges is None else (drop_privileges and _is_root())
         self.disable = tuple(sorted(set(disable)))
-        self.python = os.environ.get("PROLORA_SANDBOX_PYTHON") or sys.executable
+        self.python = os.environ.get("PROLORA_SANDBOX_PYTHON") or sys.executable  # its real path once ready
+        self._view: dict = {}  # what the interpreter needs to see (eval/sandbox/view.py)
         self._probe_isolation: dict | None = None
         self._observed: dict | None = None
         self._lock = threading.Lock()
@@ -165,10 +154,9 @@ class Sandbox:
     # ------------------------------------------------------------------ what is active
     @property
     def isolation(self) -> dict:
-        """Which mechanisms are active (True/False each): user_ns, pid_ns, mount_ns, net_ns, ipc_ns,
-        readonly_fs, private_proc, minimal_dev, seccomp, landlock, uid_switch, caps_dropped, no_new_privs,
-        rlimits, audit_hook, verdict_channel — from a probe run, and-ed with every run of this Sandbox so
-        far. (As root ``user_ns`` is False by design: the program runs as a leased uid instead.)"""
+        """Which mechanisms are active (True/False each, keys ``ISOLATION_KEYS``; eval/sandbox/README.md says
+        what each guards) — from a probe run, and-ed with every run of this Sandbox so far. (As root
+        ``user_ns`` is False by design: the program runs as a leased uid instead.)"""
         self._ensure_ready()
         with self._lock:
             base = dict(self._probe_isolation or {})
@@ -184,6 +172,7 @@ class Sandbox:
         isolation this machine allows); warn, once per Sandbox, when it is degraded."""
         if self._probe_isolation is not None:
             return
+        sweep_dead_runs()  # the run directories of scorings that were killed
         key = (os.geteuid(), self.drop, self.disable, os.environ.get("PROLORA_SANDBOX_PYTHON"))
         with _PROBE_LOCK:
             cached = _PROBE_CACHE.get(key)
@@ -195,15 +184,19 @@ class Sandbox:
                         candidates.append(fallback)
                 result = None
                 for python in candidates:
-                    self.python = python
+                    try:
+                        self.python, self._view = interpreter_view(python)
+                    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
+                        result = ExecResult(False, "error", None, 0.0, "", str(e), "no view of the interpreter")
+                        continue
                     probe_limits = Limits(**{**asdict(self.limits), "timeout_s": max(20.0, self.limits.timeout_s)})
                     result = self._run_one(_PROBE, 0, probe_limits)
                     if result.passed:
                         break
-                cached = (self.python, result, dict(self._last_isolation or {}))
+                cached = (self.python, self._view, result, dict(self._last_isolation or {}))
                 if result.passed:  # a failed probe is tried again by the next Sandbox
                     _PROBE_CACHE[key] = cached
-        self.python, result, isolation = cached
+        self.python, self._view, result, isolation = cached
         self._probe_isolation = isolation
         if not result.passed:
             warnings.warn(f"sandbox: the probe program did not pass ({result.status}: {result.reason} "
@@ -223,86 +216,62 @@ class Sandbox:
     def _run_one(self, program: str, slot: int, limits: Limits | None = None) -> ExecResult:
         lim = limits or self.limits
         start = time.monotonic()
-        base = logs = None
-        lease = None
+        run = lease = None
         isolation: dict = {}
         try:
-            if self.drop:
-                lease = _UidLease.acquire(2, self.uid_base, hint=2 * slot)
-                uid_p, uid_t = lease.uids
-            else:
-                uid_p = uid_t = None
-            base = Path(tempfile.mkdtemp(prefix="prolora-exec-"))
-            logs = Path(tempfile.mkdtemp(prefix="prolora-exec-log-"))
-            os.chmod(base, 0o711)
-            script = _copy_child(base / "lib")
-            work = base / "work"
-            work.mkdir(mode=0o700)
-            if uid_p is not None:
-                os.chown(work, uid_p, uid_p)
-            spec: dict = {
-                "harness_pid": os.getpid(), "python": self.python, "script": str(script), "logs": str(logs),
-                "result": str(logs / "result.json"), "timeout_s": lim.timeout_s, "cpu_s": int(lim.timeout_s) + 1,
-                "memory_bytes": lim.memory_mb * 2**20, "file_bytes": lim.max_file_mb * 2**20,
-                "open_files": lim.max_open_files, "max_procs": lim.max_procs, "work_mb": max(4, 4 * lim.max_file_mb),
-                "keep": sorted({str(base), *_keep_paths(self.python)}), "disable": list(self.disable),
-                "sweep_uids": [u for u in (uid_p, uid_t) if u is not None],
-                "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-                        "PYTHONDONTWRITEBYTECODE": "1"},
-                "boxes": {"program": {"cwd": str(work), "writable": True, "uid": uid_p, "gid": uid_p},
-                          "tester": {"cwd": str(base), "writable": False, "uid": uid_t, "gid": uid_t}},
-            }
-            if isinstance(program, CheckProgram):
-                (base / "solution.py").write_text(program.prompt + program.completion, encoding="utf-8",
-                                                  errors="surrogatepass")  # not UTF-8: fails to load, as upstream
-                (base / "test.py").write_text(program.prompt + "\n" + program.test, encoding="utf-8")
-                spec.update(mode="check", solution=str(base / "solution.py"), test=str(base / "test.py"),
-                            entry_point=program.entry_point)
-            else:
-                (base / "main.py").write_text(str(program), encoding="utf-8", errors="surrogatepass")
-                spec.update(mode="run", main=str(base / "main.py"))
-            for f in base.iterdir():
-                if f.is_file():
-                    os.chmod(f, 0o644)
-            (logs / "spec.json").write_text(json.dumps(spec))
-            with open(logs / "supervisor.log", "wb") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-B", str(script), "launch", str(logs / "spec.json")],
-                    cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, close_fds=True)
-                try:  # the supervisor enforces the timeout; this is the backstop if it hangs
-                    proc.wait(timeout=lim.timeout_s + 30)
-                except subprocess.TimeoutExpired:
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)  # its boxes follow it (PDEATHSIG chain)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-                    proc.wait(timeout=10)
-            try:
-                outcome = json.loads((logs / "result.json").read_text())
-            except (OSError, ValueError):
-                outcome = {"status": "error", "passed": False, "returncode": None,
-                           "reason": f"the supervisor died (exit status {proc.returncode})"}
+            lease = _UidLease.acquire(2, self.uid_base, hint=2 * slot) if self.drop else None
+            run = RunDir.create()
+            spec = self._prepare(Path(run.path), program, lim, *(lease.uids if lease else (None, None)))
+            outcome = _supervise(spec, lim)
             isolation = outcome.get("isolation") or {}
-            status = outcome.get("status", "error")
-            passed = bool(outcome.get("passed")) and status == "passed"
-            stdout = _tail(logs / "p.out", lim.output_chars)
-            stderr = _join_tails([_tail(logs / "p.err", lim.output_chars), _tail(logs / "t.err", lim.output_chars)],
-                                 lim.output_chars)
-            if status == "error":
-                stderr = _join_tails([stderr, _tail(logs / "supervisor.log", lim.output_chars)], lim.output_chars)
-            return ExecResult(passed, status, outcome.get("returncode"), time.monotonic() - start, stdout, stderr,
-                              str(outcome.get("reason", "")))
+            return _result(outcome, Path(spec["logs"]), lim, time.monotonic() - start)
         except Exception as e:  # the harness survives anything: a broken run is a failed problem
             return ExecResult(False, "error", None, time.monotonic() - start, "", f"{type(e).__name__}: {e}",
                               "harness error")
         finally:
-            for d in (base, logs):
-                if d is not None:
-                    _rmtree(d)
+            if run is not None:
+                run.remove()
             if lease is not None:
                 lease.release()
             self._note_isolation(isolation)
+
+    def _prepare(self, run: Path, program: str, lim: Limits, uid_p: int | None, uid_t: int | None) -> dict:
+        """The run's directory (``lib/child``, ``program/`` with its source and ``work/``, ``tester/`` with
+        the test, ``logs/``, ``root/``: the mount point of each box's root) and its spec. The tester's
+        directory belongs to the tester's uid alone (as root), so no view and no permission lets the
+        program read the test."""
+        script = _copy_child(run / "lib")
+        program_dir, tester_dir, logs, work = run / "program", run / "tester", run / "logs", run / "program" / "work"
+        for d, mode in ((run / "root", 0o755), (program_dir, 0o711), (tester_dir, 0o700), (logs, 0o700), (work, 0o700)):
+            d.mkdir(mode=mode)
+        view = with_paths(self._view, dirs=[str(run / "lib")])
+        if isinstance(program, CheckProgram):
+            source = _write_private(program_dir / "solution.py", program.prompt + program.completion, uid_p)
+            test = _write_private(tester_dir / "test.py", program.prompt + "\n" + program.test, uid_t)
+            mode = {"mode": "check", "solution": source, "test": test, "entry_point": program.entry_point}
+        else:
+            source = _write_private(program_dir / "main.py", str(program), uid_p)
+            test, mode = None, {"mode": "run", "main": source}
+        for path, uid in ((work, uid_p), (tester_dir, uid_t)):
+            if uid is not None:
+                os.chown(path, uid, uid)
+        spec = {
+            "harness_pid": os.getpid(), "python": self.python, "script": str(script), "logs": str(logs),
+            "result": str(logs / "result.json"), "timeout_s": lim.timeout_s, "cpu_s": int(lim.timeout_s) + 1,
+            "memory_bytes": lim.memory_mb * 2**20, "file_bytes": lim.max_file_mb * 2**20,
+            "open_files": lim.max_open_files, "max_procs": lim.max_procs, "work_mb": max(4, 4 * lim.max_file_mb),
+            "root": str(run / "root"), "disable": list(self.disable),
+            "sweep_uids": [u for u in (uid_p, uid_t) if u is not None],
+            "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+                    "PYTHONDONTWRITEBYTECODE": "1"},
+            "boxes": {"program": {"cwd": str(work), "writable": True, "uid": uid_p, "gid": uid_p,
+                                  "view": with_paths(view, files=[source])},
+                      "tester": {"cwd": str(tester_dir), "writable": False, "uid": uid_t, "gid": uid_t,
+                                 "view": with_paths(view, files=[test] if test else [])}},
+            **mode,
+        }
+        (logs / "spec.json").write_text(json.dumps(spec))
+        return spec
 
     def _note_isolation(self, isolation: dict) -> None:
         with self._lock:
@@ -343,9 +312,54 @@ class Sandbox:
 
 
 def _missing_mechanisms(isolation: dict, drop: bool) -> list[str]:
-    wanted = ["pid_ns", "mount_ns", "net_ns", "readonly_fs", "seccomp", "caps_dropped", "no_new_privs",
-              "uid_switch" if drop else "user_ns"]
+    wanted = ["pid_ns", "mount_ns", "net_ns", "minimal_root", "readonly_fs", "seccomp", "caps_dropped",
+              "no_new_privs", "uid_switch" if drop else "user_ns"]
     return [k for k in wanted if not isolation.get(k)]
+
+
+def _write_private(path: Path, text: str, uid: int | None) -> str:
+    """A file of one box: readable by its owner only, the box's leased uid as root (not UTF-8: the program
+    fails to load, as upstream)."""
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    os.chmod(path, 0o400)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    return str(path)
+
+
+def _supervise(spec: dict, lim: Limits) -> dict:
+    """Start the run's supervisor (the child side's ``launch``) and return the outcome it wrote."""
+    logs = Path(spec["logs"])
+    with open(logs / "supervisor.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-B", spec["script"], "launch", str(logs / "spec.json")],
+            cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, close_fds=True)
+        try:  # the supervisor enforces the timeout; this is the backstop if it hangs
+            proc.wait(timeout=lim.timeout_s + 30)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # its boxes follow it (PDEATHSIG chain)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait(timeout=10)
+    try:
+        return json.loads((logs / "result.json").read_text())
+    except (OSError, ValueError):
+        return {"status": "error", "passed": False, "returncode": None,
+                "reason": f"the supervisor died (exit status {proc.returncode})"}
+
+
+def _result(outcome: dict, logs: Path, lim: Limits, elapsed: float) -> ExecResult:
+    status = outcome.get("status", "error")
+    passed = bool(outcome.get("passed")) and status == "passed"
+    stdout = _tail(logs / "p.out", lim.output_chars)
+    stderr = _join_tails([_tail(logs / "p.err", lim.output_chars), _tail(logs / "t.err", lim.output_chars)],
+                         lim.output_chars)
+    if status == "error":
+        stderr = _join_tails([stderr, _tail(logs / "supervisor.log", lim.output_chars)], lim.output_chars)
+    return ExecResult(passed, status, outcome.get("returncode"), elapsed, stdout, stderr,
+                      str(outcome.get("reason", "")))
 
 
 def _copy_child(lib: Path) -> Path:
@@ -380,16 +394,3 @@ def _join_tails(parts: list[str], chars: int) -> str:
         return (parts[0] if parts else "")[-chars:]
     share = max(chars // len(parts), 200)
     return "\n".join(p[-share:] for p in parts)
-
-
-def _rmtree(path: Path) -> None:
-    def fix(func, p, exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=fix)

@@ -3,7 +3,7 @@ in Forence1999/PRoLoRA, their ``eval_llama2_7b_code.sh``): 164 problems from the
 20 samples per problem at temperature 0.1 and top-p 0.95, stop at "\\nclass", "\\ndef", "\\n#", "\\nif",
 "\\nprint", unbiased pass@1.  Their pass@10 comes from a SEPARATE run of 20 samples at temperature 0.8: the
 task ``humaneval_p10`` (:class:`HumanEvalPass10`; not a Table 2 column, so not in the paper grids).  Every
-completion is executed by :mod:`eval.execution` (sandboxed; the verdict is computed outside the completion's
+completion is executed by :mod:`eval.sandbox` (sandboxed; the verdict is computed outside the completion's
 process).
 
 Prompt: the raw ``prompt`` of the problem (no chat), or in the chat format
@@ -67,7 +67,7 @@ class HumanEval(Task):
         return example["entry_point"]
 
     def score(self, examples, predictions) -> dict:
-        from eval.execution import Limits, Sandbox, check_program
+        from eval.sandbox import Limits, Sandbox, check_program
 
         programs, owners = [], []
         for i, (ex, completions) in enumerate(zip(examples, predictions)):

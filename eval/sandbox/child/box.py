@@ -216,15 +216,17 @@ def _exec_workload(spec, box, role, fds, guard_cfg, st_w, ns) -> None:
         info["uid_switch"] = bool(ns.get("early_uid"))
         info["caps_dropped"] = _drop_capabilities() if (ns.get("user_ns") or os.geteuid() == 0) else True
     info["no_new_privs"] = _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    info.update(landlock=0, landlock_reads=False)
     if "landlock" not in spec.get("disable", []):
         try:
-            info.update(_landlock([box["cwd"]] if box.get("writable") else [], scope=True))
+            info.update(_landlock(box["view"], [box["cwd"]] if box.get("writable") else [], scope=True,
+                                  masks_mounted=bool(ns.get("mount_ns"))))
         except Exception:
-            info["landlock"] = 0
+            info.update(landlock=0, landlock_reads=False)
     _send(status_fd, info)
     cfg = dict(guard_cfg, status_fd=status_fd, work=box["cwd"] if box.get("writable") else None,
                signals_confined=bool(ns.get("pid_ns") or info.get("landlock_scoped")),
-               disable=list(spec.get("disable", [])))
+               landlock_abi=int(info.get("landlock") or 0), disable=list(spec.get("disable", [])))
     env = dict(spec["env"], HOME=box["cwd"], TMPDIR=box["cwd"])
     python = spec["python"]
     os.execve(python, [python, "-I", "-B", spec["script"], "guard", json.dumps(cfg)], env)

@@ -67,9 +67,10 @@ def guard(cfg_json: str) -> None:
         _prctl(PR_SET_DUMPABLE, 0)
     try:
         info["seccomp"] = "seccomp" not in cfg.get("disable", []) and _install_seccomp(
-            deny_signals=not cfg.get("signals_confined"))
+            deny_signals=not cfg.get("signals_confined"), landlock_abi=int(cfg.get("landlock_abi") or 0))
     except Exception:
         info["seccomp"] = False
+    info["seccomp_metadata"] = info["seccomp"]  # the filter refuses chmod / chown / utime / xattr calls
     sys.addaudithook(_audit_hook(cfg.get("work")))
     info["audit_hook"] = True
     _send(status_fd, info)

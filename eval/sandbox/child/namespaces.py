@@ -1,6 +1,6 @@
-"""Namespaces of a box and its view of the file system: unshare (as root without, otherwise inside a user
-namespace), the id maps, the uid switch, and the mounts that make everything read-only, hide /tmp, /run,
-/root, /home, ..., give /dev only a few harmless nodes, the working directory a tmpfs and /proc the box's."""
+"""Namespaces of a box and its file system: unshare (as root without, otherwise inside a user namespace),
+the id maps, the uid switch, and the box's own root holding only its view (see ``eval/sandbox/view.py``),
+read-only, with a few harmless /dev nodes, its own /proc and a tmpfs working directory."""
 
 import os
 
@@ -12,6 +12,7 @@ from .libc import (
     CLONE_NEWPID,
     CLONE_NEWUSER,
     CLONE_NEWUTS,
+    MNT_DETACH,
     MS_BIND,
     MS_NOATIME,
     MS_NODEV,
@@ -24,16 +25,14 @@ from .libc import (
     MS_RELATIME,
     MS_REMOUNT,
     SYS_MOUNT_SETATTR,
+    SYS_PIVOT_ROOT,
     _errno,
     _libc,
     _mount,
     _unshare,
 )
 
-# directories replaced (inside the box's mount namespace) by an empty read-only tmpfs; the paths the box
-# needs (the interpreter's prefix, the run's directory) are bound back into them read-only
-HIDDEN_DIRS = ("/tmp", "/var/tmp", "/run", "/root", "/home", "/mnt", "/media", "/srv")
-# /dev is a read-only tmpfs with only these device nodes bound in (else: /dev/shm and /dev/pts hidden)
+# the box's /dev is a read-only tmpfs with only these device nodes bound in
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 
 
@@ -119,75 +118,90 @@ def _readonly_everything() -> bool:
     return ok
 
 
+def _make(root: str, path: str, directory: bool) -> str:
+    """``root + path`` created on the box's root tmpfs (parents included), never through a symlink: nothing
+    is created outside the tmpfs, whatever the view says."""
+    current = root
+    parts = [q for q in path.split("/") if q]
+    for i, part in enumerate(parts):
+        current = os.path.join(current, part)
+        if part in (".", "..") or os.path.islink(current):
+            raise OSError(f"the view's path {path} goes through {current}")
+        last = i == len(parts) - 1
+        if os.path.exists(current):
+            continue
+        if last and not directory:
+            os.close(os.open(current, os.O_CREAT | os.O_WRONLY | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        else:
+            os.mkdir(current, 0o755)
+    return current
+
+
+def _bind(source: str, target: str) -> None:
+    if not _mount(source, target, None, MS_BIND):  # not recursive: what is mounted below stays out
+        raise OSError(_errno(), f"binding {source}: " + os.strerror(_errno()))
+
+
 def _setup_mounts(spec: dict, box: dict, ns: dict) -> dict:
-    """The box's view: everything read-only; /tmp, /run, /root, /home, ... replaced by empty read-only
-    tmpfs (the interpreter and the run directory bound back read-only); a minimal /dev; the workload's
-    working directory a fresh size-limited tmpfs (the only writable place); a /proc of its own pid
-    namespace."""
-    info = {"readonly_fs": False, "private_proc": False, "minimal_dev": False}
+    """The box's root: an empty tmpfs holding only the box's view (read-only binds of its directories and
+    files, its links, empty tmpfs over the masked directories), a minimal /dev, the box's own /proc; then
+    ``pivot_root`` into it (the host's mounts are detached: not even the mount table is left), everything
+    read-only, and the workload's working directory a fresh size-limited tmpfs (the only writable place)."""
+    info = {"readonly_fs": False, "private_proc": False, "minimal_dev": False, "minimal_root": False}
     if not _mount(None, "/", None, MS_REC | MS_PRIVATE):
         raise OSError(_errno(), "making / private: " + os.strerror(_errno()))
-    keeps = sorted({os.path.normpath(k) for k in spec["keep"] if os.path.exists(k)}, key=len)
-    keeps = [k for i, k in enumerate(keeps) if not any(k.startswith(o.rstrip("/") + "/") for o in keeps[:i])]
-    keep_fds = {k: os.open(k, os.O_PATH | os.O_CLOEXEC) for k in keeps}
+    root, view = spec["root"], box["view"]
+    if not _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755"):
+        raise OSError(_errno(), "root tmpfs: " + os.strerror(_errno()))
+    binds = [(d, _make(root, d, True)) for d in view["dirs"]] + [(f, _make(root, f, False)) for f in view["files"]]
+    for d in ("/dev", "/proc", box["cwd"]):
+        _make(root, d, True)
+    for source, target in binds:
+        _bind(source, target)
+    for d in view["masked"]:
+        if not _mount("tmpfs", root + d, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,nr_inodes=4,mode=0755"):
+            raise OSError(_errno(), f"masking {d}: " + os.strerror(_errno()))
+    info["minimal_dev"] = _minimal_dev(root + "/dev")
+    if ns.get("pid_ns") and _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY):
+        info["private_proc"] = True
+    for link, target in view["links"]:
+        parent = _make(root, os.path.dirname(link), True)
+        os.symlink(target, os.path.join(parent, os.path.basename(link)))
+    info["minimal_root"] = _enter_root(root)
     info["readonly_fs"] = _readonly_everything()
-    for d in HIDDEN_DIRS:
-        if os.path.islink(d) or not os.path.isdir(d):
-            continue
-        if any(k == d or d.startswith(k.rstrip("/") + "/") for k in keeps):
-            continue  # a kept tree contains it: stays visible, read-only
-        if not _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=256k,nr_inodes=256,mode=0755"):
-            raise OSError(_errno(), f"hiding {d}: " + os.strerror(_errno()))
-        for k, fd in keep_fds.items():
-            if k.startswith(d.rstrip("/") + "/"):
-                os.makedirs(k, 0o755, exist_ok=True)
-                if not _mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC):
-                    raise OSError(_errno(), f"binding {k}: " + os.strerror(_errno()))
-        _mount(None, d, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    for fd in keep_fds.values():
-        os.close(fd)
-    info["minimal_dev"] = _minimal_dev()
-    if not info["minimal_dev"]:
-        for d in ("/dev/shm", "/dev/pts", "/dev/mqueue"):
-            if os.path.isdir(d) and not os.path.islink(d):
-                _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k")
     if box.get("writable"):
         opts = f"size={int(spec['work_mb'])}m,nr_inodes=4096,mode=0700"
         if box.get("uid") is not None and not ns.get("user_ns"):
             opts += f",uid={box['uid']},gid={box['gid']}"
         if not _mount("tmpfs", box["cwd"], "tmpfs", MS_NOSUID | MS_NODEV, opts):
             raise OSError(_errno(), "work tmpfs: " + os.strerror(_errno()))
-    if ns.get("pid_ns"):
-        if _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY):
-            info["private_proc"] = True
-        elif _mount("tmpfs", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k"):
-            info["private_proc"] = True  # no /proc at all rather than the host's
     return info
 
 
-def _minimal_dev() -> bool:
-    """A read-only tmpfs on /dev holding bind mounts of a few harmless device nodes and the fd symlinks:
-    no terminals (/dev/pts), no /dev/shm, /dev/fuse, /dev/kvm, /dev/net/tun, ..."""
-    fds = {}
-    try:
-        for name in DEV_NODES:
-            try:
-                fds[name] = os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                pass
-        if "null" not in fds or not _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC,
-                                           "size=64k,nr_inodes=64,mode=0755"):
-            return False
-        for name, fd in fds.items():
-            os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY, 0o644))
-            if not _mount(f"/proc/self/fd/{fd}", f"/dev/{name}", None, MS_BIND):
-                raise OSError(_errno(), f"binding /dev/{name}: " + os.strerror(_errno()))
-        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                             ("stderr", "/proc/self/fd/2")):
-            os.symlink(target, f"/dev/{name}")
-        for d in ("shm", "pts"):
-            os.mkdir(f"/dev/{d}", 0o755)
-        return _mount(None, "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+def _enter_root(root: str) -> bool:
+    """pivot_root into ``root`` and detach the old root (chroot where pivot_root is refused)."""
+    os.chdir(root)
+    if _libc().syscall(SYS_PIVOT_ROOT, b".", b".") == 0:
+        if _libc().umount2(b".", MNT_DETACH) != 0:
+            raise OSError(_errno(), "detaching the old root: " + os.strerror(_errno()))
+    else:
+        os.chroot(".")
+    os.chdir("/")
+    return True
+
+
+def _minimal_dev(dev: str) -> bool:
+    """A tmpfs for /dev holding bind mounts of a few harmless device nodes and the fd symlinks: no
+    terminals (/dev/pts), no /dev/shm, /dev/fuse, /dev/kvm, /dev/net/tun, ..."""
+    if not _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755"):
+        return False
+    for name in DEV_NODES:
+        if os.path.exists(f"/dev/{name}"):
+            os.close(os.open(f"{dev}/{name}", os.O_CREAT | os.O_WRONLY, 0o644))
+            _bind(f"/dev/{name}", f"{dev}/{name}")
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+    for d in ("shm", "pts"):
+        os.mkdir(f"{dev}/{d}", 0o755)
+    return os.path.exists(f"{dev}/null")

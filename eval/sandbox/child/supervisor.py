@@ -151,8 +151,9 @@ def _supervise(spec: dict, boxes: list, result: dict) -> None:
 
 
 def _combine(infos: list, check: bool) -> dict:
-    keys = ("user_ns", "pid_ns", "mount_ns", "net_ns", "ipc_ns", "readonly_fs", "private_proc", "minimal_dev",
-            "seccomp", "landlock", "uid_switch", "caps_dropped", "no_new_privs", "rlimits", "audit_hook")
+    keys = ("user_ns", "pid_ns", "mount_ns", "net_ns", "ipc_ns", "minimal_root", "readonly_fs", "private_proc",
+            "minimal_dev", "seccomp", "seccomp_metadata", "landlock", "landlock_reads", "uid_switch",
+            "caps_dropped", "no_new_privs", "rlimits", "audit_hook")
     out = {}
     for k in keys:
         out[k] = bool(infos) and all(bool(i.get(k)) for i in infos)
