@@ -10,6 +10,8 @@ Experiments: ``table2`` (LLaMA2-7B), ``table3`` (13B), ``table4`` (share/rotate 
     --seeds 1,2         only these seeds
     --dry-run           print the commands of the cells that would run, run nothing
     --max-cells N       stop after N cells have run
+    --gpus 0,1,...      run one cell per local GPU at once (each cell's processes see CUDA_VISIBLE_DEVICES=<id>;
+                        the cells' locks share the work with any other runner); devices=[0,1] in the config
     --lr-sweep          rows with an lr_sweep list (VeRA, Tied LoRA) train at every LR of it
     --slurm             submit the cells as a Hydra multirun through hydra-submitit-launcher
                         (--launcher slurm_a100, configs/hydra/launcher/) instead of running them here
@@ -26,6 +28,7 @@ cells and steps.  The grids, the runner, the plan and the tables are the package
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 
@@ -34,8 +37,9 @@ from hydra.errors import HydraException
 from recipes import CONFIG_DIR, REPO
 from recipes.paper.grid import build_grid, cells_dir, load_config, with_defaults
 from recipes.paper.plan import plan_text
+from recipes.paper.pool import parse_devices, run_pool
 from recipes.paper.render import render_experiment
-from recipes.paper.runner import Runner
+from recipes.paper.runner import Interrupted, Runner
 from recipes.paper.state import cell_state
 
 CELL_JOB_FLAG = "--cell-job"  # internal: this process is one Hydra (submitit) job running cell=<id>
@@ -55,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--max-cells", type=int)
+    p.add_argument("--gpus", help="local GPU ids, one cell at a time on each (default: the config's devices)")
     p.add_argument("--lr-sweep", action="store_true")
     p.add_argument("--slurm", action="store_true")
     p.add_argument("--launcher", default="slurm_a100", help="hydra/launcher for --slurm (default slurm_a100)")
@@ -91,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(overrides)
         grid = build_grid(cfg, rows=_csv(args.rows), datasets=_csv(args.datasets),
                           seeds=[int(s) for s in _csv(args.seeds) or []] or None)
+        args.devices = parse_devices(args.gpus if args.gpus is not None else cfg.get("devices"))
+        if args.devices and args.max_cells is not None:
+            raise ValueError("--max-cells runs cells one after another: drop it, or drop --gpus")
     except (HydraException, ValueError, OSError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
@@ -113,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return subprocess.call(cmd, cwd=REPO)
     print(f"{name}: {len(grid.cells)} cell(s) selected; results in {cells_dir(cfg, name)}")
-    out = Runner(cfg, grid).run(max_cells=args.max_cells, dry_run=args.dry_run)
+    try:
+        out = run_cells(cfg, grid, args)
+    except Interrupted as e:
+        print(f"{name}: interrupted ({e}); the cells that were cut are to do again: rerun to continue",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     print(f"{name}: ran {len(out['done']) + len(out['failed'])} cell(s): {len(out['done'])} done, "
           f"{len(out['failed'])} failed, {len(out['skipped'])} already finished, "
           f"{len(out['running'])} running elsewhere")
@@ -127,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: INCOMPLETE: {done} of {len(grid.cells)} cells done")
             return 2
     return 1 if out["failed"] else 0
+
+
+def run_cells(cfg, grid, args: argparse.Namespace) -> dict[str, list[str]]:
+    """Here, one cell at a time, or with ``--gpus 0,1,...`` (``devices=`` in the config) one cell per GPU at once."""
+    if not args.devices or args.dry_run:
+        return Runner(cfg, grid).run(max_cells=args.max_cells, dry_run=args.dry_run)
+    print(f"{cfg.experiment.name}: one worker per GPU {args.devices} (CUDA_VISIBLE_DEVICES per cell process)")
+    return run_pool(cfg, grid, args.devices)
 
 
 def _job(hcfg) -> str:

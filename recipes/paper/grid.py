@@ -22,6 +22,7 @@ import functools
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = dict(
 # --------------------------------------------------------------------------------------------- config
 
 
+_COMPOSE_LOCK = threading.Lock()  # Hydra's global state: one composition at a time (a device pool's workers)
+
+
 def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -50,11 +54,11 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     from recipes import config_store
 
     config_store.register()
-
-    if GlobalHydra.instance().is_initialized():  # inside a Hydra app (a --slurm cell job): same config dir
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+    with _COMPOSE_LOCK:
+        if GlobalHydra.instance().is_initialized():  # inside a Hydra app (a --slurm cell job): same config dir
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -34,6 +34,7 @@ from recipes.paper.plan import count_params
 from recipes.paper.state import cell_state, eval_complete
 
 CELL_SCHEMA = 1
+_RECORD_LOCK = threading.Lock()
 
 
 def _loss_curve(metrics: Path) -> list[list[float]]:
@@ -58,11 +59,14 @@ class Interrupted(Exception):
 class Runner:
     """Runs the cells of a grid that are not done, one subprocess per step, recording each cell."""
 
-    def __init__(self, cfg: DictConfig, grid: Grid, log: Callable[[str], None] = print):
+    def __init__(self, cfg: DictConfig, grid: Grid, log: Callable[[str], None] = print,
+                 env: dict[str, str] | None = None, interrupted: threading.Event | None = None):
         self.cfg = cfg
         self.grid = grid
         self.log = log
         self.dir = cells_dir(cfg, grid.experiment)
+        self.env = env  # extra environment of the steps (a device pool's CUDA_VISIBLE_DEVICES)
+        self.interrupted = interrupted  # set by a device pool on SIGTERM: a step that ends then is not recorded
         self._child: subprocess.Popen | None = None
         self._lock: FileLock | None = None
         self._info: dict[str, Any] = {}
@@ -106,7 +110,8 @@ class Runner:
             fe.write(f"\n==== {datetime.now(UTC).isoformat()} {' '.join(cmd)}\n".encode())
             fe.flush()
             # its own process group: stopping the step stops what it started too (W&B's service, ...)
-            self._child = subprocess.Popen(cmd, cwd=REPO, stdout=fo, stderr=fe, start_new_session=True)
+            env = {**os.environ, **self.env} if self.env else None
+            self._child = subprocess.Popen(cmd, cwd=REPO, stdout=fo, stderr=fe, start_new_session=True, env=env)
             self._info["child_pid"] = self._child.pid
             self._write_lock()
             try:
@@ -117,7 +122,13 @@ class Runner:
             finally:
                 self._child = None
                 self._info["child_pid"] = None
+        if self.interrupted is not None and self.interrupted.is_set():  # stopped by the pool: record nothing
+            raise Interrupted("the device pool was stopped")
         return rc, time.time() - t0, err
+
+    def stop_step(self) -> None:
+        """Stop the running step's process group (a device pool's signal handler calls this per worker)."""
+        self._terminate_child()
 
     def _terminate_child(self, grace_s: float = 30) -> None:
         """SIGTERM the step's process group, wait up to ``grace_s``, then SIGKILL it and reap the child."""
@@ -170,6 +181,11 @@ class Runner:
 
     def _record(self, cell: Cell, status: str, timings: dict[str, float], failure: dict[str, Any] | None,
                 commands: dict[str, list[str]]) -> dict[str, Any]:
+        with _RECORD_LOCK:  # in-process work with lazy imports (transformers'): one worker of a pool at a time
+            return self._write_record(cell, status, timings, failure, commands)
+
+    def _write_record(self, cell: Cell, status: str, timings: dict[str, float], failure: dict[str, Any] | None,
+                      commands: dict[str, list[str]]) -> dict[str, Any]:
         run_json = read_json_object(cell.run_dir / "final" / "run.json") if cell.run_dir else None
         ev = read_json_object(cell.eval_dir / "eval.json")
         problem = self.inconsistency(cell, run_json, ev) if status == "done" else None

@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 
 # facts <- grid <- state <- plan <- runner; plan <- tables <- significance <- render; grid <- figures <- render
-LAYERS = {"facts": 0, "grid": 1, "state": 2, "plan": 3, "runner": 4, "tables": 4, "figures": 4,
+LAYERS = {"facts": 0, "grid": 1, "state": 2, "plan": 3, "runner": 4, "tables": 4, "figures": 4, "pool": 5,
           "significance": 5, "render": 6}
 
 
