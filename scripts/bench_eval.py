@@ -126,13 +126,15 @@ def idle_cores(interval: float = 0.5) -> int:
 
 # ---------------------------------------------------------------------------------------------- backends
 class HFCounter:
-    """Wraps ``backend.model.generate`` to record the ids each batch produced (the backend keeps only text)."""
+    """Records the ids each batch produced (the backend keeps only text): wraps ``backend.model.generate``
+    (sampling, the static cache) and the backend's own greedy loop ``backend._greedy`` (the dynamic cache)."""
 
     def __init__(self, backend):
         self.backend, self.model = backend, backend.model
-        self.original = self.model.generate
+        self.original, self.greedy = self.model.generate, backend._greedy
         self.reset()
-        self.model.generate = self  # instance attribute: shadows the method, removed in restore()
+        self.model.generate = self  # instance attributes: shadow the methods, removed in restore()
+        backend._greedy = self.count_greedy
 
     def reset(self):
         self.per_row: list[int] = []
@@ -150,8 +152,16 @@ class HFCounter:
         self.slots += sum(len(r) for r in new)
         return out
 
+    def count_greedy(self, *args, **kwargs):
+        new = self.greedy(*args, **kwargs)  # each row's new ids, EOS excluded; a finished row leaves the batch
+        self.per_row.extend(len(row) for row in new)
+        self.steps += max((len(row) for row in new), default=0)
+        self.slots += sum(len(row) for row in new)
+        return new
+
     def restore(self):
         del self.model.generate
+        del self.backend._greedy
 
 
 def open_hf(model_dir: str, args, device: str):
@@ -185,7 +195,8 @@ def time_hf(backend, prompts: list[str], stop: list[str], args, device: str, des
         counter.restore()
     return {"wall_s": wall, "generated_tokens": sum(counter.per_row), "per_row": counter.per_row,
             "decode_steps": counter.steps, "batch_slots": counter.slots,
-            "token_count_source": "ids returned by model.generate (wrapped), per row up to and including EOS"}
+            "token_count_source": "ids returned by model.generate (wrapped; per row up to and including EOS) or by "
+                                  "the backend's greedy loop (HFBackend._greedy, wrapped; EOS excluded)"}
 
 
 def open_vllm(model_dir: str, args, device: str):
