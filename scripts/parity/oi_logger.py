@@ -11,7 +11,8 @@ path makes) to append one JSON line per prompt: ``call`` (the call's index), ``f
 script's own tokenizer call), and ``output`` or the candidate ``probs``.  ``--prompts-only`` returns empty outputs
 without generating.  ``--metrics-dir`` reads ``evaluate.load(name)`` scripts from ``DIR/<name>`` (a checkout of
 huggingface/evaluate's ``metrics/``) instead of the hub.  ``vllm`` is stubbed where it is not installed (the
-scripts import it at the top; the HF path never uses it).
+scripts import it at the top; the HF path never uses it).  ``glob.glob`` returns its matches sorted: its order is
+the file system's (unspecified), and BBH's script draws its examples task after task in that order.
 
 ``convert`` writes the model as transformers of this interpreter converts the GGUF file (weights, config) with the
 tokenizer of ``TOKENIZER_JSON`` as a GPT-2 BPE tokenizer (vocab.json + merges.txt, so the scripts'
@@ -22,6 +23,7 @@ tokenizer of ``TOKENIZER_JSON`` as a GPT-2 BPE tokenizer (vocab.json + merges.tx
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib.util
 import itertools
 import json
@@ -80,7 +82,17 @@ def patch_evaluate(metrics_dir: str) -> None:
     evaluate.load = local_load
 
 
+def sort_glob() -> None:
+    unsorted = glob.glob
+
+    def sorted_glob(*args, **kwargs):
+        return sorted(unsorted(*args, **kwargs))
+
+    glob.glob = sorted_glob
+
+
 def run(args) -> None:
+    sort_glob()
     if importlib.util.find_spec("vllm") is None:
         sys.modules["vllm"] = types.ModuleType("vllm")
     if args.metrics_dir:

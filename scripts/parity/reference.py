@@ -10,6 +10,7 @@ time, the script's ``metrics.json``, the interpreter's versions).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -86,9 +87,10 @@ def run_variant(name: str, variant: Variant, python: str, checkout: Path, work: 
            "TOKENIZERS_PARALLELISM": "false"}
     print(f"reference {name}: {variant.module} in {checkout}", flush=True)
     t0 = time.perf_counter()
-    subprocess.run([python, str(LOGGER), "run", f"--log={log.resolve()}", *options, variant.module, *args],
-                   check=True, cwd=checkout, env=env)
+    proc = subprocess.run([python, str(LOGGER), "run", f"--log={log.resolve()}", *options, variant.module, *args],
+                          cwd=checkout, env=env)
     wall = time.perf_counter() - t0
+    metrics, note = script_metrics(variant, proc.returncode, save)
     records = ASSEMBLE[variant.task]([json.loads(line) for line in log.open(encoding="utf-8")], save, data)
     write_jsonl(ref / f"{name}.jsonl", records)
     shown = variant.reference_args("<data>", "<reference model>", "<save dir>")
@@ -98,11 +100,28 @@ def run_variant(name: str, variant: Variant, python: str, checkout: Path, work: 
                              "run --log <log>", *(o.split("=")[0] + "=<evaluate metrics>" if o.startswith("--metrics")
                                                   else o for o in options), variant.module, *shown]),
         "wall_s": round(wall, 2), "prompts_only": variant.prompts_only,
-        "metrics": json.loads((save / "metrics.json").read_text()) if (save / "metrics.json").is_file() else None,
+        "metrics": metrics, **({"metrics_note": note} if note else {}),
         "versions": interpreter_versions(python),
     }
     (ref / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
+
+
+def script_metrics(variant: Variant, returncode: int, save: Path) -> tuple[dict, str | None]:
+    """The script's ``metrics.json``; for MMLU on a subject subset, its weighted accuracy from the per-subject
+    files it wrote before it stopped (its subcategory means ``np.concatenate`` nothing for subcategories none of
+    the subjects belong to)."""
+    if returncode == 0:
+        return json.loads((save / "metrics.json").read_text()), None
+    files = [save / f"{s}.csv" for s in SUBJECTS]
+    if variant.task != "mmlu" or not all(f.is_file() for f in files):
+        raise SystemExit(f"error: the reference script {variant.module} failed (exit status {returncode}; "
+                         "its output is above)")
+    correct = [row["correct"] == "True" for f in files for row in csv.DictReader(f.open(encoding="utf-8"))]
+    return {"average_acc": sum(correct) / len(correct)}, (
+        "the script stopped after writing every subject's file (its subcategory means concatenate nothing for "
+        "the subcategories of subjects not run); average_acc is its weighted_acc: the mean of the files' "
+        "correct column")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -1,5 +1,6 @@
 """scripts/parity/oi_logger.py: an open-instruct-shaped script runs unmodified under the logger, in its own
-interpreter with the checkout first on the path, and every prompt, its ids and its outputs are logged."""
+interpreter with the checkout first on the path, and every prompt, its ids and its outputs are logged; glob
+lists sorted."""
 
 import json
 import subprocess
@@ -19,6 +20,8 @@ def get_next_word_predictions(model, tokenizer, prompts, candidate_token_ids=Non
     return [len(p) % 4 for p in prompts], [[0.1, 0.2, 0.3, 0.4] for _ in prompts]
 '''
 SCRIPT = '''
+import glob
+import os
 import sys
 import vllm  # the scripts import it at the top; the logger stubs it where it is not installed
 from eval.utils import generate_completions, get_next_word_predictions
@@ -30,7 +33,8 @@ class Tok:
 
 
 if __name__ == "__main__":
-    prompts = sys.argv[1:]
+    prompts = sys.argv[2:]
+    print("GLOB", [os.path.basename(f) for f in glob.glob(os.path.join(sys.argv[1], "*.json"))])
     print("OUT", generate_completions(None, Tok(), prompts), get_next_word_predictions(None, Tok(), prompts)[0])
 '''
 
@@ -45,8 +49,12 @@ def fake_checkout(tmp_path):
 
 
 def run_logger(checkout, log, *options):
+    tasks = checkout / "tasks"  # listed in hash order here, not sorted, by ext4 and overlayfs
+    tasks.mkdir()
+    for name in ("date_understanding", "boolean_expressions", "sports_understanding"):
+        (tasks / f"{name}.json").write_text("{}")
     return subprocess.run([sys.executable, str(LOGGER), "run", f"--log={log}", *options, "eval.fake.run_eval",
-                           "ab", "xyz"], cwd=checkout, env={"PYTHONPATH": str(checkout), "PATH": "/usr/bin:/bin"},
+                           str(tasks), "ab", "xyz"], cwd=checkout, env={"PYTHONPATH": str(checkout), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=60)
 
 
@@ -56,6 +64,8 @@ def test_every_prompt_its_ids_and_outputs_are_logged(tmp_path):
     proc = run_logger(checkout, log)
     assert proc.returncode == 0, proc.stderr
     assert "OUT ['ba', 'zyx'] [2, 3]" in proc.stdout  # the script's own results are unchanged
+    # glob's order is the file system's; BBH's script draws task after task in it: sorted under the logger
+    assert "GLOB ['boolean_expressions.json', 'date_understanding.json', 'sports_understanding.json']" in proc.stdout
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert rows[:2] == [
         {"call": 0, "fn": "generate_completions", "prompt": "ab", "input_ids": [97, 98], "outputs": ["ba"]},
