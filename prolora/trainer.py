@@ -337,7 +337,11 @@ class Trainer:
 
         for ckpt in reversed(list_checkpoints(self.ckpt_dir)):
             try:
-                integrity.verify(ckpt)  # a file changed since the save: treated as damaged
+                integrity.verify(ckpt)  # a file changed since the save (a torn write, an edit): treated as damaged
+            except integrity.ModifiedCheckpoint as e:
+                warnings.warn(f"resume: {e}; falling back to the previous checkpoint", stacklevel=2)
+                continue
+            try:
                 state = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=False)
             except Exception as e:  # noqa: BLE001  (a torn or garbled file: try the previous checkpoint)
                 warnings.warn(f"resume: {ckpt / TRAINER_STATE} does not load ({type(e).__name__}: {e}); "

@@ -46,12 +46,12 @@ class ModelConfig:
 class DatasetConfig:
     name: str = field(default=MISSING, metadata=_help("superni | flan_v2 | cot | code_alpaca | demo | ..."))
     train_file: str = field(default=MISSING, metadata=_help(
-        "the jsonl written by scripts/prepare_data.py (relative: under data_dir)"))
+        "the jsonl written by python -m scripts.prepare_data (relative: under data_dir)"))
     lr: float = field(default=2e-4, metadata=_help("the paper's learning rate for this dataset"))
     eval_tasks: list[str] = field(default_factory=list, metadata=_help(
         "the benchmarks this dataset feeds (THE dataset -> benchmark map)"))
     max_seq_len: int = field(default=512, metadata=_help("tokens per training example (longer ones are cut)"))
-    raw_source: str = field(default="", metadata=_help("where prepare_data.py reads the published data"))
+    raw_source: str = field(default="", metadata=_help("where scripts.prepare_data reads the published data"))
 
 
 @dataclass

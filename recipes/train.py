@@ -54,8 +54,8 @@ def missing_data(cfg: DictConfig) -> str | None:
     path = train_file_path(cfg)
     if path.is_file():
         return None
-    return (f"training data for dataset={cfg.dataset.name} not found: {path} (create it with `python "
-            f"scripts/prepare_data.py {cfg.dataset.name} --raw <{cfg.dataset.raw_source or 'raw file'}> --out {path}`, "
+    return (f"training data for dataset={cfg.dataset.name} not found: {path} (create it with `python -m "
+            f"scripts.prepare_data {cfg.dataset.name} --raw <{cfg.dataset.raw_source or 'raw file'}> --out {path}`, "
             f"or point data_dir= / dataset.train_file= at it)")
 
 

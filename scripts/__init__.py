@@ -1,1 +1,2 @@
-"""The command-line scripts (run them as files); a package so that tests import them as modules."""
+"""The command lines, run as modules from the repository root: ``python -m scripts.<name>`` (data preparation,
+parameter counting, table rendering, the tiny assets, the benchmarks, the parity evidence, the environment check)."""

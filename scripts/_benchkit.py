@@ -1,9 +1,9 @@
-"""What the benchmark scripts (``bench_train.py``, ``bench_eval.py``, ``bench_adapters.py``) share: the CPU
-profile's model shape, how a device and the package versions are described in a result file, and how
-that file is written."""
+"""What the benchmark scripts share: the CPU profile's model shape, the device (chosen, synchronised, emptied),
+how the device and the package versions are described in a result file, and how that file is written."""
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import json
 import os
@@ -12,10 +12,33 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"  # the published benchmark files beside the checkout, where present
+
 # LLaMA2-7B's proportions (head dim 128, intermediate = 2.6875 x hidden, MHA, vocab 32000) at ~106M
 # parameters: the shape every benchmark runs when no GPU is lent.
 MEDIUM_SHAPE = dict(hidden_size=768, intermediate_size=2064, num_hidden_layers=8, num_attention_heads=6,
                     num_key_value_heads=6, vocab_size=32000)
+
+
+def pick_device(name: str) -> str:
+    """``auto`` is ``cuda`` where CUDA is available, else ``cpu``; any other name is kept."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that wall times measure it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def release(device: str | torch.device) -> None:
+    """Free what dropped references held (and CUDA's cached blocks)."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def describe_device(device: str | torch.device) -> str:

@@ -1,18 +1,13 @@
-"""Forward+backward time and peak memory of each adapter method against PEFT's own LoRA of the same rank.
+"""Forward+backward time and peak memory of each adapter method against PEFT's own LoRA of the same rank, on one
+frozen decoder layer's seven linears (or a real LlamaDecoderLayer) at LLaMA2-7B shapes, the two stepped in turn.
 
-    python scripts/bench_adapters.py                         # CPU: batch 2 x 64 tokens, LLaMA2-7B shapes, fp32
-    python scripts/bench_adapters.py --device cuda           # GPU: the paper's 16 x 512, bf16 base
-    python scripts/bench_adapters.py --module decoder_layer  # one full LlamaDecoderLayer instead of the 7 linears
-    python scripts/bench_adapters.py --out results/bench/cpu.json
+    python -m scripts.bench_adapters                         # CPU: batch 2 x 64 tokens, LLaMA2-7B shapes, fp32
+    python -m scripts.bench_adapters --device cuda           # GPU: the paper's 16 x 512, bf16 base
+    python -m scripts.bench_adapters --module decoder_layer  # one full LlamaDecoderLayer instead of the 7 linears
+    python -m scripts.bench_adapters --out results/bench/cpu.json
 
-One process, one frozen base (a decoder layer's seven linears q,k,v,o,gate,up,down at LLaMA2-7B shapes
-wired as attention-free block, or a real LlamaDecoderLayer from the 7B config); each method is attached,
-timed against PEFT's LoRA of the same rank on its own copy of the base, the two stepped in alternation
-(A B A B …, --repeats pairs after a warm-up) so that drift and other load on the machine hit both
-alike: the time ratio is the median of the per-pair ratios.  Memory: on CUDA the peak
-``torch.cuda.max_memory_allocated`` above the resident base; on CPU the bytes autograd saves for the
-backward (activations, excluding the frozen weights) plus adapter parameters and their gradients.
-Ratios are against PEFT LoRA with the same rank on the same seven modules (Tied LoRA adapts q/k/v only).
+Prints a table; ``--out`` writes it as JSON (per method: ms per step, MB, and both as ratios to PEFT LoRA).  How
+time and memory are measured: ``results/bench/README.md``.
 """
 
 from __future__ import annotations
@@ -23,22 +18,16 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from _benchkit import write_report  # noqa: E402
-
-import prolora  # noqa: E402
-from prolora.models import llama2_config  # noqa: E402
+import prolora
+from prolora.models import llama2_config
+from scripts._benchkit import pick_device, sync, write_report
 
 SEVEN = list(prolora.SEVEN_MODULES)
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 METHODS = {  # label: (config builder, rank)
     "lora_r8": lambda: prolora.LoRAConfig(r=8),
@@ -109,12 +98,10 @@ class Runner:
         return sum(saved.values())
 
     def timed_step(self) -> float:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync(self.device)
         t0 = time.perf_counter()
         self.step()
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync(self.device)
         return time.perf_counter() - t0
 
     def memory_mb(self) -> tuple[float, str]:
@@ -147,64 +134,80 @@ def paired_stats(ours: Runner, ref: Runner, repeats: int) -> tuple[dict, dict, f
     return out[0], out[1], statistics.median(a / b for a, b in zip(t_ours, t_ref))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench_adapters", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=None, help="default: 2 on CPU, 16 on CUDA")
     ap.add_argument("--seq", type=int, default=None, help="default: 64 on CPU, 512 on CUDA")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtype", default=None, help="base dtype: float32 | bfloat16 (default fp32 CPU, bf16 CUDA)")
+    ap.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                    help="base dtype (default float32 on CPU, bfloat16 on CUDA)")
     ap.add_argument("--module", choices=["seven_linears", "decoder_layer"], default="seven_linears")
     ap.add_argument("--model", default="llama2_7b", help="shapes from this LLaMA-2 config")
-    ap.add_argument("--methods", nargs="*", default=list(METHODS), help=f"subset of {list(METHODS)}")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
+                    help=f"subset of {list(METHODS)}")
     ap.add_argument("--out", default=None, help="write the results as JSON (e.g. results/bench/cpu.json)")
     args = ap.parse_args(argv)
+    args.device = pick_device(args.device)
+    cuda = args.device.startswith("cuda")
+    args.batch, args.seq = args.batch or (16 if cuda else 2), args.seq or (512 if cuda else 64)
+    args.dtype = DTYPES[args.dtype or ("bfloat16" if cuda else "float32")]
+    return args
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    cuda = device.startswith("cuda")
-    batch, seq = args.batch or (16 if cuda else 2), args.seq or (512 if cuda else 64)
-    dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16}[args.dtype or ("bfloat16" if cuda else "float32")]
-    cfg = llama2_config(args.model)
+
+def frozen_base(args: argparse.Namespace, cfg) -> nn.Module:
     kv = cfg.hidden_size // cfg.num_attention_heads * cfg.num_key_value_heads
     torch.manual_seed(0)
     if args.module == "seven_linears":
-        model = SevenLinears(cfg.hidden_size, cfg.intermediate_size, kv, dtype, device)
+        model = SevenLinears(cfg.hidden_size, cfg.intermediate_size, kv, args.dtype, args.device)
     else:
-        model = DecoderLayer(cfg, dtype, device)
+        model = DecoderLayer(cfg, args.dtype, args.device)
     for p in model.parameters():
         p.requires_grad_(False)
-    x = torch.randn(batch, seq, cfg.hidden_size, dtype=dtype, device=device)
+    return model
 
+
+def bench_method(label: str, model: nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict:
+    """The method on one copy of the base against PEFT LoRA of its rank on another, in alternation."""
     from peft import LoraConfig, get_peft_model
 
-    results: dict[str, dict] = {}
-    for label in args.methods:
-        config = METHODS[label]()
-        ours = prolora.attach(copy.deepcopy(model), config)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ref = get_peft_model(copy.deepcopy(model), LoraConfig(r=config.r, lora_alpha=16, lora_dropout=0.1,
-                                                                  target_modules=SEVEN))
-        stats, ref_stats, ratio = paired_stats(Runner(ours, x, device), Runner(ref, x, device), args.repeats)
-        del ours, ref
-        stats.update(method=config.method, r=config.r, peft_lora=ref_stats, time_ratio_vs_peft_lora=ratio,
-                     mem_ratio_vs_peft_lora=stats["mem_mb"] / ref_stats["mem_mb"])
-        results[label] = stats
-        print(f"done {label}", file=sys.stderr, flush=True)
+    config = METHODS[label]()
+    ours = prolora.attach(copy.deepcopy(model), config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = get_peft_model(copy.deepcopy(model), LoraConfig(r=config.r, lora_alpha=16, lora_dropout=0.1,
+                                                              target_modules=SEVEN))
+    stats, ref_stats, ratio = paired_stats(Runner(ours, x, args.device), Runner(ref, x, args.device), args.repeats)
+    stats.update(method=config.method, r=config.r, peft_lora=ref_stats, time_ratio_vs_peft_lora=ratio,
+                 mem_ratio_vs_peft_lora=stats["mem_mb"] / ref_stats["mem_mb"])
+    print(f"done {label}", file=sys.stderr, flush=True)
+    return stats
 
-    header = (f"{'method':<20}{'r':>5}{'trainable':>12}{'ms':>10}{'PEFT ms':>10}{'t ratio':>9}"
-              f"{'MB':>10}{'PEFT MB':>10}{'m ratio':>9}")
-    print(f"device={device} ({torch.cuda.get_device_name() if cuda else 'cpu'}, {torch.get_num_threads()} threads)  "
-          f"module={args.module} shapes={args.model}  batch={batch}x{seq}  base dtype={dtype}  repeats={args.repeats}")
-    print(header)
+
+def print_table(results: dict, args: argparse.Namespace) -> None:
+    cuda = args.device.startswith("cuda")
+    print(f"device={args.device} ({torch.cuda.get_device_name() if cuda else 'cpu'}, {torch.get_num_threads()} "
+          f"threads)  module={args.module} shapes={args.model}  batch={args.batch}x{args.seq}  base dtype={args.dtype}"
+          f"  repeats={args.repeats}")
+    print(f"{'method':<20}{'r':>5}{'trainable':>12}{'ms':>10}{'PEFT ms':>10}{'t ratio':>9}"
+          f"{'MB':>10}{'PEFT MB':>10}{'m ratio':>9}")
     for label, s in results.items():
         ref = s["peft_lora"]
         print(f"{label:<20}{s['r']:>5}{s['trainable']:>12,}{s['time_ms']:>10.1f}{ref['time_ms']:>10.1f}"
               f"{s['time_ratio_vs_peft_lora']:>9.2f}{s['mem_mb']:>10.1f}{ref['mem_mb']:>10.1f}"
               f"{s['mem_ratio_vs_peft_lora']:>9.2f}")
-    report = {"device": device, "module": args.module, "shapes": args.model, "batch": batch, "seq": seq,
-              "dtype": str(dtype), "repeats": args.repeats, "threads": torch.get_num_threads(),
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = llama2_config(args.model)
+    model = frozen_base(args, cfg)
+    x = torch.randn(args.batch, args.seq, cfg.hidden_size, dtype=args.dtype, device=args.device)
+    results = {label: bench_method(label, model, x, args) for label in args.methods}
+    print_table(results, args)
+    report = {"device": args.device, "module": args.module, "shapes": args.model, "batch": args.batch,
+              "seq": args.seq, "dtype": str(args.dtype), "repeats": args.repeats, "threads": torch.get_num_threads(),
               "results": results}
     if args.out:
         write_report(args.out, report)

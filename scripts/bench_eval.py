@@ -1,45 +1,19 @@
-"""Generation throughput (tokens/s, prompts/s) of the evaluation backends on GSM- and BBH-shaped prompts.
+"""Generation throughput (tokens/s, prompts/s) of the evaluation backends on GSM- and BBH-shaped prompts, with a
+random-weight Llama (LLaMA2-7B on a GPU, the ~100M CPU profile without one) loaded through the evaluators' path.
 
-    python scripts/bench_eval.py                                  # no CUDA: small-shape profile (~100M Llama), fp32
-    python scripts/bench_eval.py --shape 7b --device cuda         # LLaMA2-7B shapes, bf16, 64 prompts x 512 new tokens
-    python scripts/bench_eval.py --shape 7b --backends hf,vllm    # both backends on the same prompts, vllm/hf ratio
-    python scripts/bench_eval.py --precision nf4 --batch-size 16 --prompts 32 --max-new-tokens 256
-    python scripts/bench_eval.py --out results/bench/eval-cpu.json
+    python -m scripts.bench_eval                                  # no CUDA: the CPU profile, fp32
+    python -m scripts.bench_eval --shape 7b --device cuda         # LLaMA2-7B shapes, bf16, 64 prompts x 512 new tokens
+    python -m scripts.bench_eval --shape 7b --backends hf,vllm    # both backends on the same prompts, vllm/hf ratio
+    python -m scripts.bench_eval --out results/bench/eval-cpu.json
 
-A Llama with RANDOM weights (LLaMA2-7B's published config, or on a machine without CUDA a ~100M model
-with LLaMA2-7B's proportions: hidden 768, intermediate 2064, 8 layers, 6 heads of 128, vocab 32000) is
-saved to a temporary directory with the project's tiny tokenizer and loaded back through the loading
-path the evaluators use (``HFBackend.load`` -> ``prolora.models.load_base_model`` in nf4 / 8bit / full;
-``VLLMBackend(model_dir)``), then timed through the backend's public ``generate`` with the task's own
-stop sequences (GSM "\\n", BBH "\\n\\n"), greedy, as ``eval.driver`` calls it.
-
-* Prompt lengths: the real GSM (8-shot CoT, ``eval.tasks.gsm.GSM``) and BBH (3-shot, direct answers as
-  ``recipes.evaluate`` runs it, or CoT with ``--bbh-cot``; ``eval.tasks.bbh.BBH``) prompts built from
-  ``../shared/data`` when present; no LLaMA tokenizer is available offline, so each prompt's LLaMA-2
-  token count is ESTIMATED as digits + other characters / ``--chars-per-token`` (3.7; SentencePiece
-  splits numbers into digits) + BOS. Without the data: a fixed table of deciles of those estimates.
-  Prompts of exactly that many tokens are random words of the tiny tokenizer (each " word" is one
-  token, so the lengths are exact; ids < 512 are valid inputs to a 32000-vocab model).
-* Full-length generation: random weights babble, and EOS or a stop sequence would end rows at random.
-  The lm_head rows of EOS and of every tiny-tokenizer token containing a newline are zeroed (logit 0,
-  never the argmax over 32000 random logits), so greedy decoding runs to ``--max-new-tokens`` while the
-  stop-sequence check still runs every step (its cost is part of what is measured). Checked: the JSON
-  reports how many rows reached full length.
-* Token counts: from the ids the engine produced (hf: ``model.generate``'s output, wrapped to record it,
-  per row up to EOS; vllm: ``RequestOutput.outputs[].token_ids``), not by re-tokenizing the text (ids
-  >= 512 decode to nothing with the tiny tokenizer).
-* hf runs twice on the same prompts: ``hf`` as the evaluators run it (transformers' dynamic KV cache) and
-  ``hf-static`` with the backend's preallocated-cache option (``kv_cache="static"``).
-* Timing: one short warm-up call (2 x 32 tokens) per benchmark, then one timed ``generate`` over all prompts of a
-  benchmark (hf: the backend's sorted, left-padded batches of ``--batch-size``; vllm: its own continuous
-  batching, ``--batch-size`` does not apply). Model loading is timed separately (``load_s``).
+Prints a table; ``--out`` writes it as JSON (per backend and benchmark: wall seconds, generated tokens, tokens/s,
+prompts/s, rows that reached full length; vllm/hf and static/dynamic KV-cache ratios).  How the prompts, their
+lengths and the token counts are made: ``results/bench/README.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib.metadata
 import importlib.util
 import os
 import random
@@ -51,14 +25,17 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from _benchkit import MEDIUM_SHAPE, describe_device, versions, write_report  # noqa: E402
-
-from prolora.models import LLAMA2_COMMON, TINY_DIR, llama2_config, load_tokenizer  # noqa: E402
+from prolora.models import LLAMA2_COMMON, TINY_DIR, llama2_config, load_tokenizer
+from scripts._benchkit import (
+    MEDIUM_SHAPE,
+    SHARED_DATA,
+    describe_device,
+    pick_device,
+    release,
+    sync,
+    versions,
+    write_report,
+)
 
 # Fallback without ../shared/data: deciles (0%, 10%, ..., 100%) of the estimated LLaMA-2 prompt lengths
 # (BOS included) of the prompts the task classes build from the real files (GSM: 200, BBH: 27 x 40).
@@ -147,20 +124,17 @@ def idle_cores(interval: float = 0.5) -> int:
     return max(1, min(usable, round(idle)))
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 # ---------------------------------------------------------------------------------------------- backends
 class HFCounter:
-    """Wraps ``backend.model.generate`` to record the ids each batch produced (the backend keeps only text)."""
+    """Records the ids each batch produced (the backend keeps only text): wraps ``backend.model.generate``
+    (sampling, the static cache) and the backend's own greedy loop ``backend._greedy`` (the dynamic cache)."""
 
     def __init__(self, backend):
         self.backend, self.model = backend, backend.model
-        self.original = self.model.generate
+        self.original, self.greedy = self.model.generate, backend._greedy
         self.reset()
-        self.model.generate = self  # instance attribute: shadows the method, removed in restore()
+        self.model.generate = self  # instance attributes: shadow the methods, removed in restore()
+        backend._greedy = self.count_greedy
 
     def reset(self):
         self.per_row: list[int] = []
@@ -178,8 +152,16 @@ class HFCounter:
         self.slots += sum(len(r) for r in new)
         return out
 
+    def count_greedy(self, *args, **kwargs):
+        new = self.greedy(*args, **kwargs)  # each row's new ids, EOS excluded; a finished row leaves the batch
+        self.per_row.extend(len(row) for row in new)
+        self.steps += max((len(row) for row in new), default=0)
+        self.slots += sum(len(row) for row in new)
+        return new
+
     def restore(self):
         del self.model.generate
+        del self.backend._greedy
 
 
 def open_hf(model_dir: str, args, device: str):
@@ -213,7 +195,8 @@ def time_hf(backend, prompts: list[str], stop: list[str], args, device: str, des
         counter.restore()
     return {"wall_s": wall, "generated_tokens": sum(counter.per_row), "per_row": counter.per_row,
             "decode_steps": counter.steps, "batch_slots": counter.slots,
-            "token_count_source": "ids returned by model.generate (wrapped), per row up to and including EOS"}
+            "token_count_source": "ids returned by model.generate (wrapped; per row up to and including EOS) or by "
+                                  "the backend's greedy loop (HFBackend._greedy, wrapped; EOS excluded)"}
 
 
 def open_vllm(model_dir: str, args, device: str):
@@ -256,8 +239,9 @@ def vllm_status(device: str, precision: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench_eval", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     ap.add_argument("--shape", choices=["medium", "7b"], default=None, help="default: 7b on CUDA, medium on CPU")
     ap.add_argument("--prompts", type=int, default=None, help="prompts per benchmark (default: 64 CUDA, 16 CPU)")
@@ -271,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--benchmarks", default="gsm,bbh", help="comma-separated subset of gsm,bbh")
     ap.add_argument("--bbh-cot", action="store_true",
                     help="BBH chain-of-thought prompts (default: direct answers, as recipes.evaluate runs BBH)")
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
+    ap.add_argument("--data-dir", default=str(SHARED_DATA),
                     help="benchmark files for real prompt lengths (default ../shared/data; absent: fixed deciles)")
     ap.add_argument("--chars-per-token", type=float, default=3.7,
                     help="LLaMA-2 token estimate: digits + other chars / this")
@@ -280,124 +264,139 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", default=None, help="write the results as JSON (e.g. results/bench/eval-cpu.json)")
     args = ap.parse_args(argv)
+    args.device = pick_device(args.device)
+    args.cuda = args.device.startswith("cuda")
+    if args.cuda and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: CUDA is not available here")
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    for b in args.backends:
+        if b not in ("hf", "hf-static", "vllm"):
+            ap.error(f"--backends: unknown {b!r}")
+    for b in args.benchmarks:
+        if b not in STOPS:
+            ap.error(f"--benchmarks: unknown {b!r}")
+    return args
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    cuda = device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        ap.error(f"--device {device}: CUDA is not available here")
-    if not cuda:
+
+def resolve_profile(args: argparse.Namespace) -> None:
+    """Shape, prompt count, generation length and threads: the 7B GPU setting, or the CPU profile."""
+    if not args.cuda:
         print("=" * 100 + "\nNO CUDA: running the SMALL-SHAPE CPU profile (a ~100M Llama with LLaMA2-7B's proportions, "
               "fewer prompts, shorter generation).\nThese numbers are NOT the 7B GPU setting; run on a GPU "
               "with --shape 7b for that.\n" + "=" * 100, file=sys.stderr, flush=True)
-    args.shape = args.shape or ("7b" if cuda else "medium")
-    args.prompts = args.prompts or (64 if cuda else 16)
-    args.max_new_tokens = args.max_new_tokens or (512 if cuda else 128)
-    if cuda:
+    args.shape = args.shape or ("7b" if args.cuda else "medium")
+    args.prompts = args.prompts or (64 if args.cuda else 16)
+    args.max_new_tokens = args.max_new_tokens or (512 if args.cuda else 128)
+    if args.cuda:
         torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     else:
         torch.set_num_threads(args.threads or idle_cores())
         print(f"torch threads: {torch.get_num_threads()} ({'--threads' if args.threads else 'cores idle now'}; "
               f"{len(os.sched_getaffinity(0))} usable)", file=sys.stderr, flush=True)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    for b in backends:
-        if b not in ("hf", "hf-static", "vllm"):
-            ap.error(f"--backends: unknown {b!r}")
-    for b in benches:
-        if b not in STOPS:
-            ap.error(f"--benchmarks: unknown {b!r}")
+    args.dtype = torch.bfloat16 if args.cuda else torch.float32
 
-    from transformers import set_seed
 
-    set_seed(args.seed)
-    rng = random.Random(args.seed)
-    tok = load_tokenizer(TINY_DIR)
-    tok.model_max_length = LLAMA2_COMMON["max_position_embeddings"]  # the tiny model's 512 limit does not apply
+def make_prompts(args: argparse.Namespace, tok, rng: random.Random) -> tuple[dict, dict, dict]:
+    """Per benchmark: the prompts (random words, exact token counts), their target lengths and where the lengths
+    came from; the same strings for every backend."""
     words = word_tokens(tok)
-    silence = sorted({tok.eos_token_id} | {i for i in range(len(tok)) if "\n" in tok.decode([i])})
-
-    # prompts: the same strings for every backend
     data_dir = Path(args.data_dir)
-    prompts: dict[str, list[str]] = {}
-    targets: dict[str, list[int]] = {}
-    length_source = {}
-    for bench in benches:
+    prompts, targets, source = {}, {}, {}
+    for bench in args.benchmarks:
         key = "bbh_cot" if bench == "bbh" and args.bbh_cot else ("bbh_direct" if bench == "bbh" else "gsm")
         if data_dir.is_dir():
             pool = real_prompt_lengths(bench, data_dir, args.bbh_cot, args.chars_per_token)
             lengths = [rng.choice(pool) for _ in range(args.prompts)]
-            length_source[bench] = (f"{key}: {len(pool)} prompts built by eval.tasks.{bench} from {data_dir}, "
-                                    f"LLaMA-2 tokens estimated as digits + other chars / {args.chars_per_token} + BOS")
+            source[bench] = (f"{key}: {len(pool)} prompts built by eval.tasks.{bench} from {data_dir}, "
+                             f"LLaMA-2 tokens estimated as digits + other chars / {args.chars_per_token} + BOS")
         else:
             lengths = fallback_lengths(key, args.prompts, rng)
-            length_source[bench] = f"{key}: fixed decile table FALLBACK_DECILES (no {data_dir})"
+            source[bench] = f"{key}: fixed decile table FALLBACK_DECILES (no {data_dir})"
         targets[bench] = lengths
         prompts[bench] = [make_prompt(n, words, tok, rng) for n in lengths]
     args.warmup_prompts = [make_prompt(32, words, tok, rng)] * 2  # short: warms the batched path only
+    return prompts, targets, source
 
-    dtype = torch.bfloat16 if cuda else torch.float32
+
+def new_report(args: argparse.Namespace, length_source: dict) -> dict:
     settings = {"shape": args.shape, "model_config": "llama2_7b" if args.shape == "7b" else MEDIUM_SHAPE,
-                "precision": args.precision, "compute_dtype": str(dtype).replace("torch.", ""),
+                "precision": args.precision, "compute_dtype": str(args.dtype).replace("torch.", ""),
                 "batch_size": args.batch_size, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
                 "seed": args.seed, "threads": torch.get_num_threads(), "temperature": 0.0,
-                "stop": {b: STOPS[b] for b in benches}, "bbh_prompts": "cot" if args.bbh_cot else "direct",
+                "stop": {b: STOPS[b] for b in args.benchmarks}, "bbh_prompts": "cot" if args.bbh_cot else "direct",
                 "prompt_lengths": length_source, "weights": "random; lm_head rows of EOS and newline tokens zeroed"}
-    report: dict = {"device": describe_device(device), "versions": versions("torch", "transformers", "bitsandbytes", "vllm"), "settings": settings,
-                    "note": ("small-shape CPU profile (~100M Llama with LLaMA2-7B proportions, fp32), NOT the "
-                             "7B GPU setting" if not cuda or args.shape != "7b" else
-                             "LLaMA2-7B shapes with random weights on GPU"),
-                    "runs": [], "skipped": {}}
+    return {"device": describe_device(args.device),
+            "versions": versions("torch", "transformers", "bitsandbytes", "vllm"), "settings": settings,
+            "note": ("small-shape CPU profile (~100M Llama with LLaMA2-7B proportions, fp32), NOT the "
+                     "7B GPU setting" if not args.cuda or args.shape != "7b" else
+                     "LLaMA2-7B shapes with random weights on GPU"),
+            "runs": [], "skipped": {}}
 
-    print(f"building a random {args.shape} Llama on {device} ({dtype}) ...", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(prefix="prolora-bench-eval-") as model_dir:
-        model = build_random_model(args.shape, device, dtype, args.seed, silence)
-        report["settings"]["parameters"] = sum(p.numel() for p in model.parameters())
-        model.save_pretrained(model_dir)
-        tok.save_pretrained(model_dir)
-        del model
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
 
-        for name in backends:
-            if name == "vllm":
-                why = vllm_status(device, args.precision)
-                if why:
-                    report["skipped"]["vllm"] = why
-                    report["vllm"] = why
-                    print(f"vllm: {why}", file=sys.stderr, flush=True)
-                    continue
-            args.kv_cache = "static" if name == "hf-static" else "dynamic"
-            opener, timer = (open_hf, time_hf) if name.startswith("hf") else (open_vllm, time_vllm)
-            try:
-                backend, load_s = opener(model_dir, args, device)
-            except Exception as e:  # a backend that cannot load here (e.g. 8bit on CPU) is reported, not fatal
-                report["skipped"][name] = f"load failed: {type(e).__name__}: {e}"
-                print(f"{name}: load failed: {e}", file=sys.stderr, flush=True)
-                continue
-            print(f"{name}: loaded in {load_s:.1f}s", file=sys.stderr, flush=True)
-            for bench in benches:
-                ps = prompts[bench]
-                lens = [len(backend.encode(p)) for p in ps]
-                r = timer(backend, ps, STOPS[bench], args, device, f"{name} {bench}")
-                per_row = r.pop("per_row")
-                r.update(backend=name, benchmark=bench, prompts=len(ps), load_s=load_s,
-                         prompt_tokens_mean=statistics.mean(lens), prompt_tokens_min=min(lens),
-                         prompt_tokens_max=max(lens), prompt_tokens_target_mean=statistics.mean(targets[bench]),
-                         full_length_rows=sum(n == args.max_new_tokens for n in per_row),
-                         tokens_per_s=r["generated_tokens"] / r["wall_s"], prompts_per_s=len(ps) / r["wall_s"])
-                report["runs"].append(r)
-                print(f"{name} {bench}: {r['generated_tokens']} tokens in {r['wall_s']:.1f}s "
-                      f"({r['tokens_per_s']:.1f} tok/s)", file=sys.stderr, flush=True)
-            backend.close()
-            del backend
-            gc.collect()
-            if cuda:
-                torch.cuda.empty_cache()
+def save_random_model(args: argparse.Namespace, tok, model_dir: str, report: dict) -> None:
+    """The random Llama (EOS and newline rows of the LM head zeroed) and the tiny tokenizer in ``model_dir``."""
+    print(f"building a random {args.shape} Llama on {args.device} ({args.dtype}) ...", file=sys.stderr, flush=True)
+    silence = sorted({tok.eos_token_id} | {i for i in range(len(tok)) if "\n" in tok.decode([i])})
+    model = build_random_model(args.shape, args.device, args.dtype, args.seed, silence)
+    report["settings"]["parameters"] = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    del model
+    release(args.device)
 
-    # table
-    print(f"\ndevice: {report['device']}\nshape={args.shape} ({report['settings']['parameters'] / 1e6:.0f}M params) "
-          f"precision={args.precision} ({settings['compute_dtype']}) batch={args.batch_size} "
+
+def bench_backend(name: str, model_dir: str, args: argparse.Namespace, prompts: dict, targets: dict,
+                  report: dict) -> None:
+    """Load one backend and time it on every benchmark's prompts; a backend that cannot run here is recorded."""
+    why = vllm_status(args.device, args.precision) if name == "vllm" else None
+    if why:
+        report["skipped"]["vllm"] = report["vllm"] = why
+        print(f"vllm: {why}", file=sys.stderr, flush=True)
+        return
+    args.kv_cache = "static" if name == "hf-static" else "dynamic"
+    opener, timer = (open_hf, time_hf) if name.startswith("hf") else (open_vllm, time_vllm)
+    try:
+        backend, load_s = opener(model_dir, args, args.device)
+    except Exception as e:  # a backend that cannot load here (e.g. 8bit on CPU) is reported, not fatal
+        report["skipped"][name] = f"load failed: {type(e).__name__}: {e}"
+        print(f"{name}: load failed: {e}", file=sys.stderr, flush=True)
+        return
+    print(f"{name}: loaded in {load_s:.1f}s", file=sys.stderr, flush=True)
+    for bench in args.benchmarks:
+        ps = prompts[bench]
+        lens = [len(backend.encode(p)) for p in ps]
+        r = timer(backend, ps, STOPS[bench], args, args.device, f"{name} {bench}")
+        per_row = r.pop("per_row")
+        r.update(backend=name, benchmark=bench, prompts=len(ps), load_s=load_s,
+                 prompt_tokens_mean=statistics.mean(lens), prompt_tokens_min=min(lens),
+                 prompt_tokens_max=max(lens), prompt_tokens_target_mean=statistics.mean(targets[bench]),
+                 full_length_rows=sum(n == args.max_new_tokens for n in per_row),
+                 tokens_per_s=r["generated_tokens"] / r["wall_s"], prompts_per_s=len(ps) / r["wall_s"])
+        report["runs"].append(r)
+        print(f"{name} {bench}: {r['generated_tokens']} tokens in {r['wall_s']:.1f}s "
+              f"({r['tokens_per_s']:.1f} tok/s)", file=sys.stderr, flush=True)
+    backend.close()
+    del backend
+    release(args.device)
+
+
+def add_ratios(report: dict, benches: list[str]) -> None:
+    """vllm/hf and hf static/dynamic KV cache tokens/s, per benchmark where both ran."""
+    by = {(r["backend"], r["benchmark"]): r for r in report["runs"]}
+    for key, (a, b), label in (("vllm_over_hf_tokens_per_s", ("vllm", "hf"), "vllm/hf"),
+                               ("hf_static_over_dynamic_kv_cache_tokens_per_s", ("hf-static", "hf"),
+                                "hf static/dynamic KV cache")):
+        ratios = {x: by[a, x]["tokens_per_s"] / by[b, x]["tokens_per_s"] for x in benches if (a, x) in by and (b, x) in by}
+        if ratios:
+            report[key] = ratios
+            print(f"{label} tokens/s: " + ", ".join(f"{x} {v:.2f}x" for x, v in ratios.items()))
+
+
+def print_table(report: dict, args: argparse.Namespace) -> None:
+    s = report["settings"]
+    print(f"\ndevice: {report['device']}\nshape={args.shape} ({s['parameters'] / 1e6:.0f}M params) "
+          f"precision={args.precision} ({s['compute_dtype']}) batch={args.batch_size} "
           f"prompts={args.prompts} max_new_tokens={args.max_new_tokens} seed={args.seed}")
     print(f"{'backend':<11}{'bench':<6}{'prompts':>8}{'prompt tok':>11}{'gen tok':>9}{'full rows':>10}"
           f"{'wall s':>9}{'tok/s':>9}{'prompts/s':>10}")
@@ -407,17 +406,24 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['tokens_per_s']:>9.1f}{r['prompts_per_s']:>10.3f}")
     for name, why in report["skipped"].items():
         print(f"{name}: {why}")
-    by = {(r["backend"], r["benchmark"]): r for r in report["runs"]}
-    ratios = {b: by["vllm", b]["tokens_per_s"] / by["hf", b]["tokens_per_s"]
-              for b in benches if ("hf", b) in by and ("vllm", b) in by}
-    if ratios:
-        report["vllm_over_hf_tokens_per_s"] = ratios
-        print("vllm/hf tokens/s: " + ", ".join(f"{b} {x:.2f}x" for b, x in ratios.items()))
-    static = {b: by["hf-static", b]["tokens_per_s"] / by["hf", b]["tokens_per_s"]
-              for b in benches if ("hf", b) in by and ("hf-static", b) in by}
-    if static:
-        report["hf_static_over_dynamic_kv_cache_tokens_per_s"] = static
-        print("hf static/dynamic KV cache tokens/s: " + ", ".join(f"{b} {x:.2f}x" for b, x in static.items()))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    resolve_profile(args)
+    from transformers import set_seed
+
+    set_seed(args.seed)
+    tok = load_tokenizer(TINY_DIR)
+    tok.model_max_length = LLAMA2_COMMON["max_position_embeddings"]  # the tiny model's 512 limit does not apply
+    prompts, targets, length_source = make_prompts(args, tok, random.Random(args.seed))
+    report = new_report(args, length_source)
+    with tempfile.TemporaryDirectory(prefix="prolora-bench-eval-") as model_dir:
+        save_random_model(args, tok, model_dir, report)
+        for name in args.backends:
+            bench_backend(name, model_dir, args, prompts, targets, report)
+    print_table(report, args)
+    add_ratios(report, args.benchmarks)
     print(f"note: {report['note']}")
     if args.out:
         write_report(args.out, report)

@@ -1,32 +1,14 @@
-"""Generation speed on a real model: the hf backend against a plain ``model.generate`` loop and against the
-machine's compute limit, on the real evaluation prompts.
+"""Generation speed on a real model (SmolLM2-135M-Instruct, fp32): the hf backend's ways of generating against a
+plain ``model.generate`` loop and against the machine's matmul limit, on the tasks' own prompts, in one process.
 
     make real-model
-    python scripts/bench_generate.py                                    # SmolLM2-135M, GSM 8-shot no-chat, 16 prompts
-    python scripts/bench_generate.py --task bbh --prompts 24 --max-new-tokens 64
-    python scripts/bench_generate.py --out results/bench/generate-smollm2-cpu-gsm.json
+    python -m scripts.bench_generate                                    # GSM 8-shot no-chat, 16 prompts
+    python -m scripts.bench_generate --task bbh --prompts 24 --max-new-tokens 64
+    python -m scripts.bench_generate --out results/bench/generate-smollm2-cpu-gsm.json
 
-The model is SmolLM2-135M-Instruct (``prolora.gguf.smollm2_dir()``, fp32, or ``--model DIR``); the prompts are
-the task's own (``eval.tasks``, authors' protocol, built from ``--data-dir``, ``../shared/data`` by default),
-encoded by the backend (its BOS rule), the first ``--prompts`` of the task's seeded draw.  Each way of generating
-runs the same prompts greedily with the task's stop sequences, in this process, after one untimed warm-up call:
-
-* ``plain``: for each prompt, ``model.generate(ids)`` at batch 1 with transformers' own ``stop_strings`` (the
-  loop a user would write);
-* ``hf_b1``, ``hf_b8``: the backend as the evaluators run it (``HFBackend.generate``; length-sorted, left-padded
-  batches of 1 / 8; stop strings checked on the decoded text; greedy: its own loop, finished rows leave the batch);
-* ``hf_b8_generate``: the backend at batch 8 through ``model.generate`` (``evict_finished=False``: finished rows
-  are computed until the batch's last row stops), as it was before;
-* ``hf_b1_prefix``, ``hf_b8_prefix``: the same with ``prefix_cache=True`` (the shared few-shot prefix prefilled
-  once and its keys/values reused).
-
-Reported per way: wall seconds, prompt and generated token counts (ids, not re-tokenized text), prompts/s,
-generated tokens/s, the outputs equal to ``plain``'s (text after the stop), the ratio of its speed to ``plain``'s,
-and its FLOP rate against the measured matmul throughput: FLOPs are 2 x (the non-embedding parameters + the LM
-head) per token processed, plus attention's 4 x layers x heads x head_dim x context per token, counted over each
-prompt token once (each shared prefix once for the prefix ways) and each generated token once (padding is
-overhead, not work); the limit is the best of a few fp32 matmuls of the model's own shapes (prefill-sized) timed
-on the same threads.  ``needed_over_limit_s`` is the time the no-reuse work would take at that limit.
+Prints one line per way (``--ways``); ``--out`` writes them as JSON: wall seconds, tokens, prompts/s, tokens/s, the
+outputs equal to the plain loop's, the speed over the plain loop and the fraction of the matmul limit.  What each
+way runs and how FLOPs are counted: ``results/bench/README.md``.
 """
 
 from __future__ import annotations
@@ -34,34 +16,39 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from _benchkit import describe_device, versions, write_report  # noqa: E402
+from scripts._benchkit import SHARED_DATA, describe_device, versions, write_report
 
 WAYS = ("plain", "hf_b1", "hf_b8", "hf_b8_generate", "hf_b1_prefix", "hf_b8_prefix")
+FLOPS_MODEL = ("2 x (non-embedding linear params + LM head) per token + 4 x layers x heads x head_dim x "
+               "context; generated tokens at the mean prompt length's context. needed_gflop: every prompt "
+               "run whole + the generated tokens (what any exact method must compute without reuse); "
+               "executed_gflop: what the way ran (prefix ways: each shared prefix once); "
+               "needed_over_limit_s: needed_gflop at the best matmul rate, the no-reuse compute limit")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.bench_generate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="HF model directory (default: SmolLM2-135M-Instruct via prolora.gguf)")
     p.add_argument("--task", default="gsm", choices=("gsm", "bbh"))
     p.add_argument("--chat", action="store_true", help="chat prompts (no stop sequence: runs to EOS)")
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--data-dir", default=str(SHARED_DATA))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated subset of {WAYS}")
     p.add_argument("--out", default=None, help="write the JSON report here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.ways = [w for w in args.ways.split(",") if w]
+    unknown = sorted(set(args.ways) - set(WAYS))
+    if unknown:
+        p.error(f"--ways: unknown {unknown}; known: {WAYS}")
+    return args
 
 
 def task_prompts(task_name: str, chat: bool, data_dir: str, k: int):
@@ -156,14 +143,10 @@ def run_plain(model, tok, rows, max_new_tokens, stop, eos_ids, pad_id):
     return texts, new_lens
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    os.environ.setdefault("PROLORA_NO_PROGRESS", "1")  # one line per way instead of the backend's bars
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def load_model(args):
+    """The model (fp32, eval mode) and its tokenizer; SmolLM2 through ``prolora.gguf`` unless ``--model``."""
     from transformers import AutoModelForCausalLM
 
-    from eval.backends.hf import HFBackend
     from prolora.models import load_tokenizer
 
     if args.model is None:
@@ -172,71 +155,74 @@ def main(argv=None) -> dict:
         args.model = str(gguf.smollm2_dir())
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    tok = load_tokenizer(args.model)
-    load_s = time.perf_counter() - t0
-    task, prompts = task_prompts(args.task, args.chat, args.data_dir, args.prompts)
-    spec = task.generation()
-    stop = [s for s in spec.stop if s]
-    ways = [w for w in args.ways.split(",") if w]
-    unknown = sorted(set(ways) - set(WAYS))
-    if unknown:
-        raise SystemExit(f"--ways: unknown {unknown}; known: {WAYS}")
+    return model, load_tokenizer(args.model), time.perf_counter() - t0
 
-    backend = HFBackend(model, tok, batch_size=1)  # neutral generation config, encode() with the BOS rule
-    rows = [backend.encode(p) for p in prompts]
-    eos_ids, pad_id = backend.eos_ids, backend.pad_id
+
+def run_backend_way(way: str, model, tok, prompts: list[str], args, stop: list[str]):
+    """The backend as ``way`` configures it, after a warm-up: its texts, each row's new-token count (the ids
+    ``model.generate`` or the backend's own greedy loop produced), its wall time and the backend."""
+    from eval.backends.hf import HFBackend
+
+    be = HFBackend(model, tok, batch_size=8 if "_b8" in way else 1, prefix_cache=way.endswith("_prefix"),
+                   evict_finished=not way.endswith("_generate"))
+    be.generate(prompts[:2], max_new_tokens=8, stop=stop)  # warm-up
+    rec = Recorder(model, be.eos_ids)
+    model.generate = rec
+    greedy = be._greedy  # the backend's own loop: record its rows' lengths too
+
+    def counted(*a, **k):
+        out = greedy(*a, **k)
+        rec.rows.extend(len(r) for r in out)
+        return out
+
+    be._greedy = counted
+    try:
+        t = time.perf_counter()
+        texts = [o[0] for o in be.generate(prompts, max_new_tokens=args.max_new_tokens, stop=stop)]
+        wall = time.perf_counter() - t
+    finally:
+        del model.generate  # back to the class's method
+    return texts, rec.rows, wall, be  # rows in batch order: only their sum is used
+
+
+def run_way(way: str, model, tok, prompts: list[str], rows: list[list[int]], args, stop: list[str], backend):
+    """``(texts, new-token counts, wall seconds, prefix plan or None)`` of one way."""
+    if way != "plain":
+        texts, new_lens, wall, be = run_backend_way(way, model, tok, prompts, args, stop)
+        return texts, new_lens, wall, be._plan(rows) if way.endswith("_prefix") else None
+    run_plain(model, tok, rows[:1], 8, stop, backend.eos_ids, backend.pad_id)  # warm-up
+    t = time.perf_counter()
+    texts, new_lens = run_plain(model, tok, rows, args.max_new_tokens, stop, backend.eos_ids, backend.pad_id)
+    return texts, new_lens, time.perf_counter() - t, None
+
+
+def measure(wall: float, new_lens: list[int], rows: list[list[int]], config, plan, peak: float) -> dict:
+    """Speeds and FLOP rates of one way (``needed``: every prompt whole + the generated tokens)."""
     prompt_lens = [len(r) for r in rows]
-    print(f"{args.task} ({'chat' if args.chat else 'no-chat'}): {len(rows)} prompts, {min(prompt_lens)}-"
-          f"{max(prompt_lens)} tokens (mean {sum(prompt_lens) / len(rows):.0f}), max_new_tokens {args.max_new_tokens}, "
-          f"stop {stop}, {torch.get_num_threads()} threads")
-    limit = matmul_gflops(model.config)
-    peak = max(limit.values())
-    print("matmul GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in limit.items()))
+    gen = sum(new_lens)
+    decode = gen * flops_per_token(config, sum(prompt_lens) / len(rows))
+    needed = prompt_flops(config, rows) + decode
+    executed = prompt_flops(config, rows, plan) + decode
+    r = {"wall_s": round(wall, 2), "prompts": len(rows), "prompt_tokens": sum(prompt_lens),
+         "generated_tokens": gen, "prompts_per_s": round(len(rows) / wall, 3),
+         "generated_tokens_per_s": round(gen / wall, 2),
+         "needed_gflop": round(needed / 1e9, 1), "executed_gflop": round(executed / 1e9, 1),
+         "executed_gflop_per_s": round(executed / wall / 1e9, 2),
+         "fraction_of_matmul_limit": round(executed / wall / 1e9 / peak, 3),
+         "needed_over_limit_s": round(needed / 1e9 / peak, 2)}
+    if plan is not None:
+        r["prefix_groups"] = sorted({n for n, _ in plan})
+    return r
 
+
+def run_ways(args, model, tok, backend, prompts: list[str], rows: list[list[int]], stop: list[str],
+             peak: float) -> dict:
+    """Every way on the same prompts; each one's outputs are compared with the plain loop's where it ran first."""
     results, reference = {}, None
     with torch.no_grad():
-        for way in ways:
-            if way == "plain":
-                run_plain(model, tok, rows[:1], 8, stop, eos_ids, pad_id)  # warm-up
-                t = time.perf_counter()
-                texts, new_lens = run_plain(model, tok, rows, args.max_new_tokens, stop, eos_ids, pad_id)
-                wall = time.perf_counter() - t
-            else:
-                bs = 8 if "_b8" in way else 1
-                be = HFBackend(model, tok, batch_size=bs, prefix_cache=way.endswith("_prefix"),
-                               evict_finished=not way.endswith("_generate"))
-                be.generate(prompts[:2], max_new_tokens=8, stop=stop)  # warm-up
-                rec = Recorder(model, eos_ids)
-                model.generate = rec
-                greedy = be._greedy  # the backend's own loop: record its rows' lengths too
-
-                def counted(*a, _greedy=greedy, _rows=rec.rows, **k):
-                    out = _greedy(*a, **k)
-                    _rows.extend(len(r) for r in out)
-                    return out
-
-                be._greedy = counted
-                try:
-                    t = time.perf_counter()
-                    texts = [o[0] for o in be.generate(prompts, max_new_tokens=args.max_new_tokens, stop=stop)]
-                    wall = time.perf_counter() - t
-                finally:
-                    del model.generate  # back to the class's method
-                new_lens = rec.rows  # in batch order: only their sum is used
-            gen = sum(new_lens)
-            decode = gen * flops_per_token(model.config, sum(prompt_lens) / len(rows))
-            needed = prompt_flops(model.config, rows) + decode
-            plan = be._plan(rows) if way.endswith("_prefix") else None
-            executed = prompt_flops(model.config, rows, plan) + decode
-            r = {"wall_s": round(wall, 2), "prompts": len(rows), "prompt_tokens": sum(prompt_lens),
-                 "generated_tokens": gen, "prompts_per_s": round(len(rows) / wall, 3),
-                 "generated_tokens_per_s": round(gen / wall, 2),
-                 "needed_gflop": round(needed / 1e9, 1), "executed_gflop": round(executed / 1e9, 1),
-                 "executed_gflop_per_s": round(executed / wall / 1e9, 2),
-                 "fraction_of_matmul_limit": round(executed / wall / 1e9 / peak, 3),
-                 "needed_over_limit_s": round(needed / 1e9 / peak, 2)}
-            if plan is not None:
-                r["prefix_groups"] = sorted({n for n, _ in plan})
+        for way in args.ways:
+            texts, new_lens, wall, plan = run_way(way, model, tok, prompts, rows, args, stop, backend)
+            r = measure(wall, new_lens, rows, model.config, plan, peak)
             if reference is None and way == "plain":
                 reference = texts
             if reference is not None:
@@ -248,22 +234,38 @@ def main(argv=None) -> dict:
     if "plain" in results:
         for r in results.values():
             r["speed_over_plain"] = round(results["plain"]["wall_s"] / r["wall_s"], 2)
+    return results
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    os.environ.setdefault("PROLORA_NO_PROGRESS", "1")  # one line per way instead of the backend's bars
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from eval.backends.hf import HFBackend
+
+    model, tok, load_s = load_model(args)
+    task, prompts = task_prompts(args.task, args.chat, args.data_dir, args.prompts)
+    stop = [s for s in task.generation().stop if s]
+    backend = HFBackend(model, tok, batch_size=1)  # neutral generation config, encode() with the BOS rule
+    rows = [backend.encode(p) for p in prompts]
+    lens = [len(r) for r in rows]
+    print(f"{args.task} ({'chat' if args.chat else 'no-chat'}): {len(rows)} prompts, {min(lens)}-{max(lens)} tokens "
+          f"(mean {sum(lens) / len(rows):.0f}), max_new_tokens {args.max_new_tokens}, stop {stop}, "
+          f"{torch.get_num_threads()} threads")
+    limit = matmul_gflops(model.config)
+    print("matmul GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in limit.items()))
     report = {
         "what": "generation speed of the hf backend vs a plain model.generate loop and the matmul limit, same "
                 "process, same prompts, greedy (scripts/bench_generate.py)",
         "device": describe_device("cpu"), "versions": versions("torch", "transformers"),
         "settings": {"model": Path(args.model).name if args.model else None, "task": args.task, "chat": args.chat,
                      "prompts": len(rows), "max_new_tokens": args.max_new_tokens, "stop": stop,
-                     "prompt_tokens": {"min": min(prompt_lens), "max": max(prompt_lens),
-                                       "mean": round(sum(prompt_lens) / len(rows), 1)},
+                     "prompt_tokens": {"min": min(lens), "max": max(lens), "mean": round(sum(lens) / len(rows), 1)},
                      "threads": torch.get_num_threads(), "dtype": "float32", "load_s": round(load_s, 1)},
         "matmul_gflop_per_s": {k: round(v, 1) for k, v in limit.items()},
-        "flops_model": "2 x (non-embedding linear params + LM head) per token + 4 x layers x heads x head_dim x "
-                       "context; generated tokens at the mean prompt length's context. needed_gflop: every prompt "
-                       "run whole + the generated tokens (what any exact method must compute without reuse); "
-                       "executed_gflop: what the way ran (prefix ways: each shared prefix once); "
-                       "needed_over_limit_s: needed_gflop at the best matmul rate, the no-reuse compute limit",
-        "runs": results,
+        "flops_model": FLOPS_MODEL,
+        "runs": run_ways(args, model, tok, backend, prompts, rows, stop, max(limit.values())),
     }
     if args.out:
         write_report(args.out, report)

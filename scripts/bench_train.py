@@ -1,84 +1,41 @@
-"""QLoRA training speed and memory: each adapter method in this harness, and the HF Trainer + PEFT baseline,
-on the same batches in one process.
+"""QLoRA training speed and memory: one optimizer step of each adapter method and of the HF Trainer + PEFT LoRA r8
+baseline, on the same batches in one process, plus a loss-parity phase (harness LoRA r8 = baseline, same init).
 
-    python scripts/bench_train.py                        # no GPU: the "medium" profile (see below), CPU
-    python scripts/bench_train.py --device cuda          # GPU: LLaMA2-7B shape, NF4 base, bf16, 16 x 512
-    python scripts/bench_train.py --variants all,auto,4  # LoRA/PRoLoRA r8 rows: every layer, auto, 4 layers recomputed
-    python scripts/bench_train.py --methods lora_r8,prolora_r8_u1_m7 --steps 1 --warmup 0 --rounds 12 --no-baseline
-                                                         # alternate step by step: the tightest PRoLoRA/LoRA ratio
-    python scripts/bench_train.py --out results/bench/train-cpu.json
+    python -m scripts.bench_train                        # no GPU: the CPU profile (~106M Llama, 4 x 256, fp32)
+    python -m scripts.bench_train --device cuda          # GPU: LLaMA2-7B shape, NF4 base, bf16, 16 x 512
+    python -m scripts.bench_train --variants all,auto,4  # LoRA/PRoLoRA r8: every layer, auto, 4 layers recomputed
+    python -m scripts.bench_train --methods lora_r8,prolora_r8_u1_m7 --steps 1 --warmup 0 --rounds 12 --no-baseline
 
-Rows: the baseline, then per harness method the variants of ``--variants`` (LoRA r8 and PRoLoRA r8 u1 m7;
-the others run ``auto``): ``before`` = every layer recomputed and the full-logits loss (the harness before
-its speed work), ``all`` = every layer recomputed, ``auto`` = the default, N = N layers recomputed.
-
-What is timed is one optimizer step of a QLoRA run: a base with random weights built from the published
-LLaMA2-7B config (speed depends on shapes, not values) saved to a temporary directory and loaded back
-through the real loading code in 4-bit NF4 with double quantisation, an adapter on all seven projections
-(Tied LoRA: q/k/v), paged AdamW 32-bit, max grad norm 0.3, linear schedule with 3% warm-up, LR 2e-4,
-dropout 0.1, batch B × L (default 16 × 512 on a GPU) with the prompt half of each example masked out of
-the loss, as instruction tuning does.
-
-* **harness rows** run ``prolora.models.prepare_for_training`` + ``prolora.attach`` + one
-  ``prolora.trainer.Trainer.train_step()`` per step, i.e. exactly what ``train.py`` runs.
-* **baseline row** is what a user writes today: ``AutoModelForCausalLM.from_pretrained`` (NF4),
-  ``peft.prepare_model_for_kbit_training`` (gradient checkpointing on, its defaults), ``get_peft_model`` with
-  PEFT's LoRA r8 (alpha 16, dropout 0.1, seven modules) and ``transformers.Trainer`` with the paper's
-  recipe as ``TrainingArguments`` (paged_adamw_32bit, gradient checkpointing, warm-up 3%, bf16 on a
-  GPU).  The only change to the stock Trainer: its train dataloader yields this script's pre-made batches,
-  so both sides see identical tensors, and ``training_step`` records each step's loss.
-
-Every configuration holds its own model; the configurations run in blocks of ``--steps`` optimizer steps
-(the first ``--warmup`` steps of each block are not timed), round-robin over ``--rounds`` rounds, so
-drift and other load on the machine hit all of them alike.  Step time = median of the timed steps (wall
-time from one finished optimizer step to the next, synchronised on CUDA).  When interleaved, the i-th timed
-steps of two configurations ran in the same round, so ``time_vs_lora_r8_paired`` is the median of the
-per-round ratios: with ``--steps 1 --warmup 0 --rounds 12`` the configurations alternate step by step,
-which is the tightest comparison on a machine whose step times wander by ±20%.  tokens/s counts the
-non-padding tokens of the batch (what the step processed).
-
-Memory (``prolora.checkpointing.peak_memory``): the peak tensor memory a block of steps adds above what was
-allocated before it (activations, gradients, optimizer states, temporaries), plus the configuration's own
-resident model (parameters, buffers, quantisation state).  On CUDA from the allocator's statistics during
-the timed blocks; on a CPU from the allocation events of ``torch.profiler`` in two extra, untimed steps per
-configuration (exact, unlike a resident set that depends on what malloc kept).  Each HF Trainer block
-builds its optimizer anew, so the baseline's peak includes its AdamW states (2 × 4 bytes per trainable
-parameter: 7.5 MB at r8 on the medium shape, 160 MB on 7B).
-
-Loss parity: with ``--parity-steps K`` (default 6) a second, short phase trains the harness LoRA r8 and
-the baseline from the same initial adapter (copied) with dropout 0 on the same batches, and reports both
-loss curves and their largest difference: the harness computes the same training math.
-
-No GPU: the script says so and runs the "medium" profile: a Llama with LLaMA2-7B's proportions (head
-dim 128, intermediate/hidden 2.6875, vocab 32000) at ~106M parameters, batch 4 × 256, fp32 compute.
-Those ratios are a CPU profile, not the paper's setting.
+Writes ``results/bench/train-<cpu|cuda>.json`` (``--out``): per row the step time (median), tokens/s, peak memory,
+the ratios to LoRA r8 and to the baseline, and the parity losses.  What each row runs and how time and memory are
+measured: ``results/bench/README.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from _benchkit import MEDIUM_SHAPE, describe_device, versions, write_report  # noqa: E402
-
-import prolora  # noqa: E402
-from prolora.checkpointing import decoder_layers, peak_memory  # noqa: E402
-from prolora.models import LLAMA2_COMMON, LLAMA2_CONFIGS, load_base_model  # noqa: E402
+import prolora
+from prolora.checkpointing import decoder_layers, peak_memory
+from prolora.models import LLAMA2_COMMON, LLAMA2_CONFIGS, load_base_model
+from scripts._benchkit import (
+    MEDIUM_SHAPE,
+    REPO,
+    describe_device,
+    pick_device,
+    release,
+    sync,
+    versions,
+    write_report,
+)
 
 SHAPES = {
     "7b": dict(LLAMA2_CONFIGS["llama2_7b"]),
@@ -204,13 +161,11 @@ class HarnessRun:
             total.backward()
 
         once()
-        if self.trainer.device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(self.trainer.device)
         t0 = time.perf_counter()
         for _ in range(repeats):
             once()
-        if self.trainer.device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(self.trainer.device)
         self.trainer.optimizer.zero_grad(set_to_none=True)
         return (time.perf_counter() - t0) / repeats * 1e3
 
@@ -252,19 +207,17 @@ class BaselineRun:
         from torch.utils.data import DataLoader
         from transformers import Trainer, TrainerCallback, TrainingArguments
 
-        batches = self.batches
+        batches, device = self.batches, self.device
         stamps: list[float] = []
         losses: list[float] = []
 
         class Clock(TrainerCallback):
             def on_train_begin(self, args, state, control, **kw):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
+                sync(device)
                 stamps.append(time.perf_counter())
 
             def on_step_end(self, args, state, control, **kw):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
+                sync(device)
                 stamps.append(time.perf_counter())
 
         class SameBatches(Trainer):
@@ -303,9 +256,7 @@ def build_model_dir(shape: str, dtype: torch.dtype, device: torch.device, seed: 
     model.save_pretrained(path)
     n = sum(p.numel() for p in model.parameters())
     del model
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release(device)
     print(f"base: {shape} Llama, {n / 1e6:.1f}M parameters, random weights saved to {path}")
     return path
 
@@ -325,12 +276,13 @@ def parity(model_dir: str, batches: list[dict], device: torch.device, dtype: tor
     b = [loss for _, _, loss in ours.block(steps)]
     diff = max(abs(x - y) for x, y in zip(a, b))
     del base, ours
-    gc.collect()
+    release(device)
     return {"steps": steps, "baseline_losses": a, "harness_losses": b, "max_abs_diff": diff}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m scripts.bench_train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--shape", default=None, choices=sorted(SHAPES), help="default: 7b on CUDA, medium on CPU")
     p.add_argument("--batch", type=int, default=None, help="sequences per step (default 16 on CUDA, 4 on CPU)")
@@ -352,107 +304,123 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON path (default results/bench/train-<device>.json)")
     args = p.parse_args(argv)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in ("before", "all", "auto") and not v.isdigit()]
+    args.variants_list = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants_list if v not in ("before", "all", "auto") and not v.isdigit()]
     if bad:
         p.error(f"--variants: unknown {bad}; use before, all, auto or a number of layers")
-    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in labels if m not in METHODS]
+    args.labels = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.labels if m not in METHODS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+    return args
 
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    cuda = device.type == "cuda"
+def resolve_profile(args: argparse.Namespace) -> None:
+    """Device, shape, batch, sequence length and dtype: the 7B GPU setting, or the CPU profile without a GPU."""
+    args.device = torch.device(pick_device(args.device))
+    args.cuda = args.device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
-    shape = args.shape or ("7b" if cuda else "medium")
-    batch = args.batch or (16 if cuda else 4)
-    seq = args.seq or (512 if cuda else 256)
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    if not cuda:
+    args.shape = args.shape or ("7b" if args.cuda else "medium")
+    args.batch = args.batch or (16 if args.cuda else 4)
+    args.seq = args.seq or (512 if args.cuda else 256)
+    args.dtype = torch.bfloat16 if args.cuda and torch.cuda.is_bf16_supported() else torch.float32
+    args.interleave = not args.cuda if args.interleave is None else args.interleave
+    if not args.cuda:
         print("NOTE: no GPU: running the CPU profile (a ~106M-parameter Llama with LLaMA2-7B's proportions, "
-              f"batch {batch} x {seq}, fp32 compute). Ratios from it are not the paper's 7B GPU setting.")
+              f"batch {args.batch} x {args.seq}, fp32 compute). Ratios from it are not the paper's 7B GPU setting.")
     warnings.filterwarnings("ignore", message=".*(paged|Paged).*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="bitsandbytes")
 
-    model_dir = build_model_dir(shape, dtype, device, args.seed)
-    batches = make_batches(max(args.steps, args.parity_steps, 1), batch, seq, SHAPES[shape]["vocab_size"],
-                           args.seed, args.ragged)
+
+def settings_of(args: argparse.Namespace, batches: list[dict]) -> dict:
     pad = 1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
-    settings = {"shape": shape, "config": SHAPES[shape], "batch": batch, "seq": seq, "ragged": args.ragged,
-                "padding_fraction": pad, "compute_dtype": str(dtype).replace("torch.", ""), "steps_per_block": args.steps,
-                "warmup_per_block": args.warmup, "rounds": args.rounds, "variants": args.variants, "lr": LR, "dropout": 0.1,
-                "optimizer": "paged_adamw_32bit", "quantization": "nf4 + double quant", "seed": args.seed}
+    return {"shape": args.shape, "config": SHAPES[args.shape], "batch": args.batch, "seq": args.seq,
+            "ragged": args.ragged, "padding_fraction": pad, "compute_dtype": str(args.dtype).replace("torch.", ""),
+            "steps_per_block": args.steps, "warmup_per_block": args.warmup, "rounds": args.rounds,
+            "variants": args.variants, "lr": LR, "dropout": 0.1, "optimizer": "paged_adamw_32bit",
+            "quantization": "nf4 + double quant", "seed": args.seed}
 
-    def tag(label: str, variant: str) -> str:
-        return label if variant == "auto" else f"{label}@{variant}"
 
-    makers = []  # (label, build) — every configuration gets its own model
+def tag(label: str, variant: str) -> str:
+    return label if variant == "auto" else f"{label}@{variant}"
+
+
+def configurations(args: argparse.Namespace, model_dir: str, batches: list[dict]) -> list:
+    """One builder per row (each row gets its own model): the baseline, then each method's variants."""
+    makers = []
     if not args.no_baseline:
-        makers.append((BASELINE, lambda: BaselineRun(BASELINE, model_dir, batches, device, dtype, args.seed)))
+        makers.append(lambda: BaselineRun(BASELINE, model_dir, batches, args.device, args.dtype, args.seed))
     total = args.steps * args.rounds
-    for label in labels:
-        for v in (variants if label in ("lora_r8", "prolora_r8_u1_m7") else ["auto"]):
+    for label in args.labels:
+        for v in (args.variants_list if label in ("lora_r8", "prolora_r8_u1_m7") else ["auto"]):
             if v == "before" and label != "lora_r8":
                 continue
-            makers.append((tag(label, v), lambda label=label, v=v: HarnessRun(
-                tag(label, v), METHODS[label](), model_dir, batches, device, v, dtype, args.seed, total)))
-    interleave = not cuda if args.interleave is None else args.interleave
+            makers.append(lambda label=label, v=v: HarnessRun(tag(label, v), METHODS[label](), model_dir, batches,
+                                                              args.device, v, args.dtype, args.seed, total))
+    return makers
+
+
+def run_block(run, args: argparse.Namespace, bar) -> None:
+    """One block of ``--steps`` steps; its timed steps, tokens and losses go to the run's row."""
+    bar.set_postfix_str(run.row.label)
+    results = []
+    if args.cuda:  # the allocator's statistics cost nothing: measure the timed blocks themselves
+        peak = peak_memory(lambda: results.extend(run.block(args.steps)), args.device)
+        run.row.peak_step = max(run.row.peak_step, peak)
+    else:
+        results = run.block(args.steps)
+    for t, n, _ in results[args.warmup:]:
+        run.row.step_s.append(t)
+        run.row.tokens.append(n)
+    run.row.losses.extend(loss for _, _, loss in results)
+    bar.update(1)
+
+
+def memory_pass(run, args: argparse.Namespace) -> None:
+    if not args.cuda:  # CPU: allocation events under the profiler, in two untimed steps of their own
+        run.row.peak_step = peak_memory(lambda: run.block(2), args.device)
+    if isinstance(run, HarnessRun):
+        run.row.expansion_ms = run.expansion_ms()
+
+
+def time_rows(makers: list, args: argparse.Namespace) -> dict:
+    """Every configuration's row: all models resident and blocks round-robin (CPU: drift and other load hit all
+    alike), or one model at a time (a GPU holds one 7B run, and ``auto`` checkpointing sees the whole device)."""
     from tqdm.auto import tqdm
 
-    rows_done = []
-
-    def run_block(run, bar) -> None:
-        bar.set_postfix_str(run.row.label)
-        results = []
-        if cuda:  # the allocator's statistics cost nothing: measure the timed blocks themselves
-            peak = peak_memory(lambda: results.extend(run.block(args.steps)), device)
-            run.row.peak_step = max(run.row.peak_step, peak)
-        else:
-            results = run.block(args.steps)
-        for t, n, _ in results[args.warmup:]:
-            run.row.step_s.append(t)
-            run.row.tokens.append(n)
-        run.row.losses.extend(loss for _, _, loss in results)
-        bar.update(1)
-
-    def memory_pass(run) -> None:
-        if not cuda:  # CPU: allocation events under the profiler, in two untimed steps of their own
-            run.row.peak_step = peak_memory(lambda: run.block(2), device)
-        if isinstance(run, HarnessRun):
-            run.row.expansion_ms = run.expansion_ms()
-
+    rows = []
     with tqdm(total=args.rounds * len(makers), desc="bench blocks", unit="block") as bar:
-        if interleave:  # all models resident; round-robin blocks (CPU: drift and other load hit all alike)
-            runs = [make() for _, make in makers]
+        if args.interleave:
+            runs = [make() for make in makers]
             for _ in range(args.rounds):
                 for run in runs:
-                    run_block(run, bar)
+                    run_block(run, args, bar)
             for run in runs:
-                memory_pass(run)
-            rows_done = [run.row for run in runs]
+                memory_pass(run, args)
+            rows = [run.row for run in runs]
             del runs
-        else:  # one model at a time (a GPU holds one 7B run, and "auto" checkpointing sees the whole device)
-            for _, make in makers:
+        else:
+            for make in makers:
                 run = make()
                 for _ in range(args.rounds):
-                    run_block(run, bar)
-                memory_pass(run)
-                rows_done.append(run.row)
+                    run_block(run, args, bar)
+                memory_pass(run, args)
+                rows.append(run.row)
                 del run
-                gc.collect()
-                if cuda:
-                    torch.cuda.empty_cache()
-    rows = {row.label: row.summary() for row in rows_done}
-    gc.collect()
+                release(args.device)
+    release(args.device)
+    return {row.label: row.summary() for row in rows}
 
+
+def add_ratios(rows: dict, interleave: bool) -> None:
+    """Each harness row against LoRA r8 run the same way (paired per round where interleaved), every row
+    against the baseline."""
     base = rows.get(BASELINE)
     for r in rows.values():
         ref = rows.get(tag("lora_r8", r["variant"]))
-        if ref is not None and r["kind"] == "harness":  # against LoRA r8 run the same way
+        if ref is not None and r["kind"] == "harness":
             r["time_vs_lora_r8"] = r["step_s_median"] / ref["step_s_median"]
             if interleave and len(r["step_s_all"]) == len(ref["step_s_all"]):  # step i of both ran in one round
                 r["time_vs_lora_r8_paired"] = statistics.median(
@@ -462,18 +430,26 @@ def main(argv: list[str] | None = None) -> dict:
         if base:
             r["tokens_per_s_vs_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
             r["peak_vs_baseline"] = r["peak_mib"] / base["peak_mib"]
-    ref_label = "lora_r8 run with the same variant"
-    result = {"device": describe_device(device), "device_type": device.type,
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    resolve_profile(args)
+    model_dir = build_model_dir(args.shape, args.dtype, args.device, args.seed)
+    batches = make_batches(max(args.steps, args.parity_steps, 1), args.batch, args.seq,
+                           SHAPES[args.shape]["vocab_size"], args.seed, args.ragged)
+    rows = time_rows(configurations(args, model_dir, batches), args)
+    add_ratios(rows, args.interleave)
+    result = {"device": describe_device(args.device), "device_type": args.device.type,
               "versions": versions("torch", "transformers", "peft", "bitsandbytes"),
-              "settings": settings, "reference": ref_label, "rows": rows,
-              "note": ("CPU profile at a medium shape, not the paper's 7B GPU setting" if not cuda else
+              "settings": settings_of(args, batches), "reference": "lora_r8 run with the same variant", "rows": rows,
+              "note": ("CPU profile at a medium shape, not the paper's 7B GPU setting" if not args.cuda else
                        "LLaMA2-7B shape on a GPU")}
     if args.parity_steps and not args.no_baseline:
         print("loss parity: harness LoRA r8 vs HF Trainer + PEFT LoRA r8, same init, dropout 0 …")
-        result["parity"] = parity(model_dir, batches, device, dtype, args.parity_steps, args.seed)
-
+        result["parity"] = parity(model_dir, batches, args.device, args.dtype, args.parity_steps, args.seed)
     print_table(result)
-    write_report(args.out or REPO / "results" / "bench" / f"train-{'cuda' if cuda else 'cpu'}.json", result)
+    write_report(args.out or REPO / "results" / "bench" / f"train-{'cuda' if args.cuda else 'cpu'}.json", result)
     return result
 
 

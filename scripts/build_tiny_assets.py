@@ -15,7 +15,7 @@
   the demo's adapters have something real to learn (the mapping from the chat format to the answer).
   ~70 s on one CPU thread; deterministic for the seed.
 
-Usage: ``python scripts/build_tiny_assets.py [--skip-pretrain]`` (deterministic: same files every time).
+Usage: ``python -m scripts.build_tiny_assets [--skip-pretrain]`` (deterministic: same files every time).
 """
 
 from __future__ import annotations

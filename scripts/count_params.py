@@ -1,8 +1,8 @@
 """Trainable-parameter count of an adapter config on a meta-device model (no weights: seconds for 70B).
 
-    python scripts/count_params.py model=llama2_7b method=prolora rank=8 unshared=1 sharing=7
-    python scripts/count_params.py model=llama2_70b method=lora rank=8
-    python scripts/count_params.py model=llama2_13b method=tied_lora rank=280
+    python -m scripts.count_params model=llama2_7b method=prolora rank=8 unshared=1 sharing=7
+    python -m scripts.count_params model=llama2_70b method=lora rank=8
+    python -m scripts.count_params model=llama2_13b method=tied_lora rank=280
 
 Prints a table per adapted module type (instances, count per layer, total) and, as its LAST line, one
 JSON object: model, method (the resolved method config), trainable_params, lora_equivalent_rank (the
@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from recipes import config_store, run_config  # noqa: E402
+from recipes import CONFIG_DIR, config_store, run_config
 
 config_store.register()
 
@@ -30,7 +25,7 @@ config_store.register()
 _QUIET = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
-@hydra.main(version_base=None, config_path=str(REPO / "configs"), config_name="config")
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     import prolora
     from prolora.counting import count_by_module_type, lora_equivalent_rank, meta_model, module_instances

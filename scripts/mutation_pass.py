@@ -46,16 +46,17 @@ def copy_checkout(dst: Path) -> None:
             shutil.copy2(src, dst / rel)
 
 
-def run_tests(copy: Path, tests: list[str], timeout: int) -> tuple[int, float]:
+def run_tests(copy: Path, tests: list[str], timeout: int) -> tuple[int, float, str]:
+    """(pytest's exit code, -1 on timeout; seconds; the tail of its output)."""
     env = {**os.environ, "PYTHONPATH": str(copy), "PROLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     start = time.time()
     try:
         out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                             cwd=copy, env=env, capture_output=True, timeout=timeout)
-        rc = out.returncode
+                             cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        rc, tail = out.returncode, (out.stdout + out.stderr)[-3000:]
     except subprocess.TimeoutExpired:
-        rc = -1
-    return rc, time.time() - start
+        rc, tail = -1, ""
+    return rc, time.time() - start, tail
 
 
 def try_mutation(copy: Path, mutation: dict, timeout: int) -> dict:
@@ -69,7 +70,7 @@ def try_mutation(copy: Path, mutation: dict, timeout: int) -> dict:
         return {**result, "outcome": "not applied", "detail": f"the text occurs {found} times"}
     path.write_text(original.replace(mutation["old"], mutation["new"]))
     try:
-        rc, secs = run_tests(copy, mutation["tests"], timeout)
+        rc, secs, _ = run_tests(copy, mutation["tests"], timeout)
     finally:
         path.write_text(original)
     outcome = {0: "survived", 1: "caught", -1: "timeout"}.get(rc, "error")
@@ -80,9 +81,9 @@ def try_mutation(copy: Path, mutation: dict, timeout: int) -> dict:
 def baseline_passes(copy: Path, mutations: list[dict], timeout: int) -> None:
     """The named tests must pass unmutated, or a failure would be counted as a catch."""
     tests = sorted({t for m in mutations for t in m["tests"]})
-    rc, secs = run_tests(copy, tests, timeout * 4)
+    rc, secs, tail = run_tests(copy, tests, timeout * 4)
     if rc != 0:
-        raise SystemExit(f"the tests fail without any mutation (exit {rc}): fix them first ({' '.join(tests)})")
+        raise SystemExit(f"{tail}\nthe tests fail without any mutation (exit {rc}): fix them first ({' '.join(tests)})")
     print(f"baseline: the named tests pass unmutated ({secs:.0f} s)")
 
 

@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 """Turn a raw published training set into the chat-record jsonl the trainer reads.
 
-    python scripts/prepare_data.py superni --raw /path/to/natural-instructions --out data/superni.jsonl
-    python scripts/prepare_data.py flan_v2 --raw tulu_v1_resampled_flan_100k.jsonl --out data/flan_v2.jsonl
-    python scripts/prepare_data.py cot --raw cot_zsopt.jsonl --raw cot_fsopt.jsonl --out data/cot.jsonl
-    python scripts/prepare_data.py code_alpaca --raw code_alpaca_20k.json --out data/code_alpaca.jsonl
-    python scripts/prepare_data.py messages --raw chats.jsonl --out data/chats.jsonl
+    python -m scripts.prepare_data superni --raw /path/to/natural-instructions --out data/superni.jsonl
+    python -m scripts.prepare_data flan_v2 --raw tulu_v1_resampled_flan_100k.jsonl --out data/flan_v2.jsonl
+    python -m scripts.prepare_data cot --raw cot_zsopt.jsonl --raw cot_fsopt.jsonl --out data/cot.jsonl
+    python -m scripts.prepare_data code_alpaca --raw code_alpaca_20k.json --out data/code_alpaca.jsonl
+    python -m scripts.prepare_data messages --raw chats.jsonl --out data/chats.jsonl
 
 The defaults (``--template open_instruct``, ``--seed 42``, superni ``--split xlingual``) reproduce
 open-instruct's processed files (``open_instruct/reformat_datasets.py`` at commit 5cf790a52), which the
@@ -22,14 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from prolora.data.formats import CODE_ALPACA_TEMPLATES, COT_ROWS_PER_SOURCE, get_converter  # noqa: E402
-from prolora.data.records import write_records  # noqa: E402
-from prolora.data.sources import DOWNLOADS, HUB_SOURCES, OPEN_INSTRUCT_SEED  # noqa: E402
-from prolora.data.superni import SUPERNI_FALLBACK_SPLIT, SUPERNI_SPLIT, SUPERNI_TEMPLATES  # noqa: E402
+from prolora.data.formats import CODE_ALPACA_TEMPLATES, COT_ROWS_PER_SOURCE, get_converter
+from prolora.data.records import write_records
+from prolora.data.sources import DOWNLOADS, HUB_SOURCES, OPEN_INSTRUCT_SEED
+from prolora.data.superni import SUPERNI_FALLBACK_SPLIT, SUPERNI_SPLIT, SUPERNI_TEMPLATES
 
 SOURCES_HELP = "\n".join(
     [f"  {name:<12} {DOWNLOADS[name]}" for name in DOWNLOADS]
@@ -40,7 +36,7 @@ SOURCES_HELP = "\n".join(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="\n\n".join(__doc__.split("\n\n")[0:3:2]).replace("``", ""),
+        prog="python -m scripts.prepare_data", description="\n\n".join(__doc__.split("\n\n")[0:3:2]).replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="raw sources:\n" + SOURCES_HELP)
     p.add_argument("dataset", help="superni, flan_v2, cot, code_alpaca or messages")

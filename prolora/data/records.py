@@ -29,7 +29,7 @@ from pathlib import Path
 from prolora.io import open_atomic
 
 ROLES = ("system", "user", "assistant")
-PREPARE_HINT = "python scripts/prepare_data.py {name} --raw <raw source> --out {path}"
+PREPARE_HINT = "python -m scripts.prepare_data {name} --raw <raw source> --out {path}"
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def is_hub(src: Source) -> bool:
 def missing_raw(path: Source, name: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"raw {name} source not found: {path}\n  get it with: {DOWNLOADS.get(name, '')}\n"
-        f"  then: python scripts/prepare_data.py {name} --raw {path} --out data/{name}.jsonl")
+        f"  then: python -m scripts.prepare_data {name} --raw {path} --out data/{name}.jsonl")
 
 
 def iter_rows(src: Source, report: SkipReport, name: str) -> Iterator[tuple[int | None, str, object]]:

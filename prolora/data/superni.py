@@ -68,7 +68,7 @@ def read_task_list(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(
             f"SuperNI split file not found: {path}\n  get it with: {DOWNLOADS['superni']}\n"
-            f"  then: python scripts/prepare_data.py superni --raw <natural-instructions dir> --out data/superni.jsonl")
+            f"  then: python -m scripts.prepare_data superni --raw <natural-instructions dir> --out data/superni.jsonl")
     return [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
 
 

@@ -11,6 +11,6 @@ Layers, each importing only those before it:
   intervals between cells): one table, its plots, its comparisons;
 * :mod:`~recipes.paper.render`: a whole experiment rendered from its cell files, and its CLI.
 
-The entry point is ``python -m recipes.reproduce`` (``make reproduce-table2``); ``scripts/render_tables.py``
+The entry point is ``python -m recipes.reproduce`` (``make reproduce-table2``); ``python -m scripts.render_tables``
 re-renders a table from its cell files.
 """

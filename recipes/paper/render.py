@@ -9,7 +9,7 @@ rows (the experiment's ``compare``) their Δ and intervals in the table, ``signi
 and ``figure2_vs_best.png``; with ``loss_curves: true`` (the demo) ``loss_curves.png``
 (:mod:`recipes.paper.figures`).
 
-CLI: ``python scripts/render_tables.py --experiment table2`` (:func:`main`).
+CLI: ``python -m scripts.render_tables --experiment table2`` (:func:`main`).
 """
 
 from __future__ import annotations

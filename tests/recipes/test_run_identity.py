@@ -102,7 +102,8 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path):
     weights = ckpts[-1] / "adapter" / "adapter.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a torn write of the newest checkpoint
     (tmp_path / "checkpoints" / ".tmp-step_0000006-999").mkdir()  # an interrupted save's leftover
-    with pytest.warns(UserWarning, match=r"step_0000004.*adapter.safetensors is not a readable safetensors"):
+    with pytest.warns(UserWarning, match=r"step_0000004: adapter/adapter.safetensors \(changed\) differs from what "
+                                         r"training wrote.*falling back to the previous checkpoint"):
         final = train_recipe.run(_cfg(tmp_path, "trainer.max_steps=6", "trainer.save_every=2",
                                       "trainer.keep_last=3", "trainer.resume=true"))
     resumed = _adapter(final)
@@ -165,7 +166,7 @@ def test_first_command_without_weights_or_data_says_both_in_one_line(tmp_path):
     assert "the weights of meta-llama/Llama-2-7b-hf are not on this machine" in lines[0]
     assert "model.path=" in lines[0] and "huggingface-cli login" in lines[0]
     assert f"training data for dataset=superni not found: {tmp_path}/superni.jsonl" in lines[0]
-    assert "prepare_data.py superni" in lines[0]
+    assert "scripts.prepare_data superni" in lines[0]
 
 
 def test_device_cuda_without_cuda_is_refused(tmp_path):

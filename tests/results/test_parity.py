@@ -1,5 +1,6 @@
 """The harness side of ``results/parity/open_instruct_smollm2.json`` (parity with open-instruct as the PRoLoRA
-authors ran it, on SmolLM2-135M-Instruct), re-checked so it cannot drift from the code.
+authors ran it, on SmolLM2-135M-Instruct), re-checked so it cannot drift from the code.  (Re-running the
+reference side too: ``python -m scripts.parity``, ``results/parity/README.md``.)
 
 * The file itself: every variant's counts agree with its example list, every difference is explained or open.
 * Prompts, for every task and variant (MMLU chat/no-chat/upstream, BBH, GSM, TyDi QA, HumanEval): the task
@@ -26,24 +27,16 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from recipes import CONFIG_DIR
+from scripts.parity.build import digest, sha
+from scripts.parity.layout import TRAIN_FIXTURE, lay_out
 from tests.conftest import REPO, SHARED_DATA
 
 RESULT = REPO / "results" / "parity" / "open_instruct_smollm2.json"
-TRAIN_FIXTURE = REPO / "tests" / "fixtures" / "parity" / "tydiqa-goldp-v1.1-train.json"
 TRAIN_FIXTURE_SHA256 = "9b3c5c01f2c7a7ea3059481b76d9ca192ad3dfb659e7bd58e8dacf8c04a7fa66"
-BBH_TASKS = ["boolean_expressions", "date_understanding", "sports_understanding"]
 
 PARITY = json.loads(RESULT.read_text(encoding="utf-8"))
 VARIANTS = PARITY["variants"]
 RESCORED = [name for name, v in VARIANTS.items() if v["recheck"]["scores"]]
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def digest(pairs) -> str:
-    return sha("\n".join(f"{i}\t{v}" for i, v in sorted(pairs)))
 
 
 def smollm2_dir() -> Path:
@@ -69,21 +62,10 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """The benchmark files as the parity runs saw them (links into ../shared/data + the TyDi QA train fixture)."""
+    """The benchmark files as the parity runs saw them (``python -m scripts.parity``'s layout)."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
-    root = tmp_path_factory.mktemp("parity_data")
-    (root / "mmlu").symlink_to(SHARED_DATA / "mmlu", target_is_directory=True)
-    (root / "gsm").symlink_to(SHARED_DATA / "gsm", target_is_directory=True)
-    for sub, ext in (("bbh", "json"), ("cot-prompts", "txt")):
-        (root / "bbh" / sub).mkdir(parents=True)
-        for name in BBH_TASKS:
-            (root / "bbh" / sub / f"{name}.{ext}").symlink_to(SHARED_DATA / "bbh" / sub / f"{name}.{ext}")
-    (root / "tydiqa").mkdir()
-    (root / "tydiqa" / "tydiqa-goldp-v1.1-dev.json").symlink_to(
-        SHARED_DATA / "tydiqa" / "tydiqa-goldp-v1.1-dev_ini.json")
-    (root / "tydiqa" / "tydiqa-goldp-v1.1-train.json").symlink_to(TRAIN_FIXTURE)
-    return root
+    return lay_out(SHARED_DATA, tmp_path_factory.mktemp("parity_data"))
 
 
 def task_of(variant: str, data_dir: Path):

@@ -1,4 +1,4 @@
-"""scripts/count_params.py: the count on the meta device, per module type, the JSON last line."""
+"""python -m scripts.count_params: the count on the meta device, per module type, the JSON last line."""
 
 import json
 import subprocess
@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_prints_the_count_and_json_last():
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "count_params.py"), "model=llama2_7b", "method=prolora", "rank=8",
+        [sys.executable, "-m", "scripts.count_params", "model=llama2_7b", "method=prolora", "rank=8",
          "unshared=1", "sharing=7"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -24,7 +24,7 @@ def test_prints_the_count_and_json_last():
 
 
 def test_counts_a_model_directory_too():
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "count_params.py"), "model=tiny", "method=lora",
+    proc = subprocess.run([sys.executable, "-m", "scripts.count_params", "model=tiny", "method=lora",
                            "rank=2"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["trainable_params"] == 4_864  # 2 layers x 2 x 1,216

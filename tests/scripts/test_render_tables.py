@@ -1,4 +1,4 @@
-"""scripts/render_tables.py, the thin command line over recipes.paper.render, as a user runs it."""
+"""python -m scripts.render_tables, the thin command line over recipes.paper.render, as a user runs it."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cli_renders_table2_from_result_files(tmp_path):
-    out = subprocess.run([sys.executable, "scripts/render_tables.py", "--experiment", "table2", "--results-dir",
+    out = subprocess.run([sys.executable, "-m", "scripts.render_tables", "--experiment", "table2", "--results-dir",
                           str(ROOT / "tests" / "fixtures" / "results"), "--out-dir", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -64,7 +64,7 @@ def test_superni_few_shot_prompt_and_tk_instruct_cap():
 
 
 def test_superni_errors():
-    with pytest.raises(FileNotFoundError, match="prepare_data.py superni"):
+    with pytest.raises(FileNotFoundError, match="scripts.prepare_data superni"):
         convert_superni(FIXTURES / "no_such_dir")
     with pytest.raises(FileNotFoundError, match="split file not found"):
         convert_superni(FIXTURES / "superni", split="xlingual")  # an explicit split never falls back
@@ -176,9 +176,9 @@ def test_files_with_no_usable_rows_and_missing_files():
         load_records(BAD / "all_bad.jsonl")
     with pytest.raises(ValueError, match=r"truncated\.json.*invalid JSON"):
         convert_code_alpaca(BAD / "truncated.json")
-    with pytest.raises(FileNotFoundError, match=r"missing\.jsonl[\s\S]*python scripts/prepare_data.py superni"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.jsonl[\s\S]*python -m scripts.prepare_data superni"):
         load_records(FIXTURES / "missing.jsonl", name="superni")
-    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl[\s\S]*prepare_data.py flan_v2"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl[\s\S]*scripts.prepare_data flan_v2"):
         convert_flan_v2(FIXTURES / "nope.jsonl")
 
 
