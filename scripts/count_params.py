@@ -17,7 +17,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from recipes import CONFIG_DIR, config_store, run_config
+from recipes import CONFIG_DIR, config_store, one_line_errors, run_config
 
 config_store.register()
 
@@ -26,6 +26,7 @@ _QUIET = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disa
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     import prolora
     from prolora.counting import count_by_module_type, lora_equivalent_rank, meta_model, module_instances
