@@ -14,6 +14,7 @@ measured: ``results/bench/README.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -43,6 +44,9 @@ SHAPES = {
     # Seconds on a CPU, for a smoke run of the script itself.
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=2, vocab_size=32000),
+    # The GPU check's CPU dry run (scripts/gpu_check.py --dry-run): its code path in seconds.
+    "tiny": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=1,
+                 num_key_value_heads=1, vocab_size=4096),
 }
 
 METHODS = {
@@ -202,6 +206,7 @@ class BaselineRun:
         self.row = Row(label, self.kind, n, trainable=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                        resident=resident_bytes(self.model))
         self.batches, self.device, self.dtype = batches, device, compute_dtype
+        self.compat: list[str] = []  # how TrainingArguments took the recipe on this transformers
 
     def block(self, steps: int) -> list[tuple[float, int, float]]:
         from torch.utils.data import DataLoader
@@ -224,16 +229,17 @@ class BaselineRun:
             def get_train_dataloader(self):
                 return DataLoader([batches[i % len(batches)] for i in range(steps)], batch_size=None)
 
-            def training_step(self, model, inputs, num_items_in_batch=None):
-                loss = super().training_step(model, inputs, num_items_in_batch)
+            def training_step(self, model, inputs, *rest, **kw):  # older transformers pass no item count
+                loss = super().training_step(model, inputs, *rest, **kw)
                 losses.append(loss.item())
                 return loss
 
         bf16 = self.device.type == "cuda" and self.dtype == torch.bfloat16
-        args = TrainingArguments(
+        args, self.compat = training_arguments(
+            TrainingArguments, warmup_ratio=0.03,
             output_dir=tempfile.mkdtemp(prefix="bench-hf-"), per_device_train_batch_size=batches[0]["input_ids"].shape[0],
             gradient_accumulation_steps=1, max_steps=steps, learning_rate=LR, optim="paged_adamw_32bit",
-            lr_scheduler_type="linear", warmup_steps=0.03, weight_decay=0.0, max_grad_norm=0.3,
+            lr_scheduler_type="linear", weight_decay=0.0, max_grad_norm=0.3,
             gradient_checkpointing=True, bf16=bf16, use_cpu=self.device.type == "cpu",
             logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True, seed=1,
             dataloader_pin_memory=False)
@@ -242,6 +248,24 @@ class BaselineRun:
         times = [b - a for a, b in zip(stamps, stamps[1:])]
         ntok = [int(batches[i % len(batches)]["attention_mask"].sum()) for i in range(steps)]
         return list(zip(times, ntok, losses))
+
+
+def training_arguments(cls, warmup_ratio: float, **kwargs) -> tuple[object, list[str]]:
+    """``cls(**kwargs)`` (transformers' ``TrainingArguments``) with the warm-up given as a ratio, on any version:
+    transformers 5 reads a float ``warmup_steps`` < 1 as a ratio and has no ``warmup_ratio``; 4.x has
+    ``warmup_ratio`` and an integer ``warmup_steps``.  A keyword this version lacks is dropped.  Returns the
+    arguments and notes saying which path ran."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if "float" in str(fields["warmup_steps"].type):
+        kwargs["warmup_steps"] = warmup_ratio
+        notes = [f"warmup_steps={warmup_ratio} (a float below 1 is a ratio)"]
+    else:
+        kwargs["warmup_ratio"] = warmup_ratio
+        notes = [f"warmup_ratio={warmup_ratio} (warmup_steps is {fields['warmup_steps'].type} here)"]
+    dropped = sorted(k for k in kwargs if k not in fields)
+    if dropped:
+        notes.append(f"dropped (not arguments of this transformers): {dropped}")
+    return cls(**{k: v for k, v in kwargs.items() if k in fields}), notes
 
 
 # -- main -------------------------------------------------------------------------------------------------
@@ -327,8 +351,9 @@ def resolve_profile(args: argparse.Namespace) -> None:
     args.dtype = torch.bfloat16 if args.cuda and torch.cuda.is_bf16_supported() else torch.float32
     args.interleave = not args.cuda if args.interleave is None else args.interleave
     if not args.cuda:
-        print("NOTE: no GPU: running the CPU profile (a ~106M-parameter Llama with LLaMA2-7B's proportions, "
-              f"batch {args.batch} x {args.seq}, fp32 compute). Ratios from it are not the paper's 7B GPU setting.")
+        what = "a ~106M-parameter Llama with LLaMA2-7B's proportions" if args.shape == "medium" else f"the {args.shape} shape"
+        print(f"NOTE: no GPU: running the CPU profile ({what}, batch {args.batch} x {args.seq}, fp32 compute). "
+              "Ratios from it are not the paper's 7B GPU setting.")
     warnings.filterwarnings("ignore", message=".*(paged|Paged).*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="bitsandbytes")
@@ -347,18 +372,18 @@ def tag(label: str, variant: str) -> str:
     return label if variant == "auto" else f"{label}@{variant}"
 
 
-def configurations(args: argparse.Namespace, model_dir: str, batches: list[dict]) -> list:
-    """One builder per row (each row gets its own model): the baseline, then each method's variants."""
+def configurations(args: argparse.Namespace, model_dir: str, batches: list[dict]) -> list[tuple[str, object]]:
+    """``(row label, builder)`` per row (each row gets its own model): the baseline, then each method's variants."""
     makers = []
     if not args.no_baseline:
-        makers.append(lambda: BaselineRun(BASELINE, model_dir, batches, args.device, args.dtype, args.seed))
+        makers.append((BASELINE, lambda: BaselineRun(BASELINE, model_dir, batches, args.device, args.dtype, args.seed)))
     total = args.steps * args.rounds
     for label in args.labels:
         for v in (args.variants_list if label in ("lora_r8", "prolora_r8_u1_m7") else ["auto"]):
             if v == "before" and label != "lora_r8":
                 continue
-            makers.append(lambda label=label, v=v: HarnessRun(tag(label, v), METHODS[label](), model_dir, batches,
-                                                              args.device, v, args.dtype, args.seed, total))
+            makers.append((tag(label, v), lambda label=label, v=v: HarnessRun(
+                tag(label, v), METHODS[label](), model_dir, batches, args.device, v, args.dtype, args.seed, total)))
     return makers
 
 
@@ -393,7 +418,7 @@ def time_rows(makers: list, args: argparse.Namespace) -> dict:
     rows = []
     with tqdm(total=args.rounds * len(makers), desc="bench blocks", unit="block") as bar:
         if args.interleave:
-            runs = [make() for make in makers]
+            runs = [make() for _, make in makers]
             for _ in range(args.rounds):
                 for run in runs:
                     run_block(run, args, bar)
@@ -402,7 +427,7 @@ def time_rows(makers: list, args: argparse.Namespace) -> dict:
             rows = [run.row for run in runs]
             del runs
         else:
-            for make in makers:
+            for _, make in makers:
                 run = make()
                 for _ in range(args.rounds):
                     run_block(run, args, bar)

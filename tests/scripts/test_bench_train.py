@@ -32,3 +32,24 @@ def test_bench_train_small_shape_runs_and_matches_the_hf_peft_losses(tmp_path):
     assert len(parity["harness_losses"]) == len(parity["baseline_losses"]) == 3
     assert parity["harness_losses"][-1] != parity["harness_losses"][0]  # it trained
     assert parity["max_abs_diff"] < 1e-4, parity
+
+
+def test_training_arguments_gives_the_warmup_as_a_ratio_on_either_transformers_api():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class V5:  # transformers 5: a float warmup_steps below 1 is a ratio; there is no warmup_ratio
+        warmup_steps: float = 0
+        max_steps: int = -1
+
+    @dataclasses.dataclass
+    class V4:  # transformers 4.x: an integer warmup_steps and a warmup_ratio
+        warmup_steps: int = 0
+        warmup_ratio: float = 0.0
+        max_steps: int = -1
+
+    args, notes = bench_train.training_arguments(V5, warmup_ratio=0.03, max_steps=4, use_cpu=True)
+    assert args == V5(warmup_steps=0.03, max_steps=4)
+    assert notes[0].startswith("warmup_steps=0.03") and "use_cpu" in notes[1]
+    args, notes = bench_train.training_arguments(V4, warmup_ratio=0.03, max_steps=4)
+    assert args == V4(warmup_steps=0, warmup_ratio=0.03, max_steps=4) and len(notes) == 1
