@@ -351,7 +351,8 @@ def resolve_profile(args: argparse.Namespace) -> None:
     args.dtype = torch.bfloat16 if args.cuda and torch.cuda.is_bf16_supported() else torch.float32
     args.interleave = not args.cuda if args.interleave is None else args.interleave
     if not args.cuda:
-        what = "a ~106M-parameter Llama with LLaMA2-7B's proportions" if args.shape == "medium" else f"the {args.shape} shape"
+        what = ("a ~106M-parameter Llama with LLaMA2-7B's proportions" if args.shape == "medium"
+                else f"the {args.shape} shape")
         print(f"NOTE: no GPU: running the CPU profile ({what}, batch {args.batch} x {args.seq}, fp32 compute). "
               "Ratios from it are not the paper's 7B GPU setting.")
     warnings.filterwarnings("ignore", message=".*(paged|Paged).*")

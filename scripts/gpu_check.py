@@ -15,10 +15,11 @@ LLaMA2-7B shapes with random weights, what no 2-core CPU can:
 Before any work it checks that its packages import (bitsandbytes is missing on the lent machines: ``make
 gpu-wheels`` brings it as a wheel); it never imports hydra, omegaconf, wandb, datasets or evaluate (tested).
 Each phase prints its elapsed time; a phase that its estimate (from the phases before it) says would overrun
-``--budget-s`` is skipped, and a training row stops between rounds when the budget is spent; the JSON records
-what was skipped.  The report (``results/bench/gpu-check-<device>.json``) is rewritten after every phase, so a
-killed run keeps what it finished.  ``--dry-run`` (or ``--device cpu``) runs the same code at a tiny shape on
-the CPU (bitsandbytes' CPU NF4 path) in about a minute: the test suite runs it.
+``--budget-s`` is skipped, and a training row stops between rounds when the budget is spent; a phase that
+raises is recorded and the next one runs.  The report (``results/bench/gpu-check-<GPU name>.json``) says what
+was skipped and what failed, and is rewritten after every phase, so a killed run keeps what it finished.
+``--dry-run`` (or ``--device cpu``) runs the same code at a tiny shape on the CPU (bitsandbytes' CPU NF4 path)
+in under a minute: the test suite runs it.
 
     python -m scripts.gpu_check                 # a CUDA machine: the 7B check
     python -m scripts.gpu_check --dry-run       # the same path, tiny shapes, CPU
@@ -99,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto: cuda where available, else the dry run; cpu: the dry run")
     p.add_argument("--dry-run", action="store_true", help="the CPU dry run: the same path at a tiny shape")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="seconds the phases may take (default: 450 on CUDA, 600 dry); phases that would overrun are skipped")
+                   help="seconds the phases may take (default: 450 on CUDA, 600 dry); a phase that would "
+                        "overrun is skipped")
     p.add_argument("--commit", default=None,
                    help="the harness commit to record where the tree has no .git (e.g. a copy on a lent machine)")
     p.add_argument("--out", default=None, help="JSON path, or a directory for the default name "
@@ -195,41 +197,62 @@ def estimates(check: dict) -> tuple[float, float]:
     return max(setups), max(steps)
 
 
+def attempt(check: dict, budget: Budget, phase: str, fn) -> None:
+    """Run one phase; an exception is recorded (``errors``: phase, error, the traceback's end) and the check
+    goes on with the next phase: on a first run on new versions, one failure must not hide the rest."""
+    import traceback
+
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001  (recorded as data; the verdict ``ok`` turns false)
+        check["errors"].append({"phase": phase, "error": f"{type(e).__name__}: {e}",
+                                "traceback": traceback.format_exc(limit=-6).splitlines()[-12:]})
+        say(budget, f"{phase}: FAILED ({type(e).__name__}: {e})")
+    from scripts._benchkit import release
+
+    release(check["device_type"])
+
+
 def train_rows(check: dict, budget: Budget, b: argparse.Namespace, model_dir: str, batches: list[dict],
                adapter_dir: Path) -> None:
-    """The timed rows (``bench_train.configurations``/``run_block``/``memory_pass``), one model at a time;
-    the first row's trained adapter is saved to ``adapter_dir`` for the merge phase."""
-    import prolora
+    """The timed rows (``bench_train.configurations``), one model at a time, in ``TRAIN_ORDER``; the first
+    row's trained adapter is saved to ``adapter_dir`` for the merge phase."""
     from scripts import bench_train
-    from scripts._benchkit import release
 
     makers = dict(bench_train.configurations(b, model_dir, batches))
     for label in TRAIN_ORDER:
         setup, step = estimates(check)
-        if not budget.admits(f"train:{label}", setup + b.steps * b.rounds * step * 1.5):
-            continue
-        started = time.perf_counter()
-        run = makers[label]()
-        setup_s = time.perf_counter() - started
-        done = 0
-        for _ in range(b.rounds):
-            if done and budget.left() <= 0:
-                budget.skip(f"train:{label} rounds {done + 1}..{b.rounds}", "the budget is spent")
-                break
-            bench_train.run_block(run, b, _NoBar())
-            done += 1
-        bench_train.memory_pass(run, b)
-        if label == TRAIN_ORDER[0]:
-            prolora.save_adapter(run.model, adapter_dir)
-        check["rows"][label] = {**run.row.summary(), "setup_s": round(setup_s, 2), "rounds_run": done}
-        if isinstance(run, bench_train.BaselineRun):
-            check["compat"]["training_arguments"] = run.compat
-        else:
-            check["compat"]["checkpointing_api"] = checkpointing_api(run.model)
-        del run
-        release(b.device)
-        budget.done(f"train:{label}", started)
+        if budget.admits(f"train:{label}", setup + b.steps * b.rounds * step * 1.5):
+            attempt(check, budget, f"train:{label}",
+                    lambda label=label: train_row(check, budget, b, label, makers[label], adapter_dir))
     bench_train.add_ratios(check["rows"], interleave=False)
+
+
+def train_row(check: dict, budget: Budget, b: argparse.Namespace, label: str, make, adapter_dir: Path) -> None:
+    """One row: build it, ``bench_train.run_block`` per round (stopping between rounds when the budget is
+    spent), ``bench_train.memory_pass``; its summary, setup time and compat notes go into the report."""
+    import prolora
+    from scripts import bench_train
+
+    started = time.perf_counter()
+    run = make()
+    setup_s = time.perf_counter() - started
+    done = 0
+    for _ in range(b.rounds):
+        if done and budget.left() <= 0:
+            budget.skip(f"train:{label} rounds {done + 1}..{b.rounds}", "the budget is spent")
+            break
+        bench_train.run_block(run, b, _NoBar())
+        done += 1
+    bench_train.memory_pass(run, b)
+    if label == TRAIN_ORDER[0]:
+        prolora.save_adapter(run.model, adapter_dir)
+    check["rows"][label] = {**run.row.summary(), "setup_s": round(setup_s, 2), "rounds_run": done}
+    if isinstance(run, bench_train.BaselineRun):
+        check["compat"]["training_arguments"] = run.compat
+    else:
+        check["compat"]["checkpointing_api"] = checkpointing_api(run.model)
+    budget.done(f"train:{label}", started)
 
 
 def checkpointing_api(model) -> str:
@@ -374,17 +397,28 @@ def merge_report(ref, fp16, ref_logits, base_logits, merged_logits, fp16_logits,
 
 
 # -- the report ---------------------------------------------------------------------------------------------
+def bnb_library() -> str:
+    """Which native bitsandbytes library loaded (a mock one: no build of it for this CUDA)."""
+    try:
+        from bitsandbytes import cextension
+
+        lib = cextension.lib
+        name = getattr(getattr(lib, "_lib", None), "_name", None) or ""
+        return f"{cextension.BNB_BACKEND}: {type(lib).__name__} {Path(name).name}".strip()
+    except (ImportError, AttributeError) as e:  # another bitsandbytes layout: say so, the check goes on
+        return f"unknown ({type(e).__name__}: {e})"
+
+
 def new_report(args: argparse.Namespace, b: argparse.Namespace, budget: Budget) -> dict:
-    from scripts import bench_train
     from scripts._benchkit import describe_device, versions
 
+    compat = {"bitsandbytes_library": bnb_library()}
     return {"check": "gpu-check", "complete": False, "ok": None, "dry_run": not args.cuda,
             "device": describe_device(b.device), "device_type": b.device.type, "commit": commit(args),
             "versions": versions("torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers",
                                  "safetensors", "numpy"),
             "budget_s": budget.limit, "profile": args.profile, "settings": None, "timings_s": budget.phases,
-            "skipped": budget.skipped, "rows": {}, "compat": {"compute_dtype": str(b.dtype).replace("torch.", ""),
-                                                              "shape": bench_train.SHAPES[b.shape]}}
+            "skipped": budget.skipped, "errors": [], "rows": {}, "compat": compat}
 
 
 def commit(args: argparse.Namespace) -> str | None:
@@ -401,7 +435,7 @@ def finish(check: dict, cuda: bool) -> None:
 
     verdicts = [check[k]["ok"] for k in ("parity",) if k in check]
     verdicts += [check["merge"][k] for k in ("merge_ok", "fp16_ok") if "merge" in check]
-    check["ok"] = bool(verdicts) and all(verdicts)
+    check["ok"] = bool(verdicts) and all(verdicts) and not check["errors"]
     check["complete"] = not check["skipped"]
     if cuda:
         check["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -446,15 +480,18 @@ def main(argv: list[str] | None = None) -> dict:
     save(check, path)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:  # the adapter; the weights' directory after
         adapter_dir = Path(tmp) / "adapter"
-        for phase in (lambda: train_rows(check, budget, b, model_dir, batches, adapter_dir),
-                      lambda: parity_phase(check, budget, b, model_dir, batches, args.profile["parity_tol"]),
-                      lambda: merge_phase(check, budget, b, model_dir, adapter_dir, args.profile)):
-            phase()
+        train_rows(check, budget, b, model_dir, batches, adapter_dir)  # each row is attempted on its own
+        save(check, path)
+        for name, phase in (("parity", lambda: parity_phase(check, budget, b, model_dir, batches,
+                                                             args.profile["parity_tol"])),
+                            ("merge", lambda: merge_phase(check, budget, b, model_dir, adapter_dir, args.profile))):
+            attempt(check, budget, name, phase)
             save(check, path)
         shutil.move(model_dir, tmp)  # removed with it (13 GB at 7B)
     finish(check, args.cuda)
     save(check, path)
-    say(budget, f"ok={check['ok']} complete={check['complete']} skipped={len(check['skipped'])}; wrote {path}")
+    say(budget, f"ok={check['ok']} complete={check['complete']} skipped={len(check['skipped'])} "
+                f"errors={len(check['errors'])}; wrote {path}")
     return check
 
 

@@ -1,7 +1,7 @@
 """The GPU check's CPU dry run goes the whole way (training rows, loss parity, merge + fp16 generation) on a
 "bare machine" where hydra, omegaconf, wandb, datasets and evaluate are not installed; a missing package is one
-line naming the wheels to bring; a spent budget skips phases and the report says which; the merge verdict
-fails a merge that lost the adapter.  Nothing here is timed."""
+line naming the wheels to bring; a spent budget skips phases and the report says which; a failing phase is
+recorded and the others still run; the merge verdict fails a merge that lost the adapter.  Nothing here is timed."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_the_dry_run_passes_every_phase_without_hydra_omegaconf_wandb_datasets_e
     proc = run_bare(gpu_check.NEVER, "--dry-run", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     check = json.loads(out.read_text())
-    assert check["complete"] and check["ok"] and check["dry_run"] and check["skipped"] == []
+    assert check["complete"] and check["ok"] and check["dry_run"] and check["skipped"] == check["errors"] == []
     assert list(check["timings_s"]) == ["weights", "train:prolora_r8_u1_m7", "train:lora_r8",
                                         "train:hf_peft_lora_r8", "parity", "merge"]
     rows = check["rows"]
@@ -67,7 +67,8 @@ def test_the_dry_run_passes_every_phase_without_hydra_omegaconf_wandb_datasets_e
     assert merge["merge_ok"] and merge["fp16_ok"] and merge["greedy_tokens_equal"]
     assert merge["merge_error_max_abs_logit"] < 1e-3 * merge["adapter_effect_max_abs_logit"]  # fp32 both sides
     assert merge["generated_tokens"] == sum(len(t) for t in merge["unmerged_tokens"]) > 0
-    assert {"checkpointing_api", "training_arguments", "kv_cache_argument"} <= set(check["compat"])
+    assert {"checkpointing_api", "training_arguments", "kv_cache_argument", "bitsandbytes_library"} <= set(check["compat"])
+    assert check["compat"]["bitsandbytes_library"].startswith("CPU: BNBNativeLibrary")
     assert check["versions"]["bitsandbytes"] and check["versions"]["peft"]
     assert "Traceback" not in proc.stderr
 
@@ -95,6 +96,21 @@ def test_a_spent_budget_skips_every_phase_after_the_weights_and_records_it(tmp_p
     assert saved["skipped"][-1]["why"].startswith("no trained adapter")
     assert not saved["complete"] and not saved["ok"] and saved["rows"] == {}
     assert list(saved["timings_s"]) == ["weights"]
+
+
+def test_a_failing_phase_is_recorded_and_the_check_goes_on(tmp_path, monkeypatch):
+    from scripts import bench_train
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gpu_check, "train_row", boom)
+    monkeypatch.setattr(bench_train, "parity", boom)
+    check = gpu_check.main(["--dry-run", "--out", str(tmp_path / "check.json")])
+    assert [e["phase"] for e in check["errors"]] == [f"train:{label}" for label in gpu_check.TRAIN_ORDER] + ["parity"]
+    assert all(e["error"] == "RuntimeError: boom" and e["traceback"] for e in check["errors"])
+    assert [s["phase"] for s in check["skipped"]] == ["merge"]  # no trained adapter to merge
+    assert check["ok"] is False and json.loads((tmp_path / "check.json").read_text())["errors"] == check["errors"]
 
 
 def test_the_merge_verdicts_fail_a_merge_that_lost_the_adapter_or_fp16_tokens_that_differ():
