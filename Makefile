@@ -105,7 +105,7 @@ bench-generate: real-model  ## generation speed on SmolLM2-135M: the hf backend'
 
 # The GPU check runs on a lent CUDA machine that has torch, transformers and peft but no package registry, so it
 # has no install step; what that machine lacks (bitsandbytes) travels as wheels that `make gpu-wheels` fetches here.
-GPU_PYTHON ?= python3
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 PYVER ?= 3.12
 EXTRA ?=
 GPU_WHEELS := .gpu-wheels

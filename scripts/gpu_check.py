@@ -88,6 +88,9 @@ def fail(message: str) -> None:
 def require_packages() -> None:
     """One line (:func:`fail`) naming every missing package and the commands that bring it."""
     missing = [dist for mod, dist in NEEDED.items() if importlib.util.find_spec(mod) is None]
+    if "torch" in missing:  # the wrong interpreter, not something to carry (torch is a GB)
+        fail(f"gpu_check: {sys.executable} has no torch: run the check with the Python that has torch "
+             "(make gpu-check GPU_PYTHON=<that python>; on a lent GPU machine: python3)")
     if missing:
         fail(missing_message(missing))
 

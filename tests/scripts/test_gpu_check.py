@@ -84,6 +84,9 @@ def test_a_missing_package_is_one_line_naming_the_wheels_to_bring(tmp_path):
     assert f'make gpu-wheels EXTRA="accelerate=={pins["accelerate"]}" PYVER=' in lines[0]
     assert "python3 -m pip install --no-deps .gpu-wheels/*.whl" in lines[0]
     assert not out.exists()
+    proc = run_bare(("torch", "bitsandbytes"), "--dry-run", "--out", str(out))  # the wrong interpreter: no wheels
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "has no torch: run the check with the Python that has torch" in proc.stderr and "wheels" not in proc.stderr
 
 
 def test_a_spent_budget_skips_every_phase_after_the_weights_and_records_it(tmp_path):
