@@ -63,7 +63,13 @@ def read_locks(paths: list[Path]) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    return {_norm(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    """Name -> version of every installed distribution; where a name is found twice on ``sys.path`` (a copy
+    vendored inside setuptools, once ``setuptools/_vendor`` is on it), the first, the one ``import`` takes."""
+    have: dict[str, str] = {}
+    for d in metadata.distributions():
+        if d.metadata["Name"]:
+            have.setdefault(_norm(d.metadata["Name"]), d.version)
+    return have
 
 
 def mismatches(pins: dict[str, str], have: dict[str, str]) -> list[str]:

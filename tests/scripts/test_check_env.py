@@ -50,6 +50,17 @@ def test_mismatch_detection():
     assert check_env.mismatches({"vllm": "0.6.0"}, {}) == []  # an extra that is not installed
 
 
+def test_a_second_copy_later_on_sys_path_is_not_what_is_installed(tmp_path, monkeypatch):
+    """``import setuptools`` (torch and vLLM import it) appends ``setuptools/_vendor`` to sys.path, whose
+    packaging and platformdirs have their own dist-info: the version import takes is the first one."""
+    vendored = tmp_path / "packaging-0.0.1.dist-info"
+    vendored.mkdir()
+    (vendored / "METADATA").write_text("Metadata-Version: 2.1\nName: packaging\nVersion: 0.0.1\n")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])
+    assert any(d.version == "0.0.1" for d in metadata.distributions(name="packaging"))
+    assert check_env.installed()["packaging"] == metadata.version("packaging") != "0.0.1"
+
+
 def test_check_env_exits_nonzero_on_a_differing_version(tmp_path):
     lock = tmp_path / "requirements.lock"
     # a pinned package that is not installed (an extra this venv lacks) is skipped
