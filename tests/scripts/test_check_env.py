@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "check_env.py"), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "scripts.check_env", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -93,7 +93,7 @@ def test_make_test_checks_the_environment_before_every_run(vllm):
     lines = out.stdout.splitlines()
     venv = ".venv-vllm" if vllm else ".venv"
     pytest_line = next(i for i, line in enumerate(lines) if "-m pytest" in line)
-    assert lines[pytest_line - 1].strip() == f"{venv}/bin/python scripts/check_env.py"
+    assert lines[pytest_line - 1].strip() == f"{venv}/bin/python -m scripts.check_env"
 
 
 def test_installed_versions_match_the_lock():
