@@ -17,7 +17,13 @@ gradient accumulation, gradient clipping and group-by-length batching.  This loo
 * is exactly resumable: batches are a pure function of (seed, step) and the RNG state (adapter dropout)
   is restored, so a run killed and resumed ends with the same adapter as an uninterrupted one;
 * reports progress through a tqdm bar and a ``log_fn(step, metrics)`` callback (W&B lives in the recipe);
-* writes ``metrics.jsonl`` (one line per logged step) next to the checkpoints.
+* writes ``metrics.jsonl`` (one line per logged step) next to the checkpoints;
+* measures what a method costs: every row has its step's wall time (``step_s``); the first step of a fresh run is
+  run under :func:`prolora.checkpointing.peak_memory` (the CUDA allocator's peak, or on a CPU the profiler's
+  allocation events: exact and deterministic), so its row also carries ``step_peak_bytes`` (what that step
+  allocates at its peak above what was allocated before: activations, gradients, the optimizer's moments, which
+  the first step creates) and ``adapter_bytes`` (the adapter's own tensors, trained and frozen), and
+  ``profiled: true`` (its time includes the profiler's overhead, so :class:`TrainResult`'s median leaves it out).
 
 Only the adapter's parameters are optimized; ``shared_lr`` puts the shared PRoLoRA chunks in their own
 optimizer group with their own learning rate (the paper's suggested future work, off by default).
@@ -163,6 +169,24 @@ class TrainResult:
     tokens: int
     tokens_per_s: float
     resumed_from: int | None
+    step_s_median: float | None = None  # median wall time of this process's unprofiled steps
+    memory: dict | None = None  # step_peak_bytes / adapter_bytes of the first step (a fresh run only)
+
+
+def adapter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every tensor the attached adapter adds to the model: each adapter layer's parameters and buffers
+    (not its base layer's) and the model-level shared modules' (VeRA's frozen pairs, MoS's pools, ...)."""
+    from prolora.inject import SHARED_ATTR, adapter_layers
+
+    tensors: dict[int, torch.Tensor] = {}
+    for layer in adapter_layers(model).values():
+        for name, t in [*layer.named_parameters(), *layer.named_buffers()]:
+            if not name.startswith("base_layer."):
+                tensors[id(t)] = t
+    shared = getattr(model, SHARED_ATTR, None)
+    if shared is not None:
+        tensors.update({id(t): t for t in [*shared.parameters(), *shared.buffers()]})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def seed_everything(seed: int) -> None:
@@ -306,6 +330,8 @@ class Trainer:
         self.last_loss = float("nan")
         self.recent_losses: list[float] = []  # the last FINAL_WINDOW step losses
         self.checkpointing_probe: dict | None = None  # what `auto` measured, when it ran
+        self.step_times: list[float] = []  # this process's unprofiled step times
+        self.memory: dict | None = None  # the first step's measured peak (a fresh run only)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -459,7 +485,9 @@ class Trainer:
         bar = _progress(total=args.max_steps, initial=self.step, enabled=args.progress)
         try:
             while self.step < args.max_steps:
-                row = self.train_step()
+                row = self.measured_step() if self.step == 0 else self.train_step()
+                if not row.get("profiled"):
+                    self.step_times.append(row["step_s"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.last_loss:.4f}")
                 if self.step == 1 or self.step % args.log_every == 0 or self.step == args.max_steps:
@@ -475,7 +503,17 @@ class Trainer:
         self.model.eval()
         return TrainResult(steps=self.step, initial_loss=float(self.initial_loss), final_loss=float(np.mean(self.recent_losses)),
                            wall_time_s=wall, tokens=self.tokens,
-                           tokens_per_s=(self.tokens - start_tokens) / max(wall, 1e-9), resumed_from=resumed)
+                           tokens_per_s=(self.tokens - start_tokens) / max(wall, 1e-9), resumed_from=resumed,
+                           step_s_median=float(np.median(self.step_times)) if self.step_times else None,
+                           memory=self.memory)
+
+    def measured_step(self) -> dict:
+        """:meth:`train_step` under :func:`prolora.checkpointing.peak_memory`; its row gets ``step_peak_bytes``,
+        ``adapter_bytes`` and ``profiled: true`` (the numbers are the same as an unmeasured step's)."""
+        rows: list[dict] = []
+        peak = checkpointing.peak_memory(lambda: rows.append(self.train_step()), self.device)
+        self.memory = {"step_peak_bytes": int(peak), "adapter_bytes": adapter_bytes(self.model)}
+        return {**rows[0], **self.memory, "profiled": True}
 
 
 def _progress(total: int, initial: int, enabled: bool):
