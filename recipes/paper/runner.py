@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -48,6 +49,28 @@ def _loss_curve(metrics: Path) -> list[list[float]]:
     except OSError:
         pass
     return curve
+
+
+def _train_cost(metrics: Path) -> dict[str, Any] | None:
+    """What the training cost, from the trainer's ``metrics.jsonl``: the median time of the logged steps (the
+    profiled first step left out), and the first step's measured peak memory and the adapter's own bytes."""
+    rows = []
+    try:
+        for line in metrics.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("step") is not None:
+                rows.append(rec)
+    except OSError:
+        return None
+    times = sorted(float(r["step_s"]) for r in rows if r.get("step_s") is not None and not r.get("profiled"))
+    first = next((r for r in rows if r.get("profiled")), {})
+    if not times and not first:
+        return None
+    return {"step_s_median": statistics.median(times) if times else None, "steps_timed": len(times),
+            "step_peak_bytes": first.get("step_peak_bytes"), "adapter_bytes": first.get("adapter_bytes")}
 
 
 class Interrupted(Exception):
@@ -188,6 +211,7 @@ class Runner:
             "train": {k: (run_json or {}).get(k) for k in
                       ("wall_time_s", "tokens_per_s", "initial_loss", "final_loss", "steps")} if run_json else None,
             "loss_curve": _loss_curve(metrics_path) if metrics_path else [],
+            "cost": _train_cost(metrics_path) if metrics_path else None,
             "eval": ev,
             "timings": {**timings, "recorded_at": datetime.now(UTC).isoformat()},
             "git": {"commit": sha.removesuffix("-dirty") if sha else None, "dirty": bool(sha and sha.endswith("-dirty"))},
