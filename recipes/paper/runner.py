@@ -6,7 +6,9 @@ own process group), so a crash or OOM of one cell only marks that cell failed (s
 tail); SIGTERM/SIGINT of the runner stop the step's whole process group and wait for it before the lock goes;
 a killed grid resumes where it stopped (finished steps are never rerun: ``final/run.json`` marks a finished
 training, an ``eval.json`` whose ``status`` is ``complete`` a finished evaluation).  A cell is recorded done
-only when its files agree (the evaluation scored this cell's checkpoint, the training ran its steps).
+only when its files agree (the evaluation scored this cell's checkpoint, the training ran its steps).  The record
+carries the metrics, the loss curve and the training's measured ``cost`` (median step time, the first step's peak
+memory and the adapter's own bytes, read off the trainer's ``metrics.jsonl``).
 """
 
 from __future__ import annotations

@@ -114,3 +114,37 @@ def test_render_marks_against_lora_draws_the_pareto_view_and_the_costs(budget, t
     assert costs["LoRA"][4] == ""  # the baseline itself has no ratio
     rows = {r["row"]: r for r in csv.DictReader((out / "significance.csv").open())}
     assert rows["MoS r2 budget"]["beyond_noise"] == "1" and float(rows["MoS r2 budget"]["delta"]) == pytest.approx(15)
+
+
+def _smollm2_missing() -> str | None:
+    try:
+        import gguf  # noqa: F401
+
+        from prolora import gguf as g
+
+        g.smollm2_file()
+    except (ImportError, FileNotFoundError) as e:
+        return f"the real-model extra is not installed ({e}): make real-model"
+    return None
+
+
+@pytest.mark.skipif(_smollm2_missing() is not None, reason=_smollm2_missing() or "")
+def test_the_real_twin_solves_every_method_on_smollm2_and_composes():
+    """budget_real: the ten methods at LoRA r2's budget on SmolLM2-135M's shapes (610,560), 3 seeds, 31 cells, one
+    recipe for all but the adapter and its LR; train.py accepts every cell's overrides."""
+    from omegaconf import OmegaConf
+
+    from prolora.trainer import TrainArgs
+    from recipes.paper.grid import compose, train_args
+
+    cfg = load_config(["experiment=budget_real"])
+    grid = build_grid(cfg)
+    trained = [c for c in grid.cells if not c.eval_only]
+    assert len(grid.cells) == 31 and len(trained) == 30
+    assert {r.variants[0].budget.target for r in grid.rows if not r.eval_only} == {610_560}
+    ids = {r.id: r.variants[0].id for r in grid.rows if not r.eval_only}
+    assert ids["mos_b2"] == "mos_r8_e2_p1_l4" and ids["vblora_b2"] == "vblora_r4_n31_b64_k2"
+    assert len({(c.max_steps, c.dataset, tuple(c.train_overrides), tuple(c.eval_overrides)) for c in trained}) == 1
+    train = compose("config", train_args(cfg, trained[0]))
+    args = TrainArgs(**OmegaConf.to_container(train.trainer, resolve=True))
+    assert (args.max_steps, args.batch_size, train.model.name) == (40, 8, "smollm2_135m")
