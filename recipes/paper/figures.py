@@ -179,6 +179,9 @@ def pareto(points: list[ScorePoint], out: Path, title: str, baseline: float | No
         ax.scatter([], [], color=colors[lab], marker="o", label=lab)
     for b, m in markers.items():
         ax.scatter([], [], color="white", edgecolor="black", marker=m, label=b)
+    lows = [x for p in drawn for x in (p.mean, p.item_low, p.seed_low) if x is not None]
+    highs = [x for p in drawn for x in (p.mean, p.item_high, p.seed_high) if x is not None]
+    ax.set_ylim(max(min(lows) - 5, -5), min(max(highs) + 5, 105))  # a 3-seed t-interval can leave 0..100
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(COLUMNS[drawn[0].column].header)
