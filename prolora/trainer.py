@@ -19,11 +19,14 @@ gradient accumulation, gradient clipping and group-by-length batching.  This loo
 * reports progress through a tqdm bar and a ``log_fn(step, metrics)`` callback (W&B lives in the recipe);
 * writes ``metrics.jsonl`` (one line per logged step) next to the checkpoints;
 * measures what a method costs: every row has its step's wall time (``step_s``); the first step of a fresh run is
-  run under :func:`prolora.checkpointing.peak_memory` (the CUDA allocator's peak, or on a CPU the profiler's
-  allocation events: exact and deterministic), so its row also carries ``step_peak_bytes`` (what that step
-  allocates at its peak above what was allocated before: activations, gradients, the optimizer's moments, which
-  the first step creates) and ``adapter_bytes`` (the adapter's own tensors, trained and frozen), and
-  ``profiled: true`` (its time includes the profiler's overhead, so :class:`TrainResult`'s median leaves it out).
+  measured (:meth:`Trainer.measured_step`), so its row also carries ``step_peak_bytes``, ``adapter_bytes`` (the
+  adapter's own tensors, trained and frozen), ``memory_method`` and ``profiled: true`` (:class:`TrainResult`'s
+  median step time leaves it out).  On CUDA ``step_peak_bytes`` is the allocator's peak during that step above what
+  was allocated before it (activations, gradients, the optimizer's moments, which the first step creates).  On a
+  CPU, where there is no allocator statistic and the profiler's allocation trace costs minutes per step on a real
+  model, it is what the step holds at its peak besides transients: the tensors autograd saves for the backward
+  (the activations; frozen weights excluded, each storage once) plus the gradients and the optimizer state the
+  step leaves.
 
 Only the adapter's parameters are optimized; ``shared_lr`` puts the shared PRoLoRA chunks in their own
 optimizer group with their own learning rate (the paper's suggested future work, off by default).
@@ -187,6 +190,23 @@ def adapter_bytes(model: torch.nn.Module) -> int:
     if shared is not None:
         tensors.update({id(t): t for t in [*shared.parameters(), *shared.buffers()]})
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def saved_activation_bytes(model: torch.nn.Module, fn: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd saves for the backward while ``fn()`` runs (each storage once; the model's
+    parameters and buffers, the frozen weights, left out): the activations a training step holds at its peak."""
+    frozen = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in frozen:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved.values())
 
 
 def seed_everything(seed: int) -> None:
@@ -508,11 +528,35 @@ class Trainer:
                            memory=self.memory)
 
     def measured_step(self) -> dict:
-        """:meth:`train_step` under :func:`prolora.checkpointing.peak_memory`; its row gets ``step_peak_bytes``,
-        ``adapter_bytes`` and ``profiled: true`` (the numbers are the same as an unmeasured step's)."""
+        """:meth:`train_step` with its memory measured (module doc); its row gets ``step_peak_bytes``,
+        ``adapter_bytes``, ``memory_method`` and ``profiled: true`` (the numbers are the same as an unmeasured
+        step's)."""
         rows: list[dict] = []
-        peak = checkpointing.peak_memory(lambda: rows.append(self.train_step()), self.device)
-        self.memory = {"step_peak_bytes": int(peak), "adapter_bytes": adapter_bytes(self.model)}
+        if self.device.type == "cuda":
+            peak = checkpointing.peak_memory(lambda: rows.append(self.train_step()), self.device)
+            method = "cuda max_memory_allocated"
+        else:  # the first micro-batch holds the run's longest example: its saved activations are the step's peak
+            saved: list[int] = []
+            micro = self._micro_step
+
+            def first_measured(batch: dict, scale: float) -> tuple[float, int]:
+                if saved:
+                    return micro(batch, scale)
+                out: list[tuple[float, int]] = []
+                saved.append(saved_activation_bytes(self.model, lambda: out.append(micro(batch, scale))))
+                return out[0]
+
+            self._micro_step = first_measured  # type: ignore[method-assign]
+            try:
+                rows.append(self.train_step())
+            finally:
+                del self._micro_step
+            state = [t for st in self.optimizer.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+            peak = saved[0] + sum(4 * p.numel() for p in self.trainable) + sum(t.numel() * t.element_size()
+                                                                              for t in state)
+            method = "cpu: saved activations + gradients + optimizer state"
+        self.memory = {"step_peak_bytes": int(peak), "adapter_bytes": adapter_bytes(self.model),
+                       "memory_method": method}
         return {**rows[0], **self.memory, "profiled": True}
 
 
