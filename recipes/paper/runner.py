@@ -72,7 +72,8 @@ def _train_cost(metrics: Path) -> dict[str, Any] | None:
     if not times and not first:
         return None
     return {"step_s_median": statistics.median(times) if times else None, "steps_timed": len(times),
-            "step_peak_bytes": first.get("step_peak_bytes"), "adapter_bytes": first.get("adapter_bytes")}
+            "step_peak_bytes": first.get("step_peak_bytes"), "adapter_bytes": first.get("adapter_bytes"),
+            "memory_method": first.get("memory_method", "cpu profiler allocation peak" if first else None)}
 
 
 class Interrupted(Exception):

@@ -242,12 +242,15 @@ def cost_markdown(cfg: DictConfig, table: list[TableRow], index: Index, baseline
     costs = {tr.row.id: row_cost(exp, tr.row, index) for tr in table}
     if not any(costs.values()):
         return ""
+    recorded = [rec["cost"] for cells in index.cells.values() for rec in cells.values() if rec.get("cost")]
+    methods = sorted({c.get("memory_method") or "cpu profiler allocation peak" for c in recorded
+                      if c.get("step_peak_bytes") is not None})  # costs recorded before the method was named
     lines = ["", "## Training cost (the same runs)", "",
-             "Step: the median wall time of a cell's logged steps (its first, profiled step left out), mean over "
-             "seeds. Peak: what the first step allocated at its peak (activations, gradients, the optimizer's "
-             "moments; the CUDA allocator, or on a CPU the profiler's allocation events) plus the adapter's own "
-             "tensors (trained and frozen), above the frozen base model. Ratios against the row's baseline. CPU "
-             "step times on a shared machine wander (±20% and more); the peaks are exact.", "",
+             "Step: the median wall time of a cell's logged steps (its first, measured step left out), mean over "
+             "seeds. Peak: the first step's memory above the frozen base model (activations, gradients, the "
+             "optimizer's moments; measured as: " + "; ".join(methods or ["—"]) + ") plus the adapter's own tensors "
+             "(trained and frozen). Ratios against the row's baseline. CPU step times on a shared machine wander "
+             "(±20% and more); the memory is counted, not sampled.", "",
              "| row | budget | params | step (s) | × baseline | peak (MiB) | adapter (MiB) | × baseline |",
              "|---|---|---|---|---|---|---|---|"]
     for tr in table:

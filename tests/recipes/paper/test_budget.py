@@ -148,3 +148,20 @@ def test_the_real_twin_solves_every_method_on_smollm2_and_composes():
     train = compose("config", train_args(cfg, trained[0]))
     args = TrainArgs(**OmegaConf.to_container(train.trainer, resolve=True))
     assert (args.max_steps, args.batch_size, train.model.name) == (40, 8, "smollm2_135m")
+
+
+def test_the_runner_reads_a_cells_cost_off_the_trainers_metrics(tmp_path):
+    """The median of the logged step times without the profiled first step, and that step's measured memory."""
+    from recipes.paper.runner import _train_cost
+
+    rows = [{"step": 1, "loss": 2.0, "step_s": 9.0, "profiled": True, "step_peak_bytes": 1000, "adapter_bytes": 40,
+                                    "memory_method": "cpu profiler allocation peak"},
+            {"step": 5, "loss": 1.5, "step_s": 0.3}, {"step": 10, "loss": 1.2, "step_s": 0.1},
+            {"step": 15, "loss": 1.1, "step_s": 0.2}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    assert _train_cost(metrics) == {"step_s_median": 0.2, "steps_timed": 3, "step_peak_bytes": 1000,
+                                    "adapter_bytes": 40,
+                                    "memory_method": "cpu profiler allocation peak"}
+    metrics.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")  # a run from before costs were measured
+    assert _train_cost(metrics) is None and _train_cost(tmp_path / "missing.jsonl") is None
