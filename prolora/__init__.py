@@ -9,7 +9,7 @@
     prolora.merge(model)                                      # plain transformers model
 
 Modules: ``methods/`` (one module per method: its config, its layer, its math), ``inject`` (attach),
-``export`` (save/load/export/merge), ``counting`` (exact counts, budget solver), ``models`` (loading),
+``export`` (save/load/export/merge), ``counting`` (exact counts, the budget solver of every method), ``models`` (loading),
 ``bnb_cpu`` (the 4-bit CPU path), ``checkpointing`` (activation recomputation), ``trainer`` (the loop and its
 settings), ``data/`` (records, chat format, batches), ``io`` (atomic writes).  The library never imports
 Hydra; the recipes build configs with ``make_config(**cfg.method)``.
@@ -17,11 +17,14 @@ Hydra; the recipes build configs with ``make_config(**cfg.method)``.
 
 from prolora.config import SEVEN_MODULES, AdapterConfig, ConfigError
 from prolora.counting import (
+    BudgetSolution,
     SharingSolution,
+    budget_count,
     count_by_module_type,
     count_for,
     lora_equivalent_rank,
     paper_count,
+    solve_budget,
     solve_sharing,
 )
 from prolora.export import export_lora, load_adapter, merge, save_adapter
@@ -33,10 +36,11 @@ from prolora.methods.tied_lora import TiedLoRAConfig
 from prolora.methods.vera import VeRAConfig
 
 __all__ = [
-    "METHODS", "PRESETS", "SEVEN_MODULES", "AdapterConfig", "AdapterLayer", "ConfigError", "LoRAConfig",
+    "METHODS", "PRESETS", "SEVEN_MODULES", "AdapterConfig", "AdapterLayer", "BudgetSolution", "ConfigError",
+    "LoRAConfig",
     "Method", "PRoLoRAConfig", "SharingSolution", "TiedLoRAConfig", "VeRAConfig", "adapter_layers",
-    "adapter_state", "attach",
+    "adapter_state", "attach", "budget_count",
     "config_from_dict", "count_by_module_type", "count_for", "count_trainable", "detach", "export_lora",
     "find_targets", "known_names", "load_adapter", "lora_equivalent_rank", "make_config", "merge",
-    "paper_count", "save_adapter", "solve_sharing",
+    "paper_count", "save_adapter", "solve_budget", "solve_sharing",
 ]

@@ -4,7 +4,8 @@ type, the paper's own formula, and the sharing-rate solver for a budget.
 The counts come from attaching the real adapter layers to a meta-device model, so they cannot drift from
 what training uses.  A model given by name or directory is counted at depth 1, 2 and 3 and extrapolated to
 its real depth (every method's count is affine in depth: per-layer adapters plus model-level shared ones),
-which is checked by the depth-3 count and equals counting the whole model (tested).
+which is checked by the depth-3 count and equals counting the whole model (tested); a config that is valid only
+with more layers (MoS's shard pools grow with depth) is counted on the whole model.
 LLaMA2-7B: LoRA r8 = 19,988,480; PRoLoRA r8 u1 m=n=7 = 4,999,520 (⌈h/m⌉ chunks; the paper's h/m formula,
 :func:`paper_count`, gives 4,997,120 = LoRA r2).
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prolora.config import SEVEN_MODULES, AdapterConfig
+from prolora.config import SEVEN_MODULES, AdapterConfig, ConfigError
 from prolora.inject import SHARED_ATTR, adapter_layers, attach, count_trainable, find_targets
 from prolora.methods.base import declared_state
 from prolora.methods.prolora import PRoLoRAConfig, trainable_per_module
@@ -73,7 +74,10 @@ def count_for(model: str | nn.Module, config: AdapterConfig) -> int:
     for d in (1, 2, 3):
         c = copy.deepcopy(base)
         c.num_hidden_layers = d
-        counts.append(count_trainable(attach(_meta_from_config(c), config)))
+        try:
+            counts.append(count_trainable(attach(_meta_from_config(c), config)))
+        except ConfigError:  # valid only with more layers (MoS draws from pools sized by depth): count it whole
+            return count_trainable(attach(_meta_from_config(base), config))
     per_layer = counts[1] - counts[0]
     if counts[2] - counts[1] != per_layer:  # layers that differ: count the whole model
         return count_trainable(attach(_meta_from_config(base), config))
@@ -197,3 +201,139 @@ def lora_equivalent_rank(model: str | nn.Module, count: int,
     """``count`` in units of one LoRA rank on ``target_modules`` (the paper's budgets use all seven)."""
     per_rank = sum(h + o for _, h, o in target_shapes(model, target_modules))
     return count / per_rank
+
+
+# ----------------------------------------------------------------------------------------- any method's budget
+
+DECREASING_KNOBS = ("m",)  # a larger sharing rate costs fewer parameters; every other knob costs more
+
+
+@dataclass(frozen=True)
+class BudgetSolution:
+    """The configuration of one method closest to a budget without exceeding it.
+
+    ``fields``: what to pass to :func:`prolora.make_config` (the fixed ones and the solved knob); ``count``: its
+    exact trainable count; ``cap``: the knob's upper limit when it bound the answer (the budget was not reached)."""
+
+    method: str
+    knob: str
+    value: int
+    fields: dict
+    count: int
+    target_count: int
+    cap: int | None = None
+
+    @property
+    def status(self) -> str:
+        """exact (the count is the budget), capped (the knob's limit stopped it under), or under."""
+        if self.count == self.target_count:
+            return "exact"
+        return "capped" if self.cap is not None else "under"
+
+    @property
+    def fraction(self) -> float:
+        return self.count / self.target_count
+
+
+def budget_count(model: str | nn.Module, target: int | dict, target_modules=SEVEN_MODULES) -> int:
+    """A budget in parameters: ``N``, ``{"params": N}`` or ``{"lora_rank": k}`` (LoRA rank k's count on
+    ``target_modules``, the seven linears by default: the paper's budgets)."""
+    from prolora.methods.lora import LoRAConfig
+
+    if isinstance(target, dict):
+        if len(target) != 1 or not set(target) <= {"params", "lora_rank"}:
+            raise ValueError(f"target={target!r}: give exactly one of {{'params': N}} or {{'lora_rank': k}}")
+        if "lora_rank" in target:
+            return count_for(model, LoRAConfig(r=int(target["lora_rank"]), target_modules=list(target_modules)))
+        target = target["params"]
+    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+        raise ValueError(f"target={target!r}: a budget is a positive parameter count")
+    return int(target)
+
+
+def budget_knob(name: str) -> str:
+    """The field :func:`solve_budget` turns for a method or preset: the method class's ``budget_knob`` (MoS:
+    ``pool_rank``, VB-LoRA: ``num_vectors``), the sharing rate m (= n) for the PRoLoRA family, else the rank r."""
+    from prolora.methods import lookup
+
+    method, _ = lookup(name)
+    if issubclass(method.config_cls, PRoLoRAConfig):
+        return "m"
+    return str(getattr(method, "budget_knob", "r"))
+
+
+def knob_cap(model: str | nn.Module, name: str, knob: str, fields: dict) -> int | None:
+    """The largest sensible knob value: a rank r or a sharing rate m cannot usefully exceed the smallest min(h, o)
+    of the adapted layers (rank(ΔW) ≤ min(h, o); a chunk needs a column); the bank size and the pool rank have
+    no cap."""
+    if knob not in ("r", "m"):
+        return None
+    from prolora.methods import make_config
+
+    targets = fields.get("target_modules") or make_config(name).target_modules
+    return min(min(h, o) for _, h, o in target_shapes(model, targets))
+
+
+def solve_budget(model: str | nn.Module, name: str, target: int | dict, *, knob: str | None = None,
+                 **fields) -> BudgetSolution:
+    """The configuration of method ``name`` with ``fields`` fixed whose trainable count is closest to ``target``
+    (:func:`budget_count`) without exceeding it, turning one knob (:func:`budget_knob`; the PRoLoRA family's m sets
+    n too unless n is given).  Counts are :func:`count_for`'s; the count is monotone in the knob, so a binary search
+    over [1, cap] (doubling where there is no cap) finds it.  A knob value the method refuses (its config or its
+    layers raise :class:`~prolora.config.ConfigError`) is skipped over; when no valid value fits, the error says
+    why."""
+    from prolora.methods import make_config
+
+    knob = knob or budget_knob(name)
+    target_count = budget_count(model, target)
+    cap = knob_cap(model, name, knob, fields)
+    decreasing = knob in DECREASING_KNOBS
+    tied_n = knob == "m" and "n" not in fields
+
+    def config_at(value: int):
+        return make_config(name, **{**fields, knob: value, **({"n": value} if tied_n else {})})
+
+    def fits(value: int) -> bool:  # monotone in value; a refused value counts as fitting (checked at the end)
+        try:
+            return count_for(model, config_at(value)) <= target_count
+        except ConfigError:
+            return True
+
+    value = _search(fits, decreasing, cap)
+    try:
+        config = config_at(value)
+        count = count_for(model, config)
+    except ConfigError as e:
+        raise ConfigError(f"no {name} configuration with {knob} <= {cap or 'any'} fits {target_count:,} parameters: "
+                          f"{e}", field=knob, value=value) from None
+    if count > target_count:
+        raise ValueError(f"{name} with {fields} costs {count:,} parameters at {knob}={value}, more than the budget "
+                         f"{target_count:,}: lower the fixed fields (e.g. r) or raise the budget")
+    solved = {**fields, knob: value, **({"n": value} if tied_n else {})}
+    return BudgetSolution(method=name, knob=knob, value=value, fields=solved, count=count,
+                          target_count=target_count, cap=cap if not decreasing and value == cap and
+                          count < target_count else None)
+
+
+def _search(fits, decreasing: bool, cap: int | None) -> int:
+    """The largest value with ``fits`` (increasing cost), or the smallest (decreasing cost), in [1, cap]."""
+    if decreasing:  # fits: False … False True … True; the first True, or the cap
+        lo, hi = 1, cap or 1
+        while cap is None and not fits(hi):
+            hi *= 2
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+        return lo
+    if not fits(1):  # fits: True … True False … False; the last True
+        return 1  # the caller reports what the smallest value costs
+    lo, hi = 1, cap
+    if hi is None:
+        hi = 2
+        while fits(hi):
+            lo, hi = hi, hi * 2
+        hi -= 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo

@@ -17,7 +17,16 @@ gradient accumulation, gradient clipping and group-by-length batching.  This loo
 * is exactly resumable: batches are a pure function of (seed, step) and the RNG state (adapter dropout)
   is restored, so a run killed and resumed ends with the same adapter as an uninterrupted one;
 * reports progress through a tqdm bar and a ``log_fn(step, metrics)`` callback (W&B lives in the recipe);
-* writes ``metrics.jsonl`` (one line per logged step) next to the checkpoints.
+* writes ``metrics.jsonl`` (one line per logged step) next to the checkpoints;
+* measures what a method costs: every row has its step's wall time (``step_s``); the first step of a fresh run is
+  measured (:meth:`Trainer.measured_step`), so its row also carries ``step_peak_bytes``, ``adapter_bytes`` (the
+  adapter's own tensors, trained and frozen), ``memory_method`` and ``profiled: true`` (:class:`TrainResult`'s
+  median step time leaves it out).  On CUDA ``step_peak_bytes`` is the allocator's peak during that step above what
+  was allocated before it (activations, gradients, the optimizer's moments, which the first step creates).  On a
+  CPU, where there is no allocator statistic and the profiler's allocation trace costs minutes per step on a real
+  model, it is what the step holds at its peak besides transients: the tensors autograd saves for the backward
+  (the activations; frozen weights excluded, each storage once) plus the gradients and the optimizer state the
+  step leaves.
 
 Only the adapter's parameters are optimized; ``shared_lr`` puts the shared PRoLoRA chunks in their own
 optimizer group with their own learning rate (the paper's suggested future work, off by default).
@@ -163,6 +172,41 @@ class TrainResult:
     tokens: int
     tokens_per_s: float
     resumed_from: int | None
+    step_s_median: float | None = None  # median wall time of this process's unprofiled steps
+    memory: dict | None = None  # step_peak_bytes / adapter_bytes of the first step (a fresh run only)
+
+
+def adapter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every tensor the attached adapter adds to the model: each adapter layer's parameters and buffers
+    (not its base layer's) and the model-level shared modules' (VeRA's frozen pairs, MoS's pools, ...)."""
+    from prolora.inject import SHARED_ATTR, adapter_layers
+
+    tensors: dict[int, torch.Tensor] = {}
+    for layer in adapter_layers(model).values():
+        for name, t in [*layer.named_parameters(), *layer.named_buffers()]:
+            if not name.startswith("base_layer."):
+                tensors[id(t)] = t
+    shared = getattr(model, SHARED_ATTR, None)
+    if shared is not None:
+        tensors.update({id(t): t for t in [*shared.parameters(), *shared.buffers()]})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def saved_activation_bytes(model: torch.nn.Module, fn: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd saves for the backward while ``fn()`` runs (each storage once; the model's
+    parameters and buffers, the frozen weights, left out): the activations a training step holds at its peak."""
+    frozen = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in frozen:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved.values())
 
 
 def seed_everything(seed: int) -> None:
@@ -306,6 +350,8 @@ class Trainer:
         self.last_loss = float("nan")
         self.recent_losses: list[float] = []  # the last FINAL_WINDOW step losses
         self.checkpointing_probe: dict | None = None  # what `auto` measured, when it ran
+        self.step_times: list[float] = []  # this process's unprofiled step times
+        self.memory: dict | None = None  # the first step's measured peak (a fresh run only)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -466,7 +512,9 @@ class Trainer:
         bar = _progress(total=args.max_steps, initial=self.step, enabled=args.progress)
         try:
             while self.step < args.max_steps:
-                row = self.train_step()
+                row = self.measured_step() if self.step == 0 else self.train_step()
+                if not row.get("profiled"):
+                    self.step_times.append(row["step_s"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.last_loss:.4f}")
                 if self.step == 1 or self.step % args.log_every == 0 or self.step == args.max_steps:
@@ -482,7 +530,41 @@ class Trainer:
         self.model.eval()
         return TrainResult(steps=self.step, initial_loss=float(self.initial_loss), final_loss=float(np.mean(self.recent_losses)),
                            wall_time_s=wall, tokens=self.tokens,
-                           tokens_per_s=(self.tokens - start_tokens) / max(wall, 1e-9), resumed_from=resumed)
+                           tokens_per_s=(self.tokens - start_tokens) / max(wall, 1e-9), resumed_from=resumed,
+                           step_s_median=float(np.median(self.step_times)) if self.step_times else None,
+                           memory=self.memory)
+
+    def measured_step(self) -> dict:
+        """:meth:`train_step` with its memory measured (module doc); its row gets ``step_peak_bytes``,
+        ``adapter_bytes``, ``memory_method`` and ``profiled: true`` (the numbers are the same as an unmeasured
+        step's)."""
+        rows: list[dict] = []
+        if self.device.type == "cuda":
+            peak = checkpointing.peak_memory(lambda: rows.append(self.train_step()), self.device)
+            method = "cuda max_memory_allocated"
+        else:  # the first micro-batch holds the run's longest example: its saved activations are the step's peak
+            saved: list[int] = []
+            micro = self._micro_step
+
+            def first_measured(batch: dict, scale: float) -> tuple[float, int]:
+                if saved:
+                    return micro(batch, scale)
+                out: list[tuple[float, int]] = []
+                saved.append(saved_activation_bytes(self.model, lambda: out.append(micro(batch, scale))))
+                return out[0]
+
+            self._micro_step = first_measured  # type: ignore[method-assign]
+            try:
+                rows.append(self.train_step())
+            finally:
+                del self._micro_step
+            state = [t for st in self.optimizer.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+            peak = saved[0] + sum(4 * p.numel() for p in self.trainable) + sum(t.numel() * t.element_size()
+                                                                              for t in state)
+            method = "cpu: saved activations + gradients + optimizer state"
+        self.memory = {"step_peak_bytes": int(peak), "adapter_bytes": adapter_bytes(self.model),
+                       "memory_method": method}
+        return {**rows[0], **self.memory, "profiled": True}
 
 
 def _progress(total: int, initial: int, enabled: bool):

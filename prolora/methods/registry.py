@@ -20,9 +20,10 @@ def register(method: type[Method]) -> type[Method]:
     """Class decorator: make ``method`` known by its ``name`` (and its presets by theirs)."""
     if method.config_cls.method != method.name:
         raise TypeError(f"{method.__name__}: config method {method.config_cls.method!r} != {method.name!r}")
-    if not method.layer_cls.adapter_params:
-        raise TypeError(f"{method.layer_cls.__name__}.adapter_params is empty: declare the names of the "
-                        "parameters the layer saves (e.g. adapter_params = ('lora_A', 'lora_B'))")
+    if not (method.layer_cls.adapter_params or method.layer_cls.adapter_buffers):
+        raise TypeError(f"{method.layer_cls.__name__} declares nothing it saves: declare the names of the parameters "
+                        "the layer trains (e.g. adapter_params = ('lora_A', 'lora_B')) or, for a layer whose trained "
+                        "tensors are all model-level shared ones, the buffers it saves (adapter_buffers)")
     taken = {p: m.name for m in METHODS.values() if m.name != method.name for p in (m.name, *m.presets)}
     clash = sorted(n for n in (method.name, *method.presets) if n in taken)
     if clash:

@@ -1,11 +1,14 @@
 """The figures of an experiment, drawn from its cell files: Figure 2's heatmap (unshared rank x learning rate,
-with its Markdown/CSV twin) and the training-loss curves of each cell."""
+with its Markdown/CSV twin), the training-loss curves of each cell, and the matched-budget Pareto view (score
+against trainable parameters, each point with its 95% intervals, the non-dominated front drawn; the intervals are
+:mod:`recipes.paper.significance`'s)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +88,106 @@ def loss_curves(records: list[dict[str, Any]], out: Path, title: str) -> bool:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------------------------- Pareto view
+
+
+@dataclass
+class ScorePoint:
+    """One trained row on one column: its trainable count and mean score with the 95% intervals of the score (items:
+    a bootstrap over the benchmark's items; seeds: a t-interval over seeds), or why there is none."""
+
+    row: str
+    label: str
+    budget: str  # the rank column: "r2 budget"
+    params: int
+    column: str
+    mean: float | None
+    item_low: float | None = None
+    item_high: float | None = None
+    seed_low: float | None = None
+    seed_high: float | None = None
+    n_seeds: int = 0
+    reason: str = ""
+
+
+def pareto_front(points: list[ScorePoint]) -> set[int]:
+    """Indices of the non-dominated points: none other has at most its parameters and at least its score with one
+    of the two strictly better."""
+    have = [(i, p) for i, p in enumerate(points) if p.mean is not None]
+    front = set()
+    for i, p in have:
+        if not any(q.params <= p.params and q.mean >= p.mean and (q.params < p.params or q.mean > p.mean)
+                   for _, q in have):
+            front.add(i)
+    return front
+
+
+def pareto_markdown(points: list[ScorePoint]) -> str:
+    if not any(p.mean is not None for p in points):
+        return ""
+    front = pareto_front(points)
+    lines = ["", f"## Score against trainable parameters ({COLUMNS[points[0].column].header})", "",
+             "Mean over the finished seeds with 95% intervals of the score: a bootstrap over the benchmark's items "
+             "(the per-item values averaged over seeds) and a t-interval over seeds (≥ 2 seeds). ★: on the "
+             "non-dominated front (no other row has at most its parameters and at least its score).", "",
+             "| row | budget | params | score | items 95% | seeds 95% | front |", "|---|---|---|---|---|---|---|"]
+    for i, p in sorted(enumerate(points), key=lambda ip: (ip[1].params, ip[1].row)):
+        if p.mean is None:
+            continue
+        items = f"[{p.item_low:.2f}, {p.item_high:.2f}]" if p.item_low is not None else f"— ({p.reason})"
+        seeds = f"[{p.seed_low:.2f}, {p.seed_high:.2f}] over {p.n_seeds}" if p.seed_low is not None else "—"
+        lines.append(f"| {p.label} | {p.budget} | {round(p.params):,} | {p.mean:.2f} | {items} | {seeds} | "
+                     f"{'★' if i in front else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto(points: list[ScorePoint], out: Path, title: str, baseline: float | None = None) -> bool:
+    """Score against trainable parameters (log x), one point per row: thick bars the item interval, thin bars the
+    seed interval, the front as a step line, ``baseline`` (the base model's score) dashed; False when no point."""
+    drawn = [p for p in points if p.mean is not None]
+    if not drawn:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = sorted((points[i] for i in pareto_front(points)), key=lambda p: p.params)
+    labels = sorted({p.label for p in drawn})
+    colors = {lab: matplotlib.colormaps["tab10"](i % 10) for i, lab in enumerate(labels)}
+    markers = {b: m for b, m in zip(sorted({p.budget for p in drawn}), "osD^v")}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for p in drawn:
+        c = colors[p.label]
+        if p.seed_low is not None:
+            ax.plot([p.params, p.params], [p.seed_low, p.seed_high], color=c, lw=0.8, alpha=0.6)
+        if p.item_low is not None:
+            ax.plot([p.params, p.params], [p.item_low, p.item_high], color=c, lw=3, alpha=0.8)
+        ax.scatter([p.params], [p.mean], color=c, marker=markers[p.budget], s=45, zorder=3, edgecolor="black", lw=0.5)
+    ax.step([p.params for p in front], [p.mean for p in front], where="post", color="black", lw=1, ls="-",
+            label="non-dominated front")
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls="--", lw=1, label="base model")
+    for lab in labels:
+        ax.scatter([], [], color=colors[lab], marker="o", label=lab)
+    for b, m in markers.items():
+        ax.scatter([], [], color="white", edgecolor="black", marker=m, label=b)
+    lows = [x for p in drawn for x in (p.mean, p.item_low, p.seed_low) if x is not None]
+    highs = [x for p in drawn for x in (p.mean, p.item_high, p.seed_high) if x is not None]
+    ax.set_ylim(max(min(lows) - 5, -5), min(max(highs) + 5, 105))  # a 3-seed t-interval can leave 0..100
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(COLUMNS[drawn[0].column].header)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import sys
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,11 +144,24 @@ def all_tasks(exp: DictConfig) -> list[str]:
 
 
 @dataclass(frozen=True)
+class BudgetMatch:
+    """How a variant given a ``budget`` was solved (:func:`prolora.solve_budget` on the experiment's model)."""
+
+    label: str  # the budget as written: "LoRA r2", "5,000,000 params"
+    target: int  # its parameter count
+    knob: str  # the field solved: r, m, pool_rank, num_vectors
+    value: int
+    count: int  # the variant's exact trainable count (<= target)
+    status: str  # exact | under | capped
+
+
+@dataclass(frozen=True)
 class Variant:
     id: str  # the adapter config's tag: lora_r2, prolora_r8_u1_m7_n7
     short: str  # marks the chosen variant in a better-of row: r4, r8
     method: dict[str, Any]  # {"name": method or preset, <every field of the resolved adapter config>}
     overrides: tuple[str, ...]  # method=... method.r=... for train.py
+    budget: BudgetMatch | None = None  # set when the row asked for a budget instead of a knob value
 
 
 @dataclass
@@ -228,21 +242,73 @@ def override_value(v: Any) -> str:
     return str(v)
 
 
-def make_variant(spec: dict[str, Any]) -> Variant:
+def budget_label(budget: dict[str, Any]) -> str:
+    """``LoRA r2`` for ``{lora_rank: 2}``, ``5,000,000 params`` for ``{params: 5000000}``."""
+    if "lora_rank" in budget:
+        return f"LoRA r{budget['lora_rank']}"
+    return f"{int(budget.get('params', 0)):,} params"
+
+
+@functools.cache
+def _solve(model: str, name: str, budget_json: str, fields_json: str):
+    import prolora
+    from recipes.run_config import counting_ref
+
+    return prolora.solve_budget(counting_ref(model_info(model)), name, json.loads(budget_json),
+                                **json.loads(fields_json))
+
+
+def solve_spec(spec: dict[str, Any], model: str) -> tuple[dict[str, Any], BudgetMatch | None]:
+    """A variant spec with ``budget: {lora_rank: k}`` (or ``{params: N}``) made concrete on ``model``: the method's
+    budget knob set by :func:`prolora.solve_budget`, the other fields kept; a spec without one is returned as is."""
+    spec = dict(spec)
+    budget = spec.pop("budget", None)
+    if budget is None:
+        return spec, None
+    name = str(spec.pop("method"))
+    sol = _solve(model, name, json.dumps(dict(budget), sort_keys=True), json.dumps(spec, sort_keys=True))
+    match = BudgetMatch(label=budget_label(dict(budget)), target=sol.target_count, knob=sol.knob, value=sol.value,
+                        count=sol.count, status=sol.status)
+    return {"method": name, **sol.fields}, match
+
+
+def make_variant(spec: dict[str, Any], model: str | None = None) -> Variant:
     """A row's variant ``{method: <name>, <field>: <value>, ...}``, resolved by the library as train.py will.
     Its id is the config's tag (``prolora_r8_u1_m7_n7``), plus a short hash of the whole config when a field
     the tag does not show differs from the method's default (``alpha``, ``stride_from``, ...), so two variants
-    never share cells or run directories."""
+    never share cells or run directories.  A spec with ``budget:`` is solved on ``model`` first
+    (:func:`solve_spec`)."""
     import prolora
 
+    if "budget" in spec:
+        if model is None:
+            raise ValueError(f"variant {spec}: a budget is solved on a model; give make_variant(spec, model)")
+        spec, match = solve_spec(spec, model)
+        return replace(make_variant(spec), budget=match)
     spec = dict(spec)
     name = str(spec.pop("method"))
     adapter = prolora.make_config(name, **spec)
-    plain = prolora.make_config(name, **{k: spec[k] for k in ("r", "u", "m", "n") if k in spec})
     fields = {k: v for k, v in adapter.to_dict().items() if k not in ("method", "preset")}
-    vid = adapter.tag() if adapter == plain else f"{adapter.tag()}_{short_hash([repr(sorted(fields.items()))])[:6]}"
+    hidden = _fields_the_tag_hides(name, spec, adapter)
+    vid = f"{adapter.tag()}_{short_hash([repr(sorted(fields.items()))])[:6]}" if hidden else adapter.tag()
     overrides = (f"method={name}",) + tuple(f"method.{k}={override_value(v)}" for k, v in sorted(spec.items()))
     return Variant(id=vid, short=f"r{adapter.r}", method={"name": name, **fields}, overrides=overrides)
+
+
+def _fields_the_tag_hides(name: str, spec: dict[str, Any], adapter) -> list[str]:
+    """The given fields whose value the config's tag does not show: dropping one of them changes the config but not
+    the tag (``alpha``, ``stride_from``; a method's own tag shows its knobs, e.g. MoS's pool_rank)."""
+    import prolora
+
+    hidden = []
+    for key in spec:
+        try:
+            other = prolora.make_config(name, **{k: v for k, v in spec.items() if k != key})
+        except prolora.ConfigError:
+            continue  # the others are not a config alone: the tag shows this one as part of them
+        if other != adapter and other.tag() == adapter.tag():
+            hidden.append(key)
+    return hidden
 
 
 ROW_KEYS = ("id", "label", "rank", "eval_only", "chat", "variants", "lr", "lr_sweep")
@@ -254,7 +320,7 @@ def build_rows(cfg: DictConfig) -> list[Row]:
     for spec in OmegaConf.to_container(exp.rows, resolve=True):  # type: ignore[union-attr]
         spec = dict(spec)
         eval_only = bool(spec.get("eval_only", False))
-        variants = [] if eval_only else [make_variant(v) for v in spec.get("variants", [])]
+        variants = [] if eval_only else [make_variant(v, str(exp.model)) for v in spec.get("variants", [])]
         if not eval_only and not variants:
             raise ValueError(f"experiment {exp.name}: row {spec.get('id')!r} has no variants and is not eval_only")
         rows.append(Row(

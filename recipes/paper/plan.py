@@ -117,14 +117,41 @@ def _count_lines(cfg: DictConfig, grid: Grid) -> list[str]:
                 flagged += 1
                 if pr.get("params_note"):
                     check += f" ({pr['params_note']})"
-            if budget_n:
-                check = (check + "; " if check else "") + f"{100 * (n / budget_n - 1):+.3f}% vs budget"
+            target, what = (v.budget.target, v.budget.label) if v.budget else (budget_n, "budget")
+            if target:
+                check = (check + "; " if check else "") + f"{100 * (n / target - 1):+.3f}% vs {what}"
             lines.append(f"  {row.id:<18} {row.rank:<6} {v.id:<34} {fmt_int(n):>12}  "
                          f"{pr.get('params') or '-':>7}  {check}")
     if paper_table(exp.name).get("budget_note"):
         lines.append(f"  note: {paper_table(exp.name)['budget_note']}")
     lines.append(f"  {flagged} printed value(s) differ from the count")
     return lines
+
+
+def budget_lines(cfg: DictConfig, grid: Grid) -> list[str]:
+    """The variants given a ``budget:``, one line per method with each budget's solved config side by side: the
+    knob the solver turned, the exact count and its share of the budget (exact / under / capped)."""
+    rows = [r for r in grid.rows if not r.eval_only and any(v.budget for v in r.variants)]
+    if not rows:
+        return []
+    budgets: dict[str, int] = {}
+    table: dict[str, dict[str, str]] = {}
+    for row in rows:
+        for v in row.variants:
+            if v.budget is None:
+                continue
+            b = v.budget
+            budgets.setdefault(b.label, b.target)
+            table.setdefault(row.label, {})[b.label] = (
+                f"{v.id:<22} {f'{b.knob}={b.value}':<15} {fmt_int(b.count):>11} {100 * b.count / b.target:6.1f}% "
+                f"{b.status:<6}")
+    cols = sorted(budgets, key=budgets.get)
+    width = len(next(iter(next(iter(table.values())).values())))
+    lines = [f"Matched budgets (prolora.solve_budget on {cfg.experiment.model}'s shapes; knob = the field it turned):",
+             "  " + f"{'method':<14}" + "  ".join(f"{f'{c} = {fmt_int(budgets[c])}':<{width}}" for c in cols)]
+    for label, cells in table.items():
+        lines.append("  " + f"{label:<14}" + "  ".join(f"{cells.get(c, '-'):<{width}}" for c in cols))
+    return lines + [""]
 
 
 PROTOCOLS = {"authors": "the PRoLoRA authors' scripts: full sets, their MMLU prompt, TyDi QA exemplars from the "
@@ -159,6 +186,7 @@ def plan_text(cfg: DictConfig, grid: Grid) -> str:
              f"Cells: {len(grid.cells)} = {n_train} training + {n_eval} eval-only; counted per sub-row "
              f"(a variant shared by two rows counted in each): {grid.subrow_cells - n_eval} training + {n_eval} "
              f"eval-only", eval_line(cfg), ""]
+    lines += budget_lines(cfg, grid)
     lines += _count_lines(cfg, grid)
     lines += ["", f"  {'state':<8} {'cell':<52} {'rows':<26} {'params':>12} {'GPU h':>6}  detail"]
     states: dict[str, int] = {}

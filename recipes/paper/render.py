@@ -5,7 +5,9 @@ count) and the paper's numbers (``results/paper_reference.json``), and writes in
 ``<results_dir>/<experiment>``): ``table.md`` and ``table.csv`` (:mod:`recipes.paper.tables`); for compared
 rows (the experiment's ``compare``) their Δ and intervals in the table, ``significance.csv`` and
 ``significance.png`` (:mod:`recipes.paper.significance`); for Table 4 (layout ``share_rotate``) the paper's
-2 x 2 sharing/rotation grid; for Figure 2 (layout ``heatmap``) ``figure2.png`` (unshared rank x learning rate)
+2 x 2 sharing/rotation grid; for the matched budgets (layout ``budget``) ``pareto.png`` (score against trainable
+parameters with 95% intervals, the non-dominated front) and the measured step time and peak memory of each row; for
+Figure 2 (layout ``heatmap``) ``figure2.png`` (unshared rank x learning rate)
 and ``figure2_vs_best.png``; with ``loss_curves: true`` (the demo) ``loss_curves.png``
 (:mod:`recipes.paper.figures`).
 
@@ -24,7 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from prolora.io import write_text_atomic
-from recipes.paper import figures, significance
+from recipes.paper import figures, significance, tables
 from recipes.paper.facts import COLUMNS, Index, load_cells
 from recipes.paper.grid import Row, build_grid, cells_dir, load_config
 from recipes.paper.plan import paper_table
@@ -74,6 +76,8 @@ def render_table(cfg: DictConfig, name: str, rows: list[Row], index: Index, ref:
     if exp.layout == "share_rotate":
         md += share_rotate_grid(table, exp.columns[0])
     md += significance.markdown(comparisons)
+    if exp.layout == "budget":
+        md += render_budget(cfg, name, table, index, out_dir, written)
     if comparisons:
         write_text_atomic(out_dir / "significance.csv", significance.csv_text(comparisons))
         written.append(out_dir / "significance.csv")
@@ -81,6 +85,23 @@ def render_table(cfg: DictConfig, name: str, rows: list[Row], index: Index, ref:
                                     f"{name}: Δ against the baseline row, {significance.CONFIDENCE:.0%} intervals"):
             written.append(out_dir / "significance.png")
     return md, csv_text(cfg, table)
+
+
+def render_budget(cfg: DictConfig, name: str, table, index: Index, out_dir: Path, written: list[Path]) -> str:
+    """The matched-budget layout's sections: the Pareto view (``pareto.png``, one panel per column's file, and its
+    table) and each row's measured training cost against its baseline row."""
+    exp = cfg.experiment
+    points = significance.score_points(cfg, table, index)
+    base_row = next((tr for tr in table if tr.row.eval_only and tr.row.chat), None)  # the base model, chat format
+    md = ""
+    for col in exp.columns:
+        pts = [p for p in points if p.column == col]
+        md += figures.pareto_markdown(pts)
+        out = out_dir / ("pareto.png" if len(exp.columns) == 1 else f"pareto_{col}.png")
+        title = f"{name}: {COLUMNS[col].header} against trainable parameters, 95% intervals (thick: items, thin: seeds)"
+        if figures.pareto(pts, out, title, baseline=base_row.values[col].mean if base_row else None):
+            written.append(out)
+    return md + tables.cost_markdown(cfg, table, index, dict(significance.pairs(exp)))
 
 
 def render_experiment(cfg: DictConfig, experiment: str | None = None, out_dir: Path | None = None,

@@ -6,7 +6,9 @@ own process group), so a crash or OOM of one cell only marks that cell failed (s
 tail); SIGTERM/SIGINT of the runner stop the step's whole process group and wait for it before the lock goes;
 a killed grid resumes where it stopped (finished steps are never rerun: ``final/run.json`` marks a finished
 training, an ``eval.json`` whose ``status`` is ``complete`` a finished evaluation).  A cell is recorded done
-only when its files agree (the evaluation scored this cell's checkpoint, the training ran its steps).
+only when its files agree (the evaluation scored this cell's checkpoint, the training ran its steps).  The record
+carries the metrics, the loss curve and the training's measured ``cost`` (median step time, the first step's peak
+memory and the adapter's own bytes, read off the trainer's ``metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -50,6 +53,29 @@ def _loss_curve(metrics: Path) -> list[list[float]]:
     except OSError:
         pass
     return curve
+
+
+def _train_cost(metrics: Path) -> dict[str, Any] | None:
+    """What the training cost, from the trainer's ``metrics.jsonl``: the median time of the logged steps (the
+    profiled first step left out), and the first step's measured peak memory and the adapter's own bytes."""
+    rows = []
+    try:
+        for line in metrics.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("step") is not None:
+                rows.append(rec)
+    except OSError:
+        return None
+    times = sorted(float(r["step_s"]) for r in rows if r.get("step_s") is not None and not r.get("profiled"))
+    first = next((r for r in rows if r.get("profiled")), {})
+    if not times and not first:
+        return None
+    return {"step_s_median": statistics.median(times) if times else None, "steps_timed": len(times),
+            "step_peak_bytes": first.get("step_peak_bytes"), "adapter_bytes": first.get("adapter_bytes"),
+            "memory_method": first.get("memory_method", "cpu profiler allocation peak" if first else None)}
 
 
 class Interrupted(Exception):
@@ -211,6 +237,7 @@ class Runner:
             "train": {k: (run_json or {}).get(k) for k in
                       ("wall_time_s", "tokens_per_s", "initial_loss", "final_loss", "steps")} if run_json else None,
             "loss_curve": _loss_curve(metrics_path) if metrics_path else [],
+            "cost": _train_cost(metrics_path) if metrics_path else None,
             "eval": ev,
             "timings": {**timings, "recorded_at": datetime.now(UTC).isoformat()},
             "git": {"commit": sha.removesuffix("-dirty") if sha else None, "dirty": bool(sha and sha.endswith("-dirty"))},

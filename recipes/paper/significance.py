@@ -14,6 +14,9 @@ benchmark's sampling error, so each compared value gets two intervals (:mod:`eva
 A value is marked (▲ better / ▼ worse than its baseline) only when every interval it has excludes 0.  The
 bootstrap is seeded (``seed=0``, 10,000 resamples, BCa), so the same files always give the same interval.
 
+A single value's score gets the same two intervals of its own (:func:`score_interval`: the item bootstrap against a
+zero baseline, the t-interval of the seeds' mean): the error bars of the matched-budget Pareto view.
+
 Which cells are compared: the experiment's ``compare`` list (``[{row: prolora_r8, baseline: lora_r2}, ...]``:
 PRoLoRA against LoRA at the same parameter budget) for tables, and every cell of Figure 2's heatmap against
 its best cell.  ``python -m recipes.paper.significance --experiment demo prolora_r8 lora_r2`` compares any
@@ -36,6 +39,7 @@ import numpy as np
 from eval.stats import Interval, load_predictions, paired_bootstrap, seed_interval
 from eval.tasks import TASKS
 from recipes.paper.facts import COLUMNS, Index, csv_number, fmt_lr, load_cells
+from recipes.paper.figures import ScorePoint
 from recipes.paper.grid import build_grid, cells_dir, dataset_of, load_config
 from recipes.paper.tables import build_table
 
@@ -163,6 +167,48 @@ def compare(index, source_b: tuple, source_a: tuple, column: str, seeds: list[in
         out.seeds = seed_interval({s: float(cells_a[s]["metrics"][column]) for s in common},
                                   {s: float(cells_b[s]["metrics"][column]) for s in common}, confidence=CONFIDENCE)
     return out
+
+
+def score_interval(index, source: tuple, column: str, seeds: list[int]) -> tuple[Interval | None, Interval | None, str]:
+    """The 95% intervals of one table value's score itself (not a difference): the bootstrap of
+    :func:`compare` over the items against a zero baseline (so Δ is the score and the interval its own), and
+    the t-interval of the per-seed scores' mean; (items, seeds, why there is no item interval)."""
+    cells = index.cells.get(source, {})
+    have = [s for s in (list(seeds) or sorted(cells)) if s in cells] if source[0] != "eval_only" else sorted(cells)
+    if not have:
+        return None, None, "no seed finished"
+    try:
+        _, mat, groups = item_matrix(cells, have, column)
+    except (PredictionError, ValueError) as e:
+        return None, None, str(e)
+    values = mat.mean(axis=0)
+    items = paired_bootstrap(np.zeros_like(values), values, confidence=CONFIDENCE, n_resamples=N_RESAMPLES,
+                             seed=BOOTSTRAP_SEED, groups=groups, label="bootstrap of the score over items")
+    scores = {s: float(cells[s]["metrics"][column]) for s in have}
+    seed_iv = seed_interval({s: 0.0 for s in scores}, scores, confidence=CONFIDENCE) if len(have) > 1 else None
+    return items, seed_iv, ""
+
+
+def score_points(cfg, table, index) -> list[ScorePoint]:
+    """Every trained row's (params, score) on every column with its intervals: the Pareto view's points."""
+    exp = cfg.experiment
+    seeds = [int(s) for s in exp.seeds]
+    points = []
+    for tr in table:
+        if tr.row.eval_only or not tr.params:
+            continue
+        for col in exp.columns:
+            v = tr.values[col]
+            p = ScorePoint(row=tr.row.id, label=tr.row.label, budget=tr.row.rank, params=max(tr.params), column=col,
+                           mean=v.mean, n_seeds=v.n)
+            if v.mean is not None and v.source is not None:
+                items, seed_iv, p.reason = score_interval(index, v.source, col, seeds)
+                if items is not None:
+                    p.item_low, p.item_high = items.low, items.high
+                if seed_iv is not None and seed_iv.low is not None:
+                    p.seed_low, p.seed_high = seed_iv.low, seed_iv.high
+            points.append(p)
+    return points
 
 
 # ------------------------------------------------------------------------------------------------ tables

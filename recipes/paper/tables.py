@@ -8,7 +8,8 @@ change; ``—``: no result yet (never filled in); Avg. = the mean of the row's c
 (only when every column has a value); ``ˢ``: at least one number behind the value was scored on a subset of
 the benchmark (the cell file's ``subsets``): not comparable to the paper.
 
-Gives the Markdown and CSV text (and Table 4's 2 x 2 sharing/rotation grid); :mod:`recipes.paper.render`
+Gives the Markdown and CSV text (and Table 4's 2 x 2 sharing/rotation grid, and for the matched-budget layout the
+measured training cost of each row: step time and peak memory from the same runs); :mod:`recipes.paper.render`
 writes them with the figures and the significance of the compared rows.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from recipes.paper.facts import COLUMNS, DASH, Index, Value, csv_number, fmt_int, fmt_lr, summarize
+from recipes.paper.facts import COLUMNS, DASH, Index, Value, csv_number, fmt_int, fmt_lr, lr_key, summarize
 from recipes.paper.grid import Row, dataset_of
 from recipes.paper.plan import count_params, paper_formula_count, params_check
 
@@ -208,4 +209,63 @@ def share_rotate_grid(table: list[TableRow], col: str) -> str:
             tr = by.get((share, rot))
             cells.append(tr.values[col].text() if tr else DASH)
         lines.append(f"| {share.capitalize()}. | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- cost
+
+
+def row_cost(exp: DictConfig, row: Row, index: Index) -> dict[str, float] | None:
+    """A trained row's measured cost, the mean over its finished seeds of each cell's ``cost`` (the runner reads it
+    off the trainer's metrics.jsonl): median step time (s), the first step's peak (MiB) and the adapter's own
+    tensors (MiB); None before any seed finished (or for runs that recorded no cost)."""
+    if row.eval_only or not row.variants:
+        return None
+    ds = dataset_of(exp, exp.columns[0])
+    lr = row.candidate_lrs(ds)[0]
+    cells = index.cells.get((row.variants[0].id, ds, lr_key(lr)), {})
+    costs = [rec.get("cost") or {} for rec in cells.values()]
+    steps = [c["step_s_median"] for c in costs if c.get("step_s_median") is not None]
+    peaks = [c for c in costs if c.get("step_peak_bytes") is not None and c.get("adapter_bytes") is not None]
+    if not steps and not peaks:
+        return None
+    mib = 2**20
+    out = {"n": float(len(costs)), "step_s": statistics.fmean(steps) if steps else None}
+    if peaks:
+        out["peak_mib"] = statistics.fmean((c["step_peak_bytes"] + c["adapter_bytes"]) / mib for c in peaks)
+        out["adapter_mib"] = statistics.fmean(c["adapter_bytes"] / mib for c in peaks)
+    return out
+
+
+def cost_markdown(cfg: DictConfig, table: list[TableRow], index: Index, baselines: dict[str, str]) -> str:
+    """Each trained row's measured step time and peak memory, and their ratios to its baseline row (LoRA at the
+    same budget), from the same runs as the scores."""
+    exp = cfg.experiment
+    costs = {tr.row.id: row_cost(exp, tr.row, index) for tr in table}
+    if not any(costs.values()):
+        return ""
+    recorded = [rec["cost"] for cells in index.cells.values() for rec in cells.values() if rec.get("cost")]
+    methods = sorted({c.get("memory_method") or "cpu profiler allocation peak" for c in recorded
+                      if c.get("step_peak_bytes") is not None})  # costs recorded before the method was named
+    lines = ["", "## Training cost (the same runs)", "",
+             "Step: the median wall time of a cell's logged steps (its first, measured step left out), mean over "
+             "seeds. Peak: the first step's memory above the frozen base model (activations, gradients, the "
+             "optimizer's moments; measured as: " + "; ".join(methods or ["—"]) + ") plus the adapter's own tensors "
+             "(trained and frozen). Ratios against the row's baseline. CPU step times on a shared machine wander "
+             "(±20% and more); the memory is counted, not sampled.", "",
+             "| row | budget | params | step (s) | × baseline | peak (MiB) | adapter (MiB) | × baseline |",
+             "|---|---|---|---|---|---|---|---|"]
+    for tr in table:
+        c = costs.get(tr.row.id)
+        if not c:
+            continue
+        base = costs.get(baselines.get(tr.row.id, ""))
+        step_x = f"{c['step_s'] / base['step_s']:.2f}" if base and base.get("step_s") and c.get("step_s") else ""
+        peak_x = f"{c['peak_mib'] / base['peak_mib']:.2f}" if base and base.get("peak_mib") and c.get("peak_mib") \
+            else ""
+        step = f"{c['step_s']:.3f}" if c.get("step_s") is not None else DASH
+        peak = f"{c['peak_mib']:.2f}" if c.get("peak_mib") is not None else DASH
+        adapter = f"{c['adapter_mib']:.3f}" if c.get("adapter_mib") is not None else DASH
+        lines.append(f"| {tr.row.label} | {tr.row.rank} | {fmt_int(max(tr.params)) if tr.params else DASH} | "
+                     f"{step} | {step_x} | {peak} | {adapter} | {peak_x} |")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,8 @@ from prolora.models import TINY_DIR, build_tiny_llama, load_base_model
 
 
 def all_method_configs(dropout: float = 0.1) -> dict[str, object]:
-    """One small config per method/preset (tiny model: h 64, o 64/32/192)."""
+    """One small config per method/preset (tiny model: h 64, o 64/32/192; MoS r3 e2 p1 is the most a 2-layer
+    model's public pool allows)."""
     return {
         "lora": LoRAConfig(r=4, dropout=dropout),
         "vera": VeRAConfig(r=16, dropout=dropout),
@@ -26,6 +27,10 @@ def all_method_configs(dropout: float = 0.1) -> dict[str, object]:
         "share_rank_rotate_hidden": make_config("share_rank_rotate_hidden", r=8, u=2, m=3, dropout=dropout),
         "prolora_nr": make_config("prolora_nr", r=8, u=2, m=3, dropout=dropout),
         "prolora_ni": make_config("prolora_ni", r=8, u=2, m=3, dropout=dropout),
+        "mos": make_config("mos", r=3, pool_rank=2, private_rank=1, shards=2, dropout=dropout),
+        "vblora": make_config("vblora", r=4, num_vectors=16, vector_length=16, dropout=dropout),
+        "lora_xs": make_config("lora_xs", r=8, dropout=dropout),
+        "dora": make_config("dora", r=4, dropout=dropout),
     }
 
 

@@ -59,8 +59,8 @@ def test_make_config():
     vera = make_config("vera", r=256, d_init=0.1, projection_seed=0, u=None, m=None, alpha=16.0)
     assert isinstance(vera, VeRAConfig)
     assert config_from_dict(cfg.to_dict()) == cfg and config_from_dict(vera.to_dict()) == vera
-    with pytest.raises(ConfigError, match=r"unknown adapter method 'dora'; known: \[.*'prolora'.*'vera'"):
-        make_config("dora", r=8)
+    with pytest.raises(ConfigError, match=r"unknown adapter method 'nola'; known: \[.*'prolora'.*'vera'"):
+        make_config("nola", r=8)
     with pytest.raises(ConfigError, match=r"method 'lora' has no field\(s\) \['u'\]"):
         make_config("lora", r=8, u=1)
     with pytest.raises(ConfigError, match=r"preset 'clora' fixes u=0"):
@@ -80,8 +80,8 @@ def test_errors_carry_the_field_as_data():
         make_config("clora", r=16, u=2, m=2)
     assert (err.value.field, err.value.value) == ("u", 2)
     with pytest.raises(ConfigError) as err:
-        make_config("dora", r=8)
-    assert (err.value.field, err.value.value) == ("method", "dora")
+        make_config("nola", r=8)
+    assert (err.value.field, err.value.value) == ("method", "nola")
 
 
 def test_the_test_configs_cover_every_method_and_preset():

@@ -29,6 +29,14 @@ SHAPE_CONFIGS = {
     "prolora_r8u1m7": PRoLoRAConfig(r=8, u=1, m=7), "prolora_r16u7m9n5": PRoLoRAConfig(r=16, u=7, m=9, n=5),
     "clora_r16m2": make_config("clora", r=16, m=2), "lora_qv": LoRAConfig(r=4, target_modules=["q_proj", "v_proj"]),
     "share_rank_r32u4m7": make_config("share_rank_rotate_rank", r=32, u=4, m=7),
+    "mos_r8e2p1l4": make_config("mos", r=8, pool_rank=2, private_rank=1, shards=4),
+    "mos_r16e3p0l2_qv": make_config("mos", r=16, pool_rank=3, private_rank=0, shards=2,
+                                    target_modules=["q_proj", "v_proj"]),
+    "vblora_r4n256b256": make_config("vblora", r=4, num_vectors=256, vector_length=256),
+    "vblora_r2n90b128": make_config("vblora", r=2, num_vectors=90, vector_length=128),
+    "lora_xs_r149": make_config("lora_xs", r=149),
+    "dora_r1": make_config("dora", r=1),
+    "dora_r7": make_config("dora", r=7),
 }
 
 
@@ -49,6 +57,16 @@ def reference_count(model: str, config, paper_formula: bool = False):
     if config.method == "tied_lora":  # A (r x d), one B per q/k/v, per layer u (r) and v (sum of o)
         outs = sum(o for _, o in mods)
         return r * mods[0][0] + r * outs + layers * (r + outs)
+    if config.method == "mos":  # per module type two pools of e * layers * l shards of h/l and o/l
+        e, sh = config.pool_rank, config.shards
+        return sum(e * layers * sh * (i // sh + o // sh) for i, o in mods)
+    if config.method == "vblora":  # the bank once + per module r*(h/b) + (o/b)*r sub-vectors of N logits each
+        n, b = config.num_vectors, config.vector_length
+        return n * b + layers * sum(r * (i // b) * n + (o // b) * r * n for i, o in mods)
+    if config.method == "lora_xs":  # one r x r matrix per module
+        return layers * len(mods) * r * r
+    if config.method == "dora":  # LoRA + one magnitude per output feature
+        return layers * sum(r * (i + o) + o for i, o in mods)
     u, m, n, s = config.u, config.m, config.n, config.r - config.u
     if config.share_dim == "hidden":
         if paper_formula:
@@ -159,3 +177,75 @@ def test_presets_budgets_on_7b():
     assert count_for("llama2_7b", make_config("share_rank_rotate_rank", r=32, u=4, m=7)) == 19_988_480
     pro = count_for("llama2_7b", make_config("prolora", r=32, u=4, m=7))
     assert abs(pro / 19_988_480 - 1) < 1e-3
+
+
+# ----------------------------------------------------------------------------- the budget solver, every method
+
+BUDGET_SPECS = {  # method -> the fields the matched-budget grid fixes at LLaMA2-7B shapes
+    "lora": {}, "vera": {}, "tied_lora": {}, "prolora": {"r": 8, "u": 1}, "clora": {"r": 8}, "rolora": {"r": 8},
+    "mos": {"r": 8, "private_rank": 1, "shards": 4}, "vblora": {"r": 4, "vector_length": 256}, "lora_xs": {},
+    "dora": {},
+}
+
+
+@pytest.mark.parametrize("lora_rank", [2, 8])
+@pytest.mark.parametrize("name", sorted(BUDGET_SPECS))
+def test_solve_budget_is_closest_without_exceeding(name, lora_rank):
+    """The solved knob fits the budget and one step further (up for a cost that grows with it, down for m) does
+    not, unless the knob's cap stopped it."""
+    from prolora import solve_budget
+
+    sol = solve_budget("llama2_7b", name, {"lora_rank": lora_rank}, **BUDGET_SPECS[name])
+    assert sol.target_count == count_for("llama2_7b", LoRAConfig(r=lora_rank))
+    assert sol.count == count_for("llama2_7b", make_config(name, **sol.fields)) <= sol.target_count
+    step = -1 if sol.knob == "m" else 1
+    if sol.status == "capped":
+        assert sol.value == sol.cap == 4096
+        return
+    if sol.knob == "m" and sol.value == 1:  # no sharing: nothing cheaper below, so it must fit exactly or under
+        assert sol.status in ("exact", "under")
+        return
+    nxt = {**sol.fields, sol.knob: sol.value + step, **({"n": sol.value + step} if sol.knob == "m" else {})}
+    assert count_for("llama2_7b", make_config(name, **nxt)) > sol.target_count
+
+
+def test_solve_budget_knobs_and_counts_at_7b():
+    """What each method turns and gets at LoRA r2's budget (4,997,120) on LLaMA2-7B: the report's table."""
+    from prolora import solve_budget
+
+    got = {name: solve_budget("llama2_7b", name, {"lora_rank": 2}, **spec) for name, spec in BUDGET_SPECS.items()}
+    assert {n: (s.knob, s.value, s.count, s.status) for n, s in got.items()} == {
+        "lora": ("r", 2, 4_997_120, "exact"),
+        "vera": ("r", 4096, 2_277_376, "capped"),  # r <= min(h, o): 224 x 4096 + the outputs' λ_b
+        "tied_lora": ("r", 280, 4_989_696, "under"),
+        "prolora": ("m", 8, 4_684_800, "under"),  # ceil(h/m) chunks: m7 is 2,400 over
+        "clora": ("m", 4, 4_997_120, "exact"),
+        "rolora": ("m", 4, 4_997_120, "exact"),
+        "mos": ("pool_rank", 2, 4_997_120, "exact"),  # the equivalent rank IS the LoRA rank
+        "vblora": ("num_vectors", 127, 4_990_592, "under"),  # 256 + 4 x 9,760 per bank vector
+        "lora_xs": ("r", 149, 4_973_024, "under"),  # 224 x 149²
+        "dora": ("r", 1, 3_858_432, "under"),  # r2 would be 4,997,120 + 1,359,872 magnitudes
+    }
+
+
+def test_solve_budget_errors_and_targets():
+    from prolora import ConfigError, solve_budget
+
+    assert solve_budget("llama2_7b", "lora", 4_997_119).value == 1
+    assert solve_budget("llama2_7b", "lora", {"params": 7_495_680}).value == 3
+    with pytest.raises(ValueError, match="costs .* more than the budget"):
+        solve_budget("llama2_7b", "dora", 100)
+    with pytest.raises(ValueError, match="give exactly one of"):
+        solve_budget("llama2_7b", "lora", {"lora_rank": 2, "params": 3})
+    # one decoder layer: r8 p1 needs pool_rank >= 8 (7 public vectors from (e - 1)·1), which costs 8 x 78,080
+    with pytest.raises(ConfigError, match="no mos configuration .* public ranks"):
+        solve_budget(meta_model("llama2_7b").model.layers[0], "mos", 5 * 78_080, r=8, private_rank=1, shards=4)
+
+
+def test_count_of_a_config_valid_only_with_more_layers():
+    """MoS r8 e2 p1 draws 7 public vectors from (e - p)·L = L: invalid on the 1-3 layer skeletons count_for
+    extrapolates from, so it is counted on the whole model (and equals LoRA r2, whatever r)."""
+    cfg = make_config("mos", r=8, pool_rank=2, private_rank=1, shards=4)
+    assert count_for("llama2_7b", cfg) == count_for("llama2_7b", LoRAConfig(r=2)) == 4_997_120
+    with pytest.raises(Exception, match="public ranks"):
+        attach(meta_model("llama2_7b").model.layers[0], cfg)

@@ -25,6 +25,7 @@ from prolora import (
     PRoLoRAConfig,
     TiedLoRAConfig,
     adapter_layers,
+    adapter_state,
     attach,
     count_trainable,
     export_lora,
@@ -66,11 +67,14 @@ def test_export_matches_peft_fp32(tiny, ids, tmp_path, name):
     assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in tensors
     assert "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight" in tensors
     n_modules = 2 * len(CONFIGS[name].target_modules)
-    assert len(tensors) == 2 * n_modules
+    extra = len(next(iter(adapter_layers(model).values())).extra_peft_tensors())  # DoRA: its magnitude
+    assert len(tensors) == (2 + extra) * n_modules
+    assert cfg.get("use_dora", False) == (name == "dora")
     torch.testing.assert_close(_peft_logits(tiny(), tmp_path / "peft", ids), ours, rtol=0, atol=EXPORT_ATOL)
 
 
-@pytest.mark.parametrize("name", ["lora", "vera", "tied_lora", "prolora", "share_rank_rotate_hidden"])
+@pytest.mark.parametrize("name", ["lora", "vera", "tied_lora", "prolora", "share_rank_rotate_hidden", "mos", "vblora",
+                                  "lora_xs", "dora"])
 def test_export_matches_peft_4bit(tiny4bit, ids, tmp_path, name):
     model = attach(tiny4bit(), CONFIGS[name])
     assert type(adapter_layers(model)["model.layers.0.self_attn.q_proj"].base_layer).__name__ == "Linear4bit"
@@ -133,21 +137,23 @@ def test_lora_matches_peft_lora_model(tiny, ids):
 # ----------------------------------------------------------------------------- compact save / load
 
 
-@pytest.mark.parametrize("name", ["lora", "vera", "tied_lora", "prolora", "share_rank_rotate_rank"])
+@pytest.mark.parametrize("name", ["lora", "vera", "tied_lora", "prolora", "share_rank_rotate_rank", "mos", "vblora",
+                                  "lora_xs", "dora"])
 def test_save_load_round_trip_bitwise(tiny, ids, tmp_path, name):
     model = attach(tiny(), CONFIGS[name])
     randomize_trainable(model, seed=3)
     out = save_adapter(model, tmp_path / "ckpt")
     assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "adapter_config.json"]
     stored = load_file(str(out / "adapter.safetensors"))
-    assert sum(t.numel() for t in stored.values()) == count_trainable(model)  # trainable tensors only
+    trained = adapter_state(model)
+    assert set(stored) == set(adapter_state(model, buffers=True))  # the trained tensors + the declared buffers
+    assert sum(stored[k].numel() for k in trained) == count_trainable(model)
 
     fresh = load_adapter(tiny(), out)  # plain base: attaches first
     assert fresh.prolora_config == CONFIGS[name]
-    src = dict(model.named_parameters())
-    for key, p in fresh.named_parameters():
-        if p.requires_grad:
-            assert torch.equal(p, src[key]), key
+    src = adapter_state(model, buffers=True)
+    for key, t in adapter_state(fresh, buffers=True).items():
+        assert torch.equal(t, src[key]), key  # buffers too: MoS's indices, LoRA-XS's SVD factors
     assert torch.equal(_logits(fresh, ids), _logits(model, ids))
 
     # in place on an already-attached model
@@ -191,7 +197,8 @@ def test_load_errors(tiny, tmp_path):
 # ----------------------------------------------------------------------------- merge
 
 
-@pytest.mark.parametrize("name", ["lora", "vera", "tied_lora", "prolora", "share_hidden_rotate_hidden"])
+@pytest.mark.parametrize("name", ["lora", "vera", "tied_lora", "prolora", "share_hidden_rotate_hidden", "mos", "vblora",
+                                  "lora_xs", "dora"])
 def test_merge_fp32(tiny, ids, name):
     model = attach(tiny(), CONFIGS[name])
     randomize_trainable(model)
@@ -203,7 +210,7 @@ def test_merge_fp32(tiny, ids, name):
     torch.testing.assert_close(_logits(merged, ids), ours, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["prolora", "tied_lora"])
+@pytest.mark.parametrize("name", ["prolora", "tied_lora", "lora_xs", "dora"])
 def test_merge_4bit_dequantizes(tiny4bit, ids, name):
     model = attach(tiny4bit(), CONFIGS[name])
     randomize_trainable(model)

@@ -14,7 +14,7 @@ LR = {"vera": 5e-2, "tied_lora": 1e-2}
 
 
 @pytest.mark.parametrize("name", ["lora", "vera", "tied_lora", "prolora", "clora", "rolora",
-                                  "share_rank_rotate_hidden"])
+                                  "share_rank_rotate_hidden", "mos", "vblora", "lora_xs", "dora"])
 def test_gradients_only_on_adapters_and_loss_decreases(tiny4bit, ids, name):
     model = attach(tiny4bit(), CONFIGS[name])
     model.train()

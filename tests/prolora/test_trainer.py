@@ -240,3 +240,58 @@ def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path):
         rows.append(trainer.train_step())
     assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-6)
     assert rows[1]["grad_norm"] == pytest.approx(rows[0]["grad_norm"], rel=1e-5)
+
+
+@pytest.mark.parametrize("config", [prolora.LoRAConfig(r=2), prolora.VeRAConfig(r=16)], ids=["lora", "vera"])
+def test_the_first_step_records_peak_memory_and_the_rest_their_time(tmp_path, config):
+    """What a method costs, measured in the run itself: the first step's peak (on a CPU: the activations autograd
+    saves, the gradients and the AdamW moments it creates), the adapter's own bytes (VeRA's frozen pairs included),
+    every step's time; the measured first step does not enter the median; the measured run trains exactly as an
+    unmeasured loop."""
+    import json
+
+    from prolora.trainer import Trainer, adapter_bytes
+
+    batch = _labelled_batch()
+    args = TrainArgs(max_steps=4, batch_size=3, micro_batch_size=3, save_every=0, progress=False, device="cpu",
+                     gradient_checkpointing=False, log_every=1)
+
+    def trainer(out):
+        torch.manual_seed(0)
+        model = prolora.attach(build_tiny_llama(), config)
+        return Trainer(model, lambda step: [batch], args, OptimArgs(name="adamw", lr=1e-2), out,
+                       save_fn=lambda m, d: None, load_fn=lambda m, d: None)
+
+    measured = trainer(tmp_path / "a")
+    result = measured.train()
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    first = rows[0]
+    n = prolora.count_trainable(measured.model)
+    shared = getattr(measured.model, "prolora_shared", None)  # VeRA: the frozen random pairs
+    frozen = sum(b.numel() * 4 for b in shared.buffers()) if shared is not None else 0
+    assert first["profiled"] and first["adapter_bytes"] == adapter_bytes(measured.model) == 4 * n + frozen
+    assert first["step_peak_bytes"] >= 2 * 4 * n  # at least the two fp32 AdamW moments the first step creates
+    assert result.memory == {k: first[k] for k in ("step_peak_bytes", "adapter_bytes", "memory_method")}
+    assert first["memory_method"].startswith("cpu: saved activations")
+    assert all("step_s" in r for r in rows) and not any(r.get("profiled") for r in rows[1:])
+    assert result.step_s_median == sorted(r["step_s"] for r in rows[1:])[1]  # the median of steps 2-4 only
+
+    plain = trainer(tmp_path / "b")
+    plain.configure_checkpointing()
+    plain.model.train()
+    losses = [plain.train_step()["loss"] for _ in range(4)]
+    assert losses == [r["loss"] for r in rows]  # measuring changes no number
+
+
+def test_saved_activation_bytes_counts_what_autograd_keeps_not_the_frozen_weights():
+    from prolora.trainer import saved_activation_bytes
+
+    lin = torch.nn.Linear(8, 16, bias=False)
+    lin.weight.requires_grad_(False)
+    head = torch.nn.Linear(16, 1)
+    model = torch.nn.Sequential(lin, torch.nn.Tanh(), head)
+    x = torch.randn(4, 8)
+    n = saved_activation_bytes(model, lambda: model(x).sum().backward())
+    # tanh's output (4 x 16) and the head's input (the same tensor, one storage): 64 floats; x is not saved
+    # (the frozen first layer needs no weight gradient) and no weight is counted
+    assert n == 4 * 16 * 4
