@@ -29,6 +29,7 @@ Inference only: the served forward runs the compact form (``compact_output``) wi
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -58,12 +59,13 @@ class ServedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
-        for group, rows, slots in self.server.plan_for(x.shape[0]):
-            if self.path not in group.layers:
+        for rows in self.server.plan_for(x.shape[0]):
+            if self.path not in rows.group.layers:
                 continue
-            xs, bs = (x, out) if rows is None else (x.index_select(0, rows), out.index_select(0, rows))
-            delta = group.delta(self.path, xs, bs, slots).to(out.dtype)
-            out = out + delta if rows is None else out.index_add(0, rows, delta)
+            index = rows.index
+            xs, bs = (x, out) if index is None else (x.index_select(0, index), out.index_select(0, index))
+            delta = rows.group.delta(self.path, xs, bs, rows).to(out.dtype)
+            out = out + delta if index is None else out.index_add(0, index, delta)
         return out
 
     def extra_repr(self) -> str:
@@ -91,7 +93,8 @@ def _config_key(config: AdapterConfig) -> str:
 
 class _Group:
     """The adapters of one config.  ``layers``: the method's layers attached to a shell of the base linears (the
-    math, its constants and index buffers, once); ``bank``: each saved tensor stacked over the group's slots.
+    math, its constants and index buffers, once); ``bank``: one row per slot holding an adapter's saved tensors
+    side by side (``layout``: key -> offset, shape), so the rows of a batch gather their adapters in one step.
     A method without a compact form keeps one attached shell per adapter instead (``instances``)."""
 
     def __init__(self, config: AdapterConfig, leaves: dict[str, nn.Module]):
@@ -100,13 +103,22 @@ class _Group:
         self.layers = adapter_layers(self.shell)
         self.compact = all(isinstance(layer, CompactForm) for layer in self.layers.values())
         state = adapter_state(self.shell, buffers=True)
-        self.shapes = {k: tuple(t.shape) for k, t in state.items()}
+        if len({t.dtype for t in state.values()}) > 1:
+            raise ConfigError(f"MultiAdapter: {config.method} saves tensors of several dtypes; serve it with a "
+                              "method whose saved tensors share one dtype")
+        self.layout: dict[str, tuple[int, tuple[int, ...]]] = {}
+        numel = 0
+        for key, t in state.items():
+            self.layout[key] = (numel, tuple(t.shape))
+            numel += t.numel()
+        self.shapes = {key: shape for key, (_, shape) in self.layout.items()}
         self.slot_bytes = sum(t.numel() * t.element_size() for t in state.values())
         ids = {id(t): k for k, t in state.items()}
-        # per layer: role -> the bank key of a saved tensor, or the (group-wide) tensor itself
+        # per layer: role -> the key of a saved tensor, or the (group-wide) tensor itself
         self.roles = {path: {role: ids.get(id(t), t) for role, t in layer.compact_tensors().items()}
                       for path, layer in self.layers.items()} if self.compact else {}
-        self.bank = {k: t.detach().new_empty((0, *t.shape)) for k, t in state.items()} if self.compact else {}
+        first = next(iter(state.values()))
+        self.bank = first.detach().new_empty((0, numel)) if self.compact else None
         self.slots: dict[str, int] = {}
         self.free: list[int] = []
         self.instances: dict[str, tuple[nn.Module, dict[str, nn.Module]]] = {}  # name -> (its shell, its layers)
@@ -116,38 +128,48 @@ class _Group:
     def _scratch(self, on: bool) -> None:
         """The template's own copies of the saved tensors exist only while a checkpoint is read through it."""
         for key, t in adapter_state(self.shell, buffers=True).items():
-            t.data = t.data.new_empty(self.shapes[key] if on else (0,))
+            t.data = t.data.new_empty(self.layout[key][1] if on else (0,))
 
     @property
     def capacity(self) -> int:
-        return next(iter(self.bank.values())).shape[0] if self.bank else 0
+        return 0 if self.bank is None else self.bank.shape[0]
 
     def put(self, name: str, state: dict[str, torch.Tensor]) -> None:
         slot = self.free.pop() if self.free else len(self.slots)
-        if slot >= self.capacity:
-            grown = max(1, 2 * self.capacity)
-            for key, bank in self.bank.items():
-                new = bank.new_zeros((grown, *bank.shape[1:]))
-                new[: bank.shape[0]] = bank
-                self.bank[key] = new
-        with torch.no_grad():
-            for key, bank in self.bank.items():
-                bank[slot].copy_(state[key])
+        if self.bank is not None:
+            if slot >= self.capacity:
+                grown = self.bank.new_zeros((max(1, 2 * self.capacity), self.bank.shape[1]))
+                grown[: self.capacity] = self.bank
+                self.bank = grown
+            with torch.no_grad():
+                for key, (offset, shape) in self.layout.items():
+                    n = math.prod(shape)
+                    self.bank[slot, offset:offset + n].copy_(state[key].reshape(-1))
         self.slots[name] = slot
 
     def drop(self, name: str) -> None:
         self.free.append(self.slots.pop(name))
         self.instances.pop(name, None)
 
-    # -- forward
-    def delta(self, path: str, x: torch.Tensor, base_out: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """The term of layer ``path`` for rows ``x`` whose adapters sit in ``slots`` (one per row)."""
+    # -- rows
+    def rows_tensors(self, slots: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """Per layer, the tensors ``compact_output`` reads for rows whose adapters sit in ``slots``: the rows'
+        adapters gathered once (views into one (rows × numel) copy), the group-wide ones as they are."""
+        if not self.compact:
+            return {}
+        gathered = self.bank.index_select(0, slots)
+        views = {key: gathered[:, offset:offset + math.prod(shape)].view(len(slots), *shape)
+                 for key, (offset, shape) in self.layout.items()}
+        return {path: self.layers[path].pack({role: views[src] if isinstance(src, str) else src
+                                              for role, src in roles.items()})
+                for path, roles in self.roles.items()}
+
+    def delta(self, path: str, x: torch.Tensor, base_out: torch.Tensor, rows: _Rows) -> torch.Tensor:
+        """The term of layer ``path`` for the rows ``x`` of this group."""
         x = x.to(torch.float32)
         if not self.compact:
-            return self._delta_one_by_one(path, x, base_out, slots)
-        tensors = {role: self.bank[src].index_select(0, slots) if isinstance(src, str) else src
-                   for role, src in self.roles[path].items()}
-        return self.layers[path].compact_output(x, base_out, tensors)
+            return self._delta_one_by_one(path, x, base_out, rows.slots)
+        return self.layers[path].compact_output(x, base_out, rows.tensors[path])
 
     def constants(self) -> list[torch.Tensor]:
         """The tensors every adapter of the group shares: the layers' own buffers (index buffers, mixing
@@ -173,6 +195,16 @@ class _Group:
             out = delta.new_zeros((x.shape[0], *delta.shape[1:])) if out is None else out
             out = out.index_add(0, rows, delta)
         return out
+
+
+@dataclass
+class _Rows:
+    """A group's rows in the current batch: their indices (None: every row), their slots, their tensors."""
+
+    group: _Group
+    index: torch.Tensor | None
+    slots: torch.Tensor
+    tensors: dict[str, dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -204,7 +236,8 @@ class MultiAdapter:
         self.model = model
         self.groups: dict[str, _Group] = {}
         self.owner: dict[str, _Group] = {}  # adapter name -> its group
-        self.plan: tuple[int, list[tuple[_Group, torch.Tensor | None, torch.Tensor]]] | None = None
+        self.plan: tuple[int, list[_Rows]] | None = None
+        self.plan_names: list[str | None] | None = None
         object.__setattr__(model, SERVING_ATTR, self)
 
     @staticmethod
@@ -289,7 +322,7 @@ class MultiAdapter:
         if name not in self.owner:
             raise KeyError(f"no adapter {name!r} is loaded (loaded: {self.names})")
         self.owner.pop(name).drop(name)
-        self.plan = None
+        self.plan = self.plan_names = None
 
     # ------------------------------------------------------------------ rows
     def use(self, names: Sequence[str | None]) -> None:
@@ -297,26 +330,29 @@ class MultiAdapter:
         unknown = sorted({n for n in names if n is not None and n not in self.owner})
         if unknown:
             raise KeyError(f"rows name adapter(s) {unknown} that are not loaded (loaded: {self.names})")
+        names = list(names)
+        if self.plan is not None and self.plan_names == names:
+            return  # the same rows: their gathered tensors still hold
         device = self._device()
         plan = []
         for group in {id(self.owner[n]): self.owner[n] for n in names if n is not None}.values():
             rows = [i for i, n in enumerate(names) if n is not None and self.owner[n] is group]
             slots = torch.tensor([group.slots[names[i]] for i in rows], device=device)
             index = None if len(rows) == len(names) else torch.tensor(rows, device=device)
-            plan.append((group, index, slots))
-        self.plan = (len(names), plan)
+            plan.append(_Rows(group, index, slots, group.rows_tensors(slots)))
+        self.plan, self.plan_names = (len(names), plan), names
 
     @contextmanager
     def rows(self, names: Sequence[str | None]):
         """``with served.rows(names): model(...)``: :meth:`use` for the block, the previous rows after it."""
-        before = self.plan
+        before = self.plan, self.plan_names
         self.use(names)
         try:
             yield self
         finally:
-            self.plan = before
+            self.plan, self.plan_names = before
 
-    def plan_for(self, batch: int) -> list[tuple[_Group, torch.Tensor | None, torch.Tensor]]:
+    def plan_for(self, batch: int) -> list[_Rows]:
         if self.plan is None:
             raise RuntimeError("MultiAdapter: no rows set: call use(names) (one adapter name or None per row) "
                                "before running the model")
@@ -335,7 +371,7 @@ class MultiAdapter:
     def memory(self) -> Memory:
         """Bytes held per adapter and in total (the :class:`Memory` fields)."""
         per_adapter = {name: group.slot_bytes for name, group in self.owner.items()}
-        allocated = sum(b.numel() * b.element_size() for g in self.groups.values() for b in g.bank.values())
+        allocated = sum(g.bank.numel() * g.bank.element_size() for g in self.groups.values() if g.bank is not None)
         shared = sum(t.numel() * t.element_size() for g in self.groups.values() for t in g.constants())
         one_by_one = sum(t.numel() * t.element_size() for g in self.groups.values() for shell, _ in g.instances.values()
                          for t in adapter_state(shell, buffers=True).values())

@@ -1,8 +1,10 @@
 """The compact forward's protocol: an adapter's term of the output from named tensors, one adapter or one per row.
 
 A layer that subclasses :class:`CompactForm` splits its forward into ``compact_tensors()`` (the tensors its term
-reads, by role: its own parameters and the model-level shared ones it uses) and ``compact_output(x, base_out,
-tensors)`` (the math, fp32, scaled, on an already dropped-out input).  ``delta_output`` is the two together.
+reads, by role: its own parameters and the model-level shared ones it uses), ``pack(tensors)`` (optional: the
+same numbers rearranged into the layout its math reads best; the identity by default) and ``compact_output(x,
+base_out, packed)`` (the math, fp32, scaled, on an already dropped-out input).  ``delta_output`` is the three
+together; a server packs once per batch of rows, not per forward.
 
 Every tensor ``compact_output`` gets is either as the layer holds it (one adapter for the whole input) or
 **stacked per row**: one more leading dim of size ``x.shape[0]``, row b's adapter's tensor at index b (x is then
@@ -43,6 +45,9 @@ class CompactForm:
     def compact_tensors(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def pack(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return tensors
+
     def compact_output(self, x: torch.Tensor, base_out: torch.Tensor,
                        tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -50,4 +55,4 @@ class CompactForm:
     def delta_output(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self.expanded_output(x)
-        return self.compact_output(self.dropout(x.to(torch.float32)), base_out, self.compact_tensors())
+        return self.compact_output(self.dropout(x.to(torch.float32)), base_out, self.pack(self.compact_tensors()))

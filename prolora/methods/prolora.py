@@ -224,12 +224,12 @@ def trainable_per_module(config: PRoLoRAConfig, h: int, o: int) -> int:
     return config.u * (h + o) + ra * ca + rb * cb
 
 
-def _mix(n_in: int, n_out: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor | None:
+def _mix(n_in: int, n_out: int, src: torch.Tensor, dst: torch.Tensor, identity: bool = True) -> torch.Tensor | None:
     """The (n_in × n_out) 0/1 matrix M with M[src, dst] = 1 (``v @ M`` adds v[src] into dst); None for the
-    identity."""
+    identity (unless ``identity=False``)."""
     m = torch.zeros(n_in, n_out)
     m[src.flatten(), dst.flatten()] = 1.0
-    return None if n_in == n_out and torch.equal(m, torch.eye(n_in)) else m
+    return None if identity and n_in == n_out and torch.equal(m, torch.eye(n_in)) else m
 
 
 class _Expander(nn.Module):
@@ -267,15 +267,24 @@ class _Expander(nn.Module):
         shared along it): an index into the activations (``*_index``).  None where the step is the identity."""
         k, rows, cols = self.copies, self.rows, self.cols
         self.mode = self.roll_axis or self.share_dim  # the axis the copies' index runs along
+        # the paper's layout (copies along the hidden dim, rolled along the rank): the unshared rows ride along
+        self.fused = self.share_dim == "hidden" and self.mode == "rank"
+        self.unshared = config.u
         length = rows if self.mode == "rank" else cols
         idx = torch.arange(length).expand(k, length) if idx is None else idx.cpu()
         inv = idx.argsort(dim=1)  # inv[i, idx[i, j]] = j
         i = torch.arange(k).unsqueeze(1).expand(k, length)
         j = torch.arange(length).unsqueeze(0).expand(k, length)
         left_mix = right_mix = left = right = None
-        if self.mode == "rank" and self.share_dim == "hidden":  # z (k·s) -> y (s); y (s) -> (k, s) for B_0
-            left_mix = _mix(k * rows, rows, i * rows + idx, j)
-            right_mix = _mix(rows, k * rows, inv, i * rows + j)
+        if self.fused:  # per copy i: [shared (s) | unshared slices (k·u)] products, see pack_left/pack_right
+            u, n = config.u, rows + k * config.u
+            t = torch.arange(u).unsqueeze(0).expand(k, u)
+            ii = torch.arange(k).unsqueeze(1).expand(k, u)
+            left_mix = _mix(k * n, rows + u, torch.cat([(i * n + idx).flatten(), (ii * n + rows + ii * u + t).flatten()]),
+                            torch.cat([j.flatten(), (rows + t).flatten()]))
+            right_mix = _mix(rows + u, k * n, torch.cat([inv.flatten(), (rows + t).flatten()]),
+                             torch.cat([(i * n + j).flatten(), (ii * n + rows + ii * u + t).flatten()]), identity=False)
+            right_mix = right_mix * (config.alpha / config.r)  # the scaling, folded in
         elif self.mode == "rank":  # z (R_c) -> y (s); y (s) -> the summed chunk (R_c)
             keep, src = i * rows + j < self.shared, i * rows + inv  # rows past r−u were cut from the copies
             left_mix = _mix(rows, self.shared, idx[keep], (i * rows + j)[keep])
@@ -298,14 +307,44 @@ class _Expander(nn.Module):
             return x @ mix
         return x if index is None else x.index_select(-1, index)
 
+    # -- the paper's layout: unshared rows folded into the chunk products (``fused``)
+    def pack_left(self, a0: torch.Tensor, a_u: torch.Tensor | None) -> torch.Tensor:
+        """W_A (…, c, s + k·u): A_0ᵀ beside the k c-wide slices of A_u (zero-padded to k·c), per slice i the
+        columns s + i·u … s + i·u + u − 1.  The same numbers as (A_u, A_0), rearranged; a leading row dim is kept."""
+        parts = [a0.transpose(-1, -2)]
+        if a_u is not None:
+            lead, k, c = a_u.shape[:-2], self.copies, self.cols
+            slices = self._pad(a_u, k * c).reshape(*lead, self.unshared, k, c)
+            parts.append(slices.permute(*range(len(lead)), -1, -2, -3).reshape(*lead, c, k * self.unshared))
+        return torch.cat(parts, -1)
+
+    def pack_right(self, b0: torch.Tensor, b_u: torch.Tensor | None) -> torch.Tensor:
+        """W_B (…, s + k·u, c): B_0ᵀ above the k c-tall slices of B_u (zero-padded to k·c), transposed."""
+        parts = [b0.transpose(-1, -2)]
+        if b_u is not None:
+            lead, k, c = b_u.shape[:-2], self.copies, self.cols
+            slices = self._pad(b_u.transpose(-1, -2), k * c).reshape(*lead, self.unshared, k, c)
+            parts.append(slices.transpose(-2, -3).reshape(*lead, k * self.unshared, c))
+        return torch.cat(parts, -2)
+
+    def left_fused(self, x: torch.Tensor, w_a: torch.Tensor) -> torch.Tensor:
+        """[x A_sharedᵀ, x A_uᵀ] (…, s + u) from W_A: one product of x's k slices, one 0/1 mix."""
+        k, lead = self.copies, x.shape[:-1]
+        z = torch.matmul(self._pad(x, k * self.cols).reshape(x.shape[0], -1, self.cols), w_a)
+        return z.reshape(*lead, -1) @ self.left_mix
+
+    def right_fused(self, y: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
+        """scaling · (B_shared y_shared + B_u y_u) (…, width) from W_B: one 0/1 mix (scaled), one product."""
+        lead = y.shape[:-1]
+        v = (y @ self.right_mix).reshape(y.shape[0], -1, w_b.shape[-2])
+        return torch.matmul(v, w_b).reshape(*lead, -1)[..., : self.width]
+
     def left(self, x: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
         """x (…, width) times the expanded shared rows transposed, from the chunk ``a0`` (rank-major, as A_0;
         one per row allowed): (…, r−u)."""
         k, rows, cols, lead = self.copies, self.rows, self.cols, x.shape[:-1]
-        if self.share_dim == "hidden":
+        if self.share_dim == "hidden":  # copies rolled along the hidden dim or not rolled (CLoRA)
             xs = self._pad(x, k * cols)
-            if self.mode == "rank":
-                return self._read(linear(xs.reshape(*lead, k, cols), a0).reshape(*lead, k * rows), self.left_mix)
             return linear(self._read(xs, index=self.left_index).reshape(*lead, k, cols).sum(-2), a0)
         if self.mode == "rank":
             return self._read(linear(x, a0), self.left_mix)
@@ -316,10 +355,7 @@ class _Expander(nn.Module):
         """The expanded shared columns times y (…, r−u), from the chunk ``b0`` (o-major, as B_0; one per row
         allowed): (…, width)."""
         k, rows, cols, lead = self.copies, self.rows, self.cols, y.shape[:-1]
-        if self.share_dim == "hidden":
-            if self.mode == "rank":
-                ys = self._read(y, self.right_mix).reshape(*lead, k, rows)
-                return linear(ys, b0).reshape(*lead, k * cols)[..., : self.width]
+        if self.share_dim == "hidden":  # copies rolled along the hidden dim or not rolled (CLoRA)
             w = linear(y, b0)
             if self.right_index is None:  # unrotated copies: w tiled k times, cut to width
                 return w.unsqueeze(-2).expand(*lead, k, cols).reshape(*lead, k * cols)[..., : self.width]
@@ -364,6 +400,7 @@ class PRoLoRALayer(CompactForm, AdapterLayer):
         if self.shared_rank:
             self.expand_A = _Expander(config, h, config.m, self._device)
             self.expand_B = _Expander(config, o, config.n, self._device)
+        self.fused = bool(self.shared_rank) and self.expand_A.fused  # compact_output reads pack()'s W_A, W_B
         if self._device.type != "meta":
             # Same call as LoRA's A (so u = r draws exactly LoRA's numbers), then A_0 with the one bound.
             if u:
@@ -390,8 +427,17 @@ class PRoLoRALayer(CompactForm, AdapterLayer):
         return {k: t for k, t in (("A_u", self.A_u), ("B_u", self.B_u), ("A_0", self.A_0), ("B_0", self.B_0))
                 if t is not None}
 
+    def pack(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The paper's layout reads (A_u, A_0) and (B_u, B_0) as one rearranged pair W_A, W_B each."""
+        if not self.fused:
+            return t
+        return {"W_A": self.expand_A.pack_left(t["A_0"], t.get("A_u")),
+                "W_B": self.expand_B.pack_right(t["B_0"], t.get("B_u"))}
+
     def compact_output(self, x: torch.Tensor, base_out: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
         """scaling · (x A_uᵀ B_uᵀ + B_shared(A_shared x)) without building A_shared or B_shared."""
+        if self.fused:
+            return self.expand_B.right_fused(self.expand_A.left_fused(x, t["W_A"]), t["W_B"])
         out = linear(linear(x, t["A_u"]), t["B_u"]) if self.u else None
         if self.shared_rank:
             shared = self.expand_B.right(self.expand_A.left(x, t["A_0"]), t["B_0"])
