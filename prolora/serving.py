@@ -317,6 +317,10 @@ class MultiAdapter:
         group.put(name, state)
         self.owner[name] = group
 
+    def state_shapes(self, config: AdapterConfig) -> dict[str, tuple[int, ...]]:
+        """The keys and shapes of the tensors :meth:`add` takes for ``config`` on this model."""
+        return dict(self._group(config).shapes)
+
     def remove(self, name: str) -> None:
         """Unload adapter ``name`` (its slot is reused by the next adapter of its group)."""
         if name not in self.owner:

@@ -224,6 +224,20 @@ def trainable_per_module(config: PRoLoRAConfig, h: int, o: int) -> int:
     return config.u * (h + o) + ra * ca + rb * cb
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}  # equal index buffers and mixing matrices, held once per process
+
+
+def _once(value: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """``value`` on ``device``, the same tensor object for every layer that builds an equal one (the buffers of
+    a model's PRoLoRA layers repeat per shape: its layers share them instead of holding copies)."""
+    if value is None or device.type == "meta":
+        return None if value is None else value.to(device)
+    key = (str(device), value.dtype, tuple(value.shape), tuple(value.flatten().tolist()))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = value.to(device)
+    return _CONSTANTS[key]
+
+
 def _mix(n_in: int, n_out: int, src: torch.Tensor, dst: torch.Tensor, identity: bool = True) -> torch.Tensor | None:
     """The (n_in × n_out) 0/1 matrix M with M[src, dst] = 1 (``v @ M`` adds v[src] into dst); None for the
     identity (unless ``identity=False``)."""
@@ -257,7 +271,7 @@ class _Expander(nn.Module):
             i = torch.arange(self.copies).unsqueeze(1)
             j = torch.arange(length).unsqueeze(0)
             idx = (j + sign * i * stride) % length  # (copies, L)
-        self.register_buffer("index", None if idx is None else idx.to(device), persistent=False)
+        self.register_buffer("index", _once(idx, device), persistent=False)
         self._compact_indices(config, device, idx)
 
     def _compact_indices(self, config: PRoLoRAConfig, device: torch.device, idx: torch.Tensor | None) -> None:
@@ -296,7 +310,7 @@ class _Expander(nn.Module):
             left, right = inv.flatten(), (i * cols + idx).flatten()
         for name, value in (("left_mix", left_mix), ("right_mix", right_mix), ("left_index", left),
                             ("right_index", right)):
-            self.register_buffer(name, None if value is None else value.to(device), persistent=False)
+            self.register_buffer(name, _once(value, device), persistent=False)
 
     def _pad(self, x: torch.Tensor, size: int) -> torch.Tensor:
         return x if x.shape[-1] == size else F.pad(x, (0, size - x.shape[-1]))
