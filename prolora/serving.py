@@ -64,8 +64,14 @@ class ServedLinear(nn.Module):
                 continue
             index = rows.index
             xs, bs = (x, out) if index is None else (x.index_select(0, index), out.index_select(0, index))
-            delta = rows.group.delta(self.path, xs, bs, rows).to(out.dtype)
-            out = out + delta if index is None else out.index_add(0, index, delta)
+            delta = rows.group.delta(self.path, xs, bs, rows)
+            delta = delta if delta.dtype == out.dtype else delta.to(out.dtype)
+            if index is not None:
+                out = out.index_add(0, index, delta)
+            elif torch.is_grad_enabled():
+                out = out + delta
+            else:  # inference: the base output is this layer's own fresh tensor
+                out.add_(delta)
         return out
 
     def extra_repr(self) -> str:
@@ -166,7 +172,7 @@ class _Group:
 
     def delta(self, path: str, x: torch.Tensor, base_out: torch.Tensor, rows: _Rows) -> torch.Tensor:
         """The term of layer ``path`` for the rows ``x`` of this group."""
-        x = x.to(torch.float32)
+        x = x if x.dtype == torch.float32 else x.to(torch.float32)
         if not self.compact:
             return self._delta_one_by_one(path, x, base_out, rows.slots)
         return self.layers[path].compact_output(x, base_out, rows.tensors[path])

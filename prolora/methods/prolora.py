@@ -341,17 +341,9 @@ class _Expander(nn.Module):
             parts.append(slices.transpose(-2, -3).reshape(*lead, k * self.unshared, c))
         return torch.cat(parts, -2)
 
-    def left_fused(self, x: torch.Tensor, w_a: torch.Tensor) -> torch.Tensor:
-        """[x A_sharedᵀ, x A_uᵀ] (…, s + u) from W_A: one product of x's k slices, one 0/1 mix."""
-        k, lead = self.copies, x.shape[:-1]
-        z = torch.matmul(self._pad(x, k * self.cols).reshape(x.shape[0], -1, self.cols), w_a)
-        return z.reshape(*lead, -1) @ self.left_mix
-
-    def right_fused(self, y: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
-        """scaling · (B_shared y_shared + B_u y_u) (…, width) from W_B: one 0/1 mix (scaled), one product."""
-        lead = y.shape[:-1]
-        v = (y @ self.right_mix).reshape(y.shape[0], -1, w_b.shape[-2])
-        return torch.matmul(v, w_b).reshape(*lead, -1)[..., : self.width]
+    def slices(self, x: torch.Tensor) -> torch.Tensor:
+        """x (rows, …, width) as its k c-wide slices (rows, …·k, c), the last one zero-padded."""
+        return self._pad(x, self.copies * self.cols).reshape(x.shape[0], -1, self.cols)
 
     def left(self, x: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
         """x (…, width) times the expanded shared rows transposed, from the chunk ``a0`` (rank-major, as A_0;
@@ -415,6 +407,10 @@ class PRoLoRALayer(CompactForm, AdapterLayer):
             self.expand_A = _Expander(config, h, config.m, self._device)
             self.expand_B = _Expander(config, o, config.n, self._device)
         self.fused = bool(self.shared_rank) and self.expand_A.fused  # compact_output reads pack()'s W_A, W_B
+        # fused: the A side's gather-and-sum (k_A·(s + k_A·u) -> s + u) times the B side's spread (s + u ->
+        # k_B·(s + k_B·u), scaled), one constant product instead of two
+        mix = self.expand_A.left_mix @ self.expand_B.right_mix if self.fused else None
+        self.register_buffer("mix", _once(mix, self._device), persistent=False)
         if self._device.type != "meta":
             # Same call as LoRA's A (so u = r draws exactly LoRA's numbers), then A_0 with the one bound.
             if u:
@@ -450,8 +446,11 @@ class PRoLoRALayer(CompactForm, AdapterLayer):
 
     def compact_output(self, x: torch.Tensor, base_out: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
         """scaling · (x A_uᵀ B_uᵀ + B_shared(A_shared x)) without building A_shared or B_shared."""
-        if self.fused:
-            return self.expand_B.right_fused(self.expand_A.left_fused(x, t["W_A"]), t["W_B"])
+        if self.fused:  # the slices' products with W_A, one 0/1 mix (scaled), the products with W_B
+            z = torch.matmul(self.expand_A.slices(x), t["W_A"])
+            v = z.reshape(*x.shape[:-1], -1) @ self.mix
+            out = torch.matmul(v.reshape(x.shape[0], -1, t["W_B"].shape[-2]), t["W_B"])
+            return out.reshape(*x.shape[:-1], -1)[..., : self.out_features]
         out = linear(linear(x, t["A_u"]), t["B_u"]) if self.u else None
         if self.shared_rank:
             shared = self.expand_B.right(self.expand_A.left(x, t["A_0"]), t["B_0"])
