@@ -28,10 +28,11 @@ Inference only: the served forward runs the compact form (``compact_output``) wi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -59,12 +60,9 @@ class ServedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
-        for rows in self.server.plan_for(x.shape[0]):
-            if self.path not in rows.group.layers:
-                continue
-            index = rows.index
+        for term, index in self.server.terms(self.path, x.shape[0]):
             xs, bs = (x, out) if index is None else (x.index_select(0, index), out.index_select(0, index))
-            delta = rows.group.delta(self.path, xs, bs, rows)
+            delta = term(xs if xs.dtype == torch.float32 else xs.to(torch.float32), bs)
             delta = delta if delta.dtype == out.dtype else delta.to(out.dtype)
             if index is not None:
                 out = out.index_add(0, index, delta)
@@ -170,12 +168,13 @@ class _Group:
                                               for role, src in roles.items()})
                 for path, roles in self.roles.items()}
 
-    def delta(self, path: str, x: torch.Tensor, base_out: torch.Tensor, rows: _Rows) -> torch.Tensor:
-        """The term of layer ``path`` for the rows ``x`` of this group."""
-        x = x if x.dtype == torch.float32 else x.to(torch.float32)
+    def terms(self, slots: torch.Tensor) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """Per layer, ``term(x, base_out)``: the term of this group's rows (fp32 ``x``) whose adapters sit in
+        ``slots``, their tensors gathered and packed once here, not per forward."""
         if not self.compact:
-            return self._delta_one_by_one(path, x, base_out, rows.slots)
-        return self.layers[path].compact_output(x, base_out, rows.tensors[path])
+            return {path: functools.partial(self._delta_one_by_one, path, slots=slots) for path in self.layers}
+        return {path: _Term(self.layers[path].compact_output, tensors)
+                for path, tensors in self.rows_tensors(slots).items()}
 
     def constants(self) -> list[torch.Tensor]:
         """The tensors every adapter of the group shares: the layers' own buffers (index buffers, mixing
@@ -192,6 +191,7 @@ class _Group:
         return [t for key, t in found.items() if key not in saved]
 
     def _delta_one_by_one(self, path, x, base_out, slots):
+        """The term of adapters without a compact form: each adapter's own layer on its rows."""
         names = {slot: name for name, slot in self.slots.items()}
         out = None
         for slot in slots.unique().tolist():
@@ -203,14 +203,16 @@ class _Group:
         return out
 
 
-@dataclass
-class _Rows:
-    """A group's rows in the current batch: their indices (None: every row), their slots, their tensors."""
+class _Term:
+    """``compact_output`` with the rows' tensors bound: ``term(x, base_out)``."""
 
-    group: _Group
-    index: torch.Tensor | None
-    slots: torch.Tensor
-    tensors: dict[str, dict[str, torch.Tensor]]
+    __slots__ = ("output", "tensors")
+
+    def __init__(self, output, tensors: dict[str, torch.Tensor]):
+        self.output, self.tensors = output, tensors
+
+    def __call__(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        return self.output(x, base_out, self.tensors)
 
 
 @dataclass
@@ -242,7 +244,8 @@ class MultiAdapter:
         self.model = model
         self.groups: dict[str, _Group] = {}
         self.owner: dict[str, _Group] = {}  # adapter name -> its group
-        self.plan: tuple[int, list[_Rows]] | None = None
+        # the rows of the next forwards: their count and, per layer, [(term(x, base_out), row index or None)]
+        self.plan: tuple[int, dict[str, list[tuple[Callable, torch.Tensor | None]]]] | None = None
         self.plan_names: list[str | None] | None = None
         object.__setattr__(model, SERVING_ATTR, self)
 
@@ -344,12 +347,13 @@ class MultiAdapter:
         if self.plan is not None and self.plan_names == names:
             return  # the same rows: their gathered tensors still hold
         device = self._device()
-        plan = []
+        plan: dict[str, list[tuple[Callable, torch.Tensor | None]]] = {}
         for group in {id(self.owner[n]): self.owner[n] for n in names if n is not None}.values():
             rows = [i for i, n in enumerate(names) if n is not None and self.owner[n] is group]
             slots = torch.tensor([group.slots[names[i]] for i in rows], device=device)
             index = None if len(rows) == len(names) else torch.tensor(rows, device=device)
-            plan.append(_Rows(group, index, slots, group.rows_tensors(slots)))
+            for path, term in group.terms(slots).items():
+                plan.setdefault(path, []).append((term, index))
         self.plan, self.plan_names = (len(names), plan), names
 
     @contextmanager
@@ -362,14 +366,15 @@ class MultiAdapter:
         finally:
             self.plan, self.plan_names = before
 
-    def plan_for(self, batch: int) -> list[_Rows]:
+    def terms(self, path: str, batch: int) -> list[tuple[Callable, torch.Tensor | None]]:
+        """The adapter terms layer ``path`` adds to a forward of ``batch`` rows (checked against :meth:`use`)."""
         if self.plan is None:
             raise RuntimeError("MultiAdapter: no rows set: call use(names) (one adapter name or None per row) "
                                "before running the model")
         if self.plan[0] != batch:
             raise ValueError(f"MultiAdapter: use() named {self.plan[0]} rows but the forward has {batch}: call "
                              "use(names) with one name per row of this batch")
-        return self.plan[1]
+        return self.plan[1].get(path, ())
 
     def _device(self) -> torch.device:
         for group in self.groups.values():

@@ -447,10 +447,12 @@ class PRoLoRALayer(CompactForm, AdapterLayer):
     def compact_output(self, x: torch.Tensor, base_out: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
         """scaling · (x A_uᵀ B_uᵀ + B_shared(A_shared x)) without building A_shared or B_shared."""
         if self.fused:  # the slices' products with W_A, one 0/1 mix (scaled), the products with W_B
-            z = torch.matmul(self.expand_A.slices(x), t["W_A"])
-            v = z.reshape(*x.shape[:-1], -1) @ self.mix
-            out = torch.matmul(v.reshape(x.shape[0], -1, t["W_B"].shape[-2]), t["W_B"])
-            return out.reshape(*x.shape[:-1], -1)[..., : self.out_features]
+            w_a, w_b, rows = t["W_A"], t["W_B"], x.shape[0]
+            xs = self.expand_A.slices(x)  # (rows, T·k_A, c_A)
+            z = torch.bmm(xs, w_a) if w_a.dim() == 3 else xs @ w_a  # (rows, T·k_A, n_A)
+            v = torch.mm(z.view(-1, self.mix.shape[0]), self.mix).view(rows, -1, w_b.shape[-2])  # (rows, T·k_B, n_B)
+            out = torch.bmm(v, w_b) if w_b.dim() == 3 else v @ w_b  # (rows, T·k_B, c_B)
+            return out.view(*x.shape[:-1], -1)[..., : self.out_features]
         out = linear(linear(x, t["A_u"]), t["B_u"]) if self.u else None
         if self.shared_rank:
             shared = self.expand_B.right(self.expand_A.left(x, t["A_0"]), t["B_0"])
