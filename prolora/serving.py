@@ -17,7 +17,9 @@ What it guarantees:
   buffers, VeRA's frozen pair regenerated from its seed) is held once per group (:meth:`MultiAdapter.memory`);
 * **one pass per group**: a layer runs each group in the batch once, with its adapters' tensors gathered per row
   (the :mod:`prolora.methods._rows` protocol of the compact forms); rows of different methods and ranks are
-  different groups of the same batch.  A method without a compact form (no ``CompactForm``) is served too, one
+  different groups of the same batch.  The gathering (and packing) happens in :meth:`MultiAdapter.use`, once
+  per set of rows, and recent sets are kept (``plan_cache_bytes``; a decoding batch and its rows' prefills
+  alternate), never per forward.  A method without a compact form (no ``CompactForm``) is served too, one
   adapter at a time through its own ``delta_output``, each adapter in its own attached copy of the layers;
 * **checked loading**: every checkpoint goes through ``prolora.load_adapter`` (format, finite weights, keys and
   shapes against this base model); tensors given in memory (:meth:`MultiAdapter.add`) get the same key, shape and
@@ -32,6 +34,7 @@ import functools
 import json
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,10 +60,15 @@ class ServedLinear(nn.Module):
         self.in_features = int(base_layer.in_features)
         self.out_features = int(base_layer.out_features)
         object.__setattr__(self, "server", server)  # not a submodule
+        # set by MultiAdapter.use(): the batch's row count and this layer's [(term(x, base_out), row index)]
+        object.__setattr__(self, "rows", None)
+        object.__setattr__(self, "active", ())
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
-        for term, index in self.server.terms(self.path, x.shape[0]):
+        if self.rows != x.shape[0]:
+            self.server.terms(self.path, x.shape[0])  # raises, naming the fix
+        for term, index in self.active:
             xs, bs = (x, out) if index is None else (x.index_select(0, index), out.index_select(0, index))
             delta = term(xs if xs.dtype == torch.float32 else xs.to(torch.float32), bs)
             delta = delta if delta.dtype == out.dtype else delta.to(out.dtype)
@@ -235,7 +243,7 @@ class Memory:
 class MultiAdapter:
     """N adapters on one base model (the module docstring has the guarantees)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, plan_cache_bytes: int = 256 * 2**20):
         if get_config(model) is not None or adapter_layers(model):
             raise ConfigError("MultiAdapter: this model has an adapter attached (prolora.attach/load_adapter); serve a "
                               "fresh base model (or prolora.merge it first)")
@@ -247,6 +255,11 @@ class MultiAdapter:
         # the rows of the next forwards: their count and, per layer, [(term(x, base_out), row index or None)]
         self.plan: tuple[int, dict[str, list[tuple[Callable, torch.Tensor | None]]]] | None = None
         self.plan_names: list[str | None] | None = None
+        # recent plans by their rows' names (a decoding batch and its rows' prefills alternate), bounded in bytes
+        self.plans: OrderedDict[tuple, tuple[int, dict]] = OrderedDict()
+        self.plan_sizes: dict[tuple, int] = {}
+        self.plan_cache_bytes = plan_cache_bytes
+        self.served_layers: list[ServedLinear] = []
         object.__setattr__(model, SERVING_ATTR, self)
 
     @staticmethod
@@ -273,6 +286,7 @@ class MultiAdapter:
             if not isinstance(module, ServedLinear):
                 module = ServedLinear(module, path, self)
                 _set_module(self.model, path, module)
+                self.served_layers.append(module)
             leaves[path] = module.base_layer
         return leaves
 
@@ -298,6 +312,7 @@ class MultiAdapter:
         finally:
             group._scratch(False)
         self.owner[name] = group
+        self._forget_plans()
 
     def _load_instance(self, name: str, group: _Group, directory) -> None:
         from prolora.export import load_adapter
@@ -306,6 +321,7 @@ class MultiAdapter:
         group.put(name, {})
         group.instances[name] = (shell, adapter_layers(shell))
         self.owner[name] = group
+        self._forget_plans()
 
     def add(self, name: str, config: AdapterConfig, state: dict[str, torch.Tensor]) -> None:
         """Add adapter ``name`` from tensors in memory, keyed as ``prolora.adapter_state(model, buffers=True)`` of
@@ -325,6 +341,7 @@ class MultiAdapter:
                                   f"{group.shapes[key]}) or non-finite values")
         group.put(name, state)
         self.owner[name] = group
+        self._forget_plans()
 
     def state_shapes(self, config: AdapterConfig) -> dict[str, tuple[int, ...]]:
         """The keys and shapes of the tensors :meth:`add` takes for ``config`` on this model."""
@@ -336,6 +353,8 @@ class MultiAdapter:
             raise KeyError(f"no adapter {name!r} is loaded (loaded: {self.names})")
         self.owner.pop(name).drop(name)
         self.plan = self.plan_names = None
+        self._forget_plans()
+        self._bind()
 
     # ------------------------------------------------------------------ rows
     def use(self, names: Sequence[str | None]) -> None:
@@ -346,6 +365,18 @@ class MultiAdapter:
         names = list(names)
         if self.plan is not None and self.plan_names == names:
             return  # the same rows: their gathered tensors still hold
+        key = tuple(names)
+        if key in self.plans:
+            self.plans.move_to_end(key)
+            self.plan = self.plans[key]
+        else:
+            self.plan = self._build_plan(names)
+            self._keep_plan(key, self.plan)
+        self.plan_names = names
+        self._bind()
+
+    def _build_plan(self, names: list[str | None]) -> tuple[int, dict]:
+        """Per layer, the (term, row index) pairs of the groups the rows name, their tensors gathered and packed."""
         device = self._device()
         plan: dict[str, list[tuple[Callable, torch.Tensor | None]]] = {}
         for group in {id(self.owner[n]): self.owner[n] for n in names if n is not None}.values():
@@ -354,7 +385,29 @@ class MultiAdapter:
             index = None if len(rows) == len(names) else torch.tensor(rows, device=device)
             for path, term in group.terms(slots).items():
                 plan.setdefault(path, []).append((term, index))
-        self.plan, self.plan_names = (len(names), plan), names
+        return len(names), plan
+
+    def _keep_plan(self, key: tuple, plan: tuple[int, dict]) -> None:
+        size = sum(t.numel() * t.element_size() for terms in plan[1].values() for term, _ in terms
+                   for t in getattr(term, "tensors", {}).values() if isinstance(t, torch.Tensor))
+        if size > self.plan_cache_bytes:
+            return
+        self.plans[key], self.plan_sizes[key] = plan, size
+        while sum(self.plan_sizes.values()) > self.plan_cache_bytes:
+            self.plan_sizes.pop(self.plans.popitem(last=False)[0])
+
+    def _forget_plans(self) -> None:
+        """Adapters changed: every kept plan is stale, the next use() builds its own."""
+        self.plans.clear()
+        self.plan_sizes = {}
+        self.plan_names = None
+
+    def _bind(self) -> None:
+        """Hand each served linear its part of the plan (read at every forward without a lookup)."""
+        rows, plan = self.plan if self.plan is not None else (None, {})
+        for module in self.served_layers:
+            object.__setattr__(module, "rows", rows)
+            object.__setattr__(module, "active", plan.get(module.path, ()))
 
     @contextmanager
     def rows(self, names: Sequence[str | None]):
@@ -365,6 +418,7 @@ class MultiAdapter:
             yield self
         finally:
             self.plan, self.plan_names = before
+            self._bind()
 
     def terms(self, path: str, batch: int) -> list[tuple[Callable, torch.Tensor | None]]:
         """The adapter terms layer ``path`` adds to a forward of ``batch`` rows (checked against :meth:`use`)."""

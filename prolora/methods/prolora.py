@@ -273,6 +273,7 @@ class _Expander(nn.Module):
             idx = (j + sign * i * stride) % length  # (copies, L)
         self.register_buffer("index", _once(idx, device), persistent=False)
         self._compact_indices(config, device, idx)
+        self._padded: dict[tuple, torch.Tensor] = {}  # slices(): zero-tailed input buffers by shape (no grad)
 
     def _compact_indices(self, config: PRoLoRAConfig, device: torch.device, idx: torch.Tensor | None) -> None:
         """What the compact forward reads the copies through (``left``: the A side, ``right``: the B side).
@@ -342,8 +343,21 @@ class _Expander(nn.Module):
         return torch.cat(parts, -2)
 
     def slices(self, x: torch.Tensor) -> torch.Tensor:
-        """x (rows, …, width) as its k c-wide slices (rows, …·k, c), the last one zero-padded."""
-        return self._pad(x, self.copies * self.cols).reshape(x.shape[0], -1, self.cols)
+        """x (rows, …, width) as its k c-wide slices (rows, …·k, c), the last one zero-padded.  Without grad the
+        padded copy goes into a buffer kept per input shape (its zero tail written once), one copy per call."""
+        size = self.copies * self.cols
+        if size == x.shape[-1]:
+            return x.reshape(x.shape[0], -1, self.cols)
+        if torch.is_grad_enabled():
+            return F.pad(x, (0, size - x.shape[-1])).reshape(x.shape[0], -1, self.cols)
+        key = (x.shape, x.dtype, x.device)
+        buffer = self._padded.get(key)
+        if buffer is None:
+            buffer = self._padded[key] = x.new_zeros((*x.shape[:-1], size))
+            if len(self._padded) > 8:  # a few shapes at a time (decoding batches shrink row by row)
+                self._padded.pop(next(iter(self._padded)))
+        buffer[..., : x.shape[-1]].copy_(x)
+        return buffer.view(x.shape[0], -1, self.cols)
 
     def left(self, x: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
         """x (…, width) times the expanded shared rows transposed, from the chunk ``a0`` (rank-major, as A_0;

@@ -110,6 +110,33 @@ def test_removing_an_adapter_frees_its_slot_for_the_next(tmp_path, tiny):
         served.remove("a")
 
 
+def test_kept_plans_are_reused_and_forgotten_when_adapters_change(tmp_path, tiny):
+    """Alternating row sets reuse their gathered tensors; an adapter replaced under the same name is never
+    served from a plan kept for its predecessor."""
+    dirs = _save(tmp_path, tiny, {k: CONFIGS[k] for k in ("prolora_a", "prolora_b", "lora")})
+    base = tiny()
+    served = MultiAdapter(base)
+    served.load("x", dirs["prolora_a"])
+    served.load("y", dirs["prolora_b"])
+    ids = torch.randint(3, 200, (2, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        served.use(["x", "y"])
+        first = base(ids).logits
+        kept = served.plan
+        served.use(["y"])
+        served.use(["x", "y"])
+        assert served.plan is kept and torch.equal(base(ids).logits, first)
+        served.remove("x")
+        served.load("x", dirs["lora"])  # another adapter under the old name
+        served.use(["x", "y"])
+        want = load_adapter(tiny(), dirs["lora"]).eval()(ids[:1]).logits
+        assert served.plan is not kept and _rel(base(ids).logits[:1], want) < 1e-5
+    tiny_cache = MultiAdapter(tiny(), plan_cache_bytes=1)  # nothing kept, everything still right
+    tiny_cache.load("x", dirs["prolora_a"])
+    tiny_cache.use(["x"])
+    assert not tiny_cache.plans
+
+
 # ----------------------------------------------------------------------------- a method without a compact form
 
 
