@@ -9,6 +9,10 @@ The adapters are random PRoLoRA r8 u1 m7 (n = 7, the LoRA-r2 budget): A_u and A_
 them, B_u and B_0 ~ N(0, 0.02²) so that each changes the model's outputs; each is saved compact
 (``prolora.save_adapter``) and exported as the exact rank-8 LoRA (``prolora.export_lora``) that PEFT and vLLM load.
 
+* ``layers``: one PRoLoRA layer at SmolLM2's shapes, its compact forward (``delta_output`` without grad) against
+  its expanded one (``expanded_output``): forward + backward at a training batch (``--train-tokens``), and the
+  forward alone at a prefill (1 x 512) and a decoding step (8 x 1); alternating, median of ``--layer-reps``.
+  What decides that a forward with grad (training) takes the expanded product.
 * ``memory``: bytes one adapter holds resident with N = 1, 8, 64, 512 adapters loaded: compact
   (``prolora.serving``: its saved tensors, ``MultiAdapter.memory()``, and the process's resident-set growth),
   expanded (its rank-8 factors A_full, B_full, held by the same server as LoRA adapters) and PEFT (the LoRA
@@ -40,7 +44,7 @@ import torch
 from scripts._benchkit import describe_device, versions, write_report
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("memory", "throughput", "together")
+PARTS = ("layers", "memory", "throughput", "together")
 GIB = 2**30
 
 
@@ -53,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--memory-n", default="1,8,64,512")
+    p.add_argument("--train-tokens", default="4x256", help="the layers part's training batch (rows x tokens)")
+    p.add_argument("--layer-reps", type=int, default=7)
     p.add_argument("--together-k", type=int, default=8)
     p.add_argument("--together-examples", type=int, default=8, help="GSM questions per checkpoint")
     p.add_argument("--together-shots", type=int, default=0, help="GSM exemplars in each prompt")
@@ -140,6 +146,51 @@ def expanded_state(peft_dir: str) -> tuple[object, dict[str, torch.Tensor]]:
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------------------------------------- layers
+def layers_part(path: str, checkpoints: list[dict], args) -> dict:
+    """Compact vs expanded forward of one PRoLoRA layer per SmolLM2 shape and layout (random weights)."""
+    import prolora
+    from prolora.counting import model_config
+    from prolora.methods.prolora import PRoLoRALayer
+
+    model = model_config(path)
+    h, o = model.hidden_size, model.intermediate_size
+    rows, tokens = (int(v) for v in args.train_tokens.split("x"))
+    shapes = {"train_fwd_bwd": (rows, tokens), "prefill": (1, 512), "decode": (8, 1)}
+    result = {}
+    for fields in (dict(r=8, u=1, m=7), dict(r=32, u=4, m=7)):
+        cfg = prolora.make_config("prolora", dropout=0.0, **fields)
+        for width_in, width_out in ((h, h), (h, o), (o, h)):
+            layer = PRoLoRALayer(torch.nn.Linear(width_in, width_out, bias=False), cfg, "q_proj")
+            with torch.no_grad():
+                for param in (q for q in layer.parameters() if q.requires_grad):
+                    param.normal_(0, 0.02)
+            key = f"{cfg.tag()}:{width_in}x{width_out}"
+            result[key] = {name: compare_forward(layer, shape, name == "train_fwd_bwd", args.layer_reps)
+                           for name, shape in shapes.items()}
+    return {"shapes": {k: list(v) for k, v in shapes.items()}, "layers": result}
+
+
+def compare_forward(layer, shape: tuple[int, int], backward: bool, reps: int) -> dict:
+    """Median seconds of the compact and the expanded forward (+ backward), alternating."""
+    x = torch.randn(*shape, layer.in_features)
+    times = {"compact": [], "expanded": []}
+
+    def compact():
+        return layer.compact_output(x, None, layer.pack(layer.compact_tensors()))
+
+    for _ in range(reps + 1):
+        for name, fn in (("compact", compact), ("expanded", lambda: layer.expanded_output(x))):
+            t0 = time.perf_counter()
+            with torch.set_grad_enabled(backward):
+                out = fn()
+                if backward:
+                    out.sum().backward()
+            times[name].append(time.perf_counter() - t0)
+    compact_s, expanded_s = (statistics.median(t[1:]) for t in (times["compact"], times["expanded"]))
+    return {"compact_s": compact_s, "expanded_s": expanded_s, "compact_over_expanded_time": compact_s / expanded_s}
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -332,18 +383,41 @@ def together_part(path: str, checkpoints: list[dict], args) -> dict:
             recipe.run(cfg([f"checkpoint={chosen[i]['compact']}", f"output_dir={tmp}/alone{i}"]))
             alone_s.append(time.perf_counter() - t0)
 
-        for i in range(len(chosen) // 2):
+        together_s = []
+
+        def together():
+            t0 = time.perf_counter()
+            recipe.run_together(cfg([f"checkpoints=[{','.join(c['compact'] for c in chosen)}]",
+                                     f"output_dirs=[{','.join(f'{tmp}/together{i}' for i in range(len(chosen)))}]"]))
+            together_s.append(time.perf_counter() - t0)
+
+        for i in range(len(chosen) // 2):  # half the separate runs, a pass, the other half, a pass again
             alone(i)
-        t0 = time.perf_counter()
-        recipe.run_together(cfg([f"checkpoints=[{','.join(c['compact'] for c in chosen)}]",
-                                 f"output_dirs=[{','.join(f'{tmp}/together{i}' for i in range(len(chosen)))}]"]))
-        together_s = time.perf_counter() - t0
+        together()
         for i in range(len(chosen) // 2, len(chosen)):
             alone(i)
+        together()
         same, total = compare_predictions(Path(tmp), len(chosen))
-    return {"k": len(chosen), "settings": common, "together_s": together_s, "separate_s": sum(alone_s),
-            "separate_each_s": alone_s, "speedup": sum(alone_s) / together_s,
-            "predictions_identical": same, "predictions": total}
+        floor = prefill_floor(path, Path(tmp), len(chosen))
+    return {"k": len(chosen), "settings": common, "together_s": statistics.mean(together_s),
+            "together_each_s": together_s, "separate_s": sum(alone_s), "separate_each_s": alone_s,
+            "speedup": sum(alone_s) / statistics.mean(together_s), "predictions_identical": same,
+            "predictions": total, "prefill_floor_s": floor}
+
+
+def prefill_floor(path: str, tmp: Path, k: int) -> float:
+    """Seconds to prefill every scored prompt once, one at a time, through the base model: work both ways do
+    alike (each row is prefilled alone), which batching across adapters cannot shorten on this CPU."""
+    from eval.backends.hf import HFBackend
+
+    backend = HFBackend.load(path, precision="full", compute_dtype="float32", device="cpu")
+    prompts = [json.loads(line)["prompt"] for i in range(k)
+               for line in (tmp / f"alone{i}" / "predictions" / "gsm.jsonl").read_text().splitlines()]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for prompt in prompts:
+            backend.model(input_ids=torch.tensor([backend.encode(prompt)]), logits_to_keep=1)
+    return time.perf_counter() - t0
 
 
 def compare_predictions(tmp: Path, k: int) -> tuple[int, int]:
@@ -360,6 +434,10 @@ def compare_predictions(tmp: Path, k: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------- main
 def summary_lines(report: dict) -> list[str]:
     lines = []
+    if "layers" in report:
+        for key, row in report["layers"]["layers"].items():
+            lines.append(f"{key:>32}: compact/expanded time " + ", ".join(
+                f"{name} {r['compact_over_expanded_time']:.2f}x" for name, r in row.items()))
     if "memory" in report:
         m = report["memory"]
         b = m["bytes_per_adapter"]
@@ -377,8 +455,10 @@ def summary_lines(report: dict) -> list[str]:
             lines.append(f"{k:>30}: prefill {r['prefill_tokens_per_s']:.2f}x, decode {r['decode_tokens_per_s']:.2f}x")
     if "together" in report:
         g = report["together"]
-        lines.append(f"K={g['k']} checkpoints: one pass {g['together_s']:.1f} s, separately {g['separate_s']:.1f} s "
-                     f"({g['speedup']:.2f}x); predictions identical {g['predictions_identical']}/{g['predictions']}")
+        lines.append(f"K={g['k']} checkpoints: one pass {g['together_s']:.1f} s (mean of {len(g['together_each_s'])}), "
+                     f"separately {g['separate_s']:.1f} s ({g['speedup']:.2f}x); predictions identical "
+                     f"{g['predictions_identical']}/{g['predictions']}; prefilling every prompt alone takes "
+                     f"{g['prefill_floor_s']:.1f} s of either")
     return lines
 
 
@@ -394,8 +474,10 @@ def main(argv=None) -> int:
               "threads": args.threads, "versions": versions("torch", "transformers", "peft"),
               "git_commit": git_commit(), "args": vars(args), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with tempfile.TemporaryDirectory(prefix="bench-serve-ckpt-") as tmp:
-        checkpoints = make_checkpoints(path, max(args.adapters, args.together_k), Path(tmp))
-        for part, run in (("memory", memory_part), ("throughput", throughput_part), ("together", together_part)):
+        needed = any(part in parts for part in ("memory", "throughput", "together"))
+        checkpoints = make_checkpoints(path, max(args.adapters, args.together_k), Path(tmp)) if needed else []
+        for part, run in (("layers", layers_part), ("memory", memory_part), ("throughput", throughput_part),
+                          ("together", together_part)):
             if part in parts:
                 t0 = time.perf_counter()
                 report[part] = run(path, checkpoints, args)

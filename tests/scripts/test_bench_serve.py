@@ -17,8 +17,12 @@ def test_bench_serve_on_the_tiny_model(tmp_path):
                       str(REPO / "tests" / "fixtures" / "eval"), "--adapters", "3", "--prompt-tokens", "5",
                       "--decode-steps", "3", "--rounds", "1", "--memory-n", "1,4", "--together-k", "2",
                       "--together-examples", "2", "--together-max-new-tokens", "4", "--together-batch", "4",
-                      "--out", str(out)])
+                      "--train-tokens", "2x8", "--layer-reps", "1", "--out", str(out)])
     report = json.loads(out.read_text())
+    layers = report["layers"]["layers"]
+    assert set(layers) == {f"prolora_r{r}_u{u}_m7_n7:{a}x{b}" for r, u in ((8, 1), (32, 4))
+                           for a, b in ((64, 64), (64, 192), (192, 64))}
+    assert all(t["compact_s"] > 0 and t["expanded_s"] > 0 for row in layers.values() for t in row.values())
     memory = report["memory"]
     per = memory["bytes_per_adapter"]
     assert per["compact"] == per["trainable_x_4"] < per["expanded"] and per["peft_resident"] == per["expanded"]
