@@ -38,9 +38,9 @@ class CompactForm:
     alone (no expanded factor built): ``delta_output`` = ``compact_output(dropout(x), base_out,
     compact_tensors())``.  Subclasses implement both (the module docstring has the contract).
 
-    A forward that builds a graph (training) takes ``expanded_output`` instead: the same term, and measured 2-15x
-    faster forward + backward on 1,024-token batches, where the compact form's gathers of activations and their
-    scatter backward cost more than expanding the factors (the README's Speed section has the numbers)."""
+    A forward that builds a graph (training) takes ``expanded_output`` instead: the same term, measured faster
+    forward + backward on a 4 x 256 batch (the compact form's activation gathers cost 1.4-3.0x more on SmolLM2's
+    shapes: ``make bench-serve``, its ``layers`` part; README, Serving many adapters)."""
 
     def compact_tensors(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
