@@ -316,8 +316,7 @@ class Runner:
                 together_command(self.cfg, todo)
             failure = None
             if todo:
-                log_dir = todo[0].eval_dir if len(todo) == 1 else self.dir / "eval_together" / time.strftime("%Y%m%d-%H%M%S")
-                rc, secs, err = self._step("eval", cmd, log_dir)
+                rc, secs, err = self._step("eval", cmd, todo[0].eval_dir)  # the pass's logs: beside the first's
                 timings = {"eval_s": round(secs, 3), "eval_together": len(todo)}
                 failure = {"stage": "eval", "returncode": rc, "stderr_tail": read_tail(err, int(self.cfg.stderr_tail_chars)),
                            "stderr_log": str(err)}
