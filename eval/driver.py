@@ -10,6 +10,12 @@ With a :class:`ResultWriter` (``evaluate(..., writer=...)``) every task's result
 scored and a task that fails is recorded with its error while the others go on, so a late failure loses no
 finished task; ``eval.json``'s ``status`` is ``complete`` only when every planned task was scored.
 
+:func:`evaluate_together` scores several adapters served by one backend (``HFBackend.load(adapter_dirs=...)``)
+in one pass: each task's prompts are built once, every (prompt, adapter) row goes through one backend call, and
+each adapter gets its own :class:`TaskResult` and writer, the ones it gets scored alone (greedy rows and
+log-probabilities do not depend on what they are batched with).  Sampled tasks (HumanEval's n samples) run one
+adapter at a time with the same seed, because a sample depends on the random stream its batch draws.
+
 Every task's entry records its sample size: ``n_examples`` scored of the ``n_available`` its files hold
 (``subset`` when fewer), and ``complete`` (the files hold the published ``full_size``; a warning otherwise).
 """
@@ -71,6 +77,14 @@ def _jsonable(x: Any) -> Any:
 def evaluate_task(task: Task, backend: Backend, data_dir: str | Path | None = None,
                   max_new_tokens: int | None = None, seed: int = 42) -> TaskResult:
     """Score one task on one backend. ``max_new_tokens`` caps the protocol's value (smoke tests)."""
+    return evaluate_task_together(task, backend, None, data_dir, max_new_tokens, seed)[None]
+
+
+def evaluate_task_together(task: Task, backend: Backend, adapters: Sequence[str] | None,
+                           data_dir: str | Path | None = None, max_new_tokens: int | None = None,
+                           seed: int = 42) -> dict[str | None, TaskResult]:
+    """Score one task for each of ``adapters`` (served by ``backend``; None: the backend's own model) in one
+    pass; ``{adapter: its result}``."""
     t0 = time.perf_counter()
     task.available = None
     examples = task.load(data_dir)
@@ -83,21 +97,51 @@ def evaluate_task(task: Task, backend: Backend, data_dir: str | Path | None = No
     prompts = [task.prompt(ex, backend.tokenizer) for ex in examples]
     t2 = time.perf_counter()
     settings: dict = {"chat": task.chat, "kind": task.kind, **task.info()}
+    names = list(adapters) if adapters else [None]
     if task.kind == "choice":
         cands = task.candidates(backend.tokenizer)
-        logprobs = backend.next_token_logprobs(prompts, cands, desc=task.name)
-        raw: list[list[Any]] = [[max(range(len(lp)), key=lp.__getitem__)] for lp in logprobs]
         settings["candidate_token_ids"] = cands
+        outputs = _per_adapter(names, len(prompts), lambda rows, kw: backend.next_token_logprobs(
+            prompts * rows, cands, desc=task.name, **kw))
     else:
         spec = task.generation()
         if max_new_tokens is not None:
             spec.max_new_tokens = min(spec.max_new_tokens, max_new_tokens)
         settings.update(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_p=spec.top_p,
                         n=spec.n, stop=spec.stop, seed=seed)
-        raw = backend.generate(prompts, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
-                               top_p=spec.top_p, n=spec.n, stop=spec.stop, seed=seed, desc=task.name)
-        logprobs = None
+
+        def generate(rows, kw):
+            return backend.generate(prompts * rows, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
+                                    top_p=spec.top_p, n=spec.n, stop=spec.stop, seed=seed, desc=task.name, **kw)
+
+        outputs = _per_adapter(names, len(prompts), generate, one_at_a_time=spec.temperature > 0)
     t3 = time.perf_counter()
+    timings = {"load": t1 - t0, "prompts": t2 - t1, "inference": t3 - t2}
+    return {name: _task_result(task, examples, prompts, out, settings, timings, n_available)
+            for name, out in outputs.items()}
+
+
+def _per_adapter(names: list[str | None], n_prompts: int, call: Callable[[int, dict], list],
+                 one_at_a_time: bool = False) -> dict[str | None, list]:
+    """``call(k, kwargs)`` runs the prompts k times over: once for the backend's own model (``names ==
+    [None]``), or every adapter's copy of them in one call (``adapters=`` names each row), or one call per
+    adapter (``one_at_a_time``)."""
+    if names == [None]:
+        return {None: call(1, {})}
+    if one_at_a_time:
+        return {name: call(1, {"adapters": [name] * n_prompts}) for name in names}
+    out = call(len(names), {"adapters": [name for name in names for _ in range(n_prompts)]})
+    return {name: out[i * n_prompts:(i + 1) * n_prompts] for i, name in enumerate(names)}
+
+
+def _task_result(task: Task, examples: list, prompts: list[str], out: list, settings: dict, timings: dict,
+                 n_available: int | None) -> TaskResult:
+    """Parse and score one adapter's outputs (log-probabilities for a choice task, else completions)."""
+    t3 = time.perf_counter()
+    if task.kind == "choice":
+        logprobs, raw = out, [[max(range(len(lp)), key=lp.__getitem__)] for lp in out]
+    else:
+        logprobs, raw = None, out
     predictions = [[task.parse(o, ex) for o in outs] for ex, outs in zip(examples, raw)]
     metrics = task.score(examples, predictions)
     per_example = metrics.pop("per_example", None) or [{} for _ in examples]
@@ -113,7 +157,7 @@ def evaluate_task(task: Task, backend: Backend, data_dir: str | Path | None = No
             rec["predictions"] = preds
         rec.update(per_example[i])
         records.append(_jsonable(rec))
-    timings = {"load": t1 - t0, "prompts": t2 - t1, "inference": t3 - t2, "score": t4 - t3, "total": t4 - t0}
+    timings = {**timings, "score": t4 - t3, "total": sum(timings.values()) + t4 - t3}
     return TaskResult(task.name, _jsonable(metrics), len(examples), sum(len(o) for o in raw), timings,
                       _jsonable(settings), records, n_available=n_available, full_size=task.full_size)
 
@@ -143,6 +187,34 @@ def evaluate(tasks: Sequence[Task], backend: Backend | Callable[[Task], Backend]
             subset = f" of {result.n_available} (a subset)" if result.subset else ""
             log(f"{task.name}: score {result.metrics.get('score'):.2f} on {result.n_examples} examples{subset} "
                 f"({result.timings['total']:.1f}s)")
+    return results
+
+
+def evaluate_together(tasks: Sequence[Task], backend: Backend | Callable[[Task], Backend], adapters: Sequence[str],
+                      writers: dict[str, ResultWriter], data_dir: str | Path | None = None,
+                      max_new_tokens: int | None = None, seed: int = 42,
+                      log: Callable[[str], None] | None = print) -> dict[str, dict[str, TaskResult]]:
+    """:func:`evaluate` for several adapters served by one backend: every task in one pass over all of them,
+    each adapter's result written to its own writer as soon as the task is scored; a task that fails is
+    recorded as failed for every adapter while the others go on."""
+    results: dict[str, dict[str, TaskResult]] = {name: {} for name in adapters}
+    for task in tasks:
+        try:
+            chosen = backend(task) if callable(backend) and not isinstance(backend, Backend) else backend
+            scored = evaluate_task_together(task, chosen, adapters, data_dir, max_new_tokens=max_new_tokens, seed=seed)
+        except Exception as e:  # noqa: BLE001  (recorded, the next task still runs)
+            for name in adapters:
+                writers[name].fail(task.name, e)
+            if log:
+                log(f"{task.name}: FAILED for all {len(adapters)} adapters ({type(e).__name__}: {e})")
+            continue
+        for name, result in scored.items():
+            results[name][task.name] = result
+            writers[name].add(result)
+        if log:
+            scores = ", ".join(f"{r.metrics.get('score'):.2f}" for r in scored.values())
+            log(f"{task.name}: scores {scores} for {len(adapters)} adapters on {next(iter(scored.values())).n_examples} "
+                f"examples each ({next(iter(scored.values())).timings['total']:.1f}s together)")
     return results
 
 

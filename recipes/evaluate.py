@@ -16,7 +16,12 @@ number; ``protocol`` records the preset.
 ``checkpoint`` is what the trainer writes (``<run>/final/``: compact adapter, ``peft/`` export,
 ``run.json``) or a run dir holding ``final/`` or a merged model dir; the base model comes from
 ``model=`` if given, else from ``run.json``'s ``config.model``. Writes ``eval.json`` and
-``predictions/<task>.jsonl`` into ``output_dir`` (default: the Hydra run dir). Task options sit under
+``predictions/<task>.jsonl`` into ``output_dir`` (default: the Hydra run dir).
+
+``checkpoints=[a,b,...]`` (adapters of one base model, hf backend, unmerged) scores them all in one pass
+(:func:`run_together`): one base load, every adapter served compact, rows of all of them batched together; each
+gets the eval.json and predictions it gets alone (greedy; sampled tasks run one adapter at a time with the same
+seed), where it alone writes them (``output_dirs=[...]`` or ``<run>/eval/<time>/``), plus ``scored_together``. Task options sit under
 the task's name: ``gsm.max_examples=50 bbh.max_per_task=10 humaneval.n_samples=5 mmlu.precision=null``;
 each task's node IS its dataclass (``eval/tasks/<task>.py``), so every option and its default is the task's
 own.  ``chat`` and ``seed`` are the run's (set once at the top level).
@@ -59,6 +64,8 @@ class RunOptions:
     checkpoint: str | None = None
     # score a checkpoint whose files differ from what training wrote (recorded in eval.json, marked in tables)
     allow_modified: bool = False
+    checkpoints: list[str] | None = None  # several adapter checkpoints of one base, scored in one pass (hf, unmerged)
+    output_dirs: list[str] | None = None  # with checkpoints: one output directory each (default <run>/eval/<time>/)
     tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
     backend: str = "hf"  # hf | vllm
     data_dir: str = "data/eval"  # holds mmlu/, bbh/, gsm/, tydiqa/ in open-instruct's layout
@@ -131,8 +138,9 @@ def build_tasks(cfg: DictConfig, chat: bool):
 class BackendPool:
     """Backends by precision, built on first use (MMLU may want 8-bit while the rest uses NF4)."""
 
-    def __init__(self, cfg: DictConfig, spec, settings: dict, precision: str):
+    def __init__(self, cfg: DictConfig, spec, settings: dict, precision: str, adapter_dirs: dict | None = None):
         self.cfg, self.spec, self.settings, self.precision = cfg, spec, settings, precision
+        self.adapter_dirs = adapter_dirs  # several adapters served on one base (run_together)
         self.dtype = cfg.dtype or settings.get("compute_dtype", "auto")
         self.backends: dict[str, Any] = {}
         self.cpu_4bit: dict[str, Any] = {}  # precision -> prolora.bnb_cpu report (which 4-bit CPU path ran)
@@ -161,7 +169,8 @@ class BackendPool:
         if cfg.backend == "hf":
             from eval.backends.hf import HFBackend
 
-            return HFBackend.load(spec.model_path, adapter_dir=spec.adapter_dir, tokenizer_path=spec.tokenizer_path,
+            return HFBackend.load(spec.model_path, adapter_dir=None if self.adapter_dirs else spec.adapter_dir,
+                                  adapter_dirs=self.adapter_dirs, tokenizer_path=spec.tokenizer_path,
                                   precision=precision, compute_dtype=self.dtype,
                                   device=cfg.device, double_quant=s.get("double_quant", True), merge=cfg.merge,
                                   cpu_packed_4bit=bool(s.get("cpu_packed_4bit", False)),
@@ -222,6 +231,8 @@ def run(cfg: DictConfig) -> dict:
     from eval.checkpoint import resolve_checkpoint
     from eval.driver import ResultWriter, evaluate
 
+    if cfg.checkpoints:
+        raise ValueError("checkpoints=[...] is scored by run_together(cfg)")
     started = time.time()
     if cfg.output_dir:
         output_dir = Path(cfg.output_dir)
@@ -236,6 +247,8 @@ def run(cfg: DictConfig) -> dict:
     model_path = cfg.model.path if cfg.model is not None else None
     spec = resolve_checkpoint(cfg.checkpoint, model_path, peft_subdir=cfg.vllm.peft_subdir,
                               allow_modified=cfg.allow_modified)
+    if cfg.backend == "vllm" and spec.kind == "adapter" and not cfg.merge:
+        refuse_unmerged_dora(spec.peft_dir)
     settings = model_settings(cfg, spec.run_model)
     chat = cfg.chat if cfg.chat is not None else spec.kind != "base"
     precision = cfg.precision or ("nf4" if settings.get("quantize", True) else "full")
@@ -248,14 +261,8 @@ def run(cfg: DictConfig) -> dict:
           + (f" + adapter {spec.adapter_dir}" if spec.adapter_dir else "")
           + f" on {[t.name for t in tasks]} ({cfg.backend}, {precision}, chat={chat}, protocol={cfg.protocol})")
     pool = BackendPool(cfg, spec, settings, precision)
-    writer = ResultWriter(output_dir, [t.name for t in tasks], {
-        "protocol": cfg.protocol, "model": {**spec.to_dict(), "settings": settings}, "backend": cfg.backend,
-        "checkpoint_integrity": spec.integrity,
-        "chat": chat, "precision": {t.name: pool.precision_for(t) for t in tasks}, "dtype": pool.dtype,
-        "config": OmegaConf.to_container(cfg, resolve=True), "git_commit": git_commit(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "host": {"python": platform.python_version(), "machine": platform.machine(),
-                 "torch": _version("torch"), "transformers": _version("transformers")}})
+    writer = ResultWriter(output_dir, [t.name for t in tasks], eval_record(cfg, spec, settings, chat, pool, tasks,
+                                                                         started))
     try:
         evaluate(tasks, pool, data_dir=cfg.data_dir, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, writer=writer)
     finally:
@@ -269,6 +276,120 @@ def run(cfg: DictConfig) -> dict:
     for name, error in writer.failed.items():
         print(f"FAILED {name}: {error}", file=sys.stderr)
     return summary
+
+
+def eval_record(cfg: DictConfig, spec, settings: dict, chat: bool, pool: BackendPool, tasks: list,
+                started: float) -> dict:
+    """What eval.json says about the run besides the scores: protocol, model, backend, settings, config, commit."""
+    return {
+        "protocol": cfg.protocol, "model": {**spec.to_dict(), "settings": settings}, "backend": cfg.backend,
+        "checkpoint_integrity": spec.integrity, "chat": chat,
+        "precision": {t.name: pool.precision_for(t) for t in tasks}, "dtype": pool.dtype,
+        "config": OmegaConf.to_container(cfg, resolve=True), "git_commit": git_commit(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "host": {"python": platform.python_version(), "machine": platform.machine(),
+                 "torch": _version("torch"), "transformers": _version("transformers")}}
+
+
+# ---------------------------------------------------------------------------------------------- K checkpoints
+def run_together(cfg: DictConfig) -> dict[str, dict]:
+    """Score every checkpoint of ``cfg.checkpoints`` in one pass (the module docstring says what each gets);
+    returns ``{checkpoint: its eval.json content}``.  Every checkpoint is resolved (``resolve_checkpoint``) and
+    checked, and every task's files, before the base model is loaded."""
+    from eval.driver import ResultWriter, evaluate_together
+
+    started = time.time()
+    specs, settings = together_specs(cfg)
+    dirs = together_output_dirs(cfg, specs)
+    chat = cfg.chat if cfg.chat is not None else True
+    precision = cfg.precision or ("nf4" if settings.get("quantize", True) else "full")
+    if precision not in ("nf4", "8bit", "full"):
+        raise ValueError(f"precision={precision!r}: use nf4, 8bit or full")
+    tasks = build_tasks(cfg, chat)
+    for task in tasks:
+        task.load(cfg.data_dir)
+    names = [spec.adapter_dir for spec in specs]
+    print(f"evaluating {len(specs)} adapters of {specs[0].model_path} in one pass on {[t.name for t in tasks]} "
+          f"(hf, {precision}, chat={chat}, protocol={cfg.protocol})")
+    pool = BackendPool(cfg, specs[0], settings, precision, adapter_dirs={name: name for name in names})
+    together = {"checkpoints": list(cfg.checkpoints), "output_dirs": [str(d) for d in dirs]}
+    alone = {name: _alone_cfg(cfg, checkpoint, out) for name, checkpoint, out in zip(names, cfg.checkpoints, dirs)}
+    writers = {name: ResultWriter(out, [t.name for t in tasks], {
+        **eval_record(alone[name], spec, settings, chat, pool, tasks, started), "scored_together": together})
+        for name, spec, out in zip(names, specs, dirs)}
+    try:
+        evaluate_together(tasks, pool, names, writers, data_dir=cfg.data_dir, max_new_tokens=cfg.max_new_tokens,
+                          seed=cfg.seed)
+    finally:
+        pool.close()
+        paths = {name: w.write(cpu_4bit_path=pool.cpu_4bit, wall_time_s=time.time() - started)
+                 for name, w in writers.items()}
+    summaries = {}
+    for name, checkpoint, spec, out in zip(names, cfg.checkpoints, specs, dirs):
+        summary = json.loads(paths[name].read_text())
+        if cfg.logger.name == "wandb":
+            summary = log_to_wandb(alone[name], summary, out, spec)
+        print(f"{checkpoint}: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["scores"].items() if v is not None)
+              + f" -> {out}")
+        for task, error in writers[name].failed.items():
+            print(f"FAILED {checkpoint} {task}: {error}", file=sys.stderr)
+        summaries[checkpoint] = summary
+    return summaries
+
+
+def together_specs(cfg: DictConfig) -> tuple[list, dict]:
+    """Each checkpoint resolved (``resolve_checkpoint``), and checked to be an adapter of the same base model
+    loaded the same way; ``(specs, the model settings)``."""
+    from eval.checkpoint import resolve_checkpoint
+
+    checkpoints = [str(c) for c in cfg.checkpoints]
+    for bad, why in ((cfg.checkpoint is not None, "give checkpoint= (one) or checkpoints=[...] (several), not both"),
+                     (cfg.backend != "hf", f"backend={cfg.backend} scores one checkpoint per run: use backend=hf"),
+                     (cfg.merge, "merge=true scores each checkpoint's merged model: use merge=false"),
+                     (len(set(checkpoints)) < len(checkpoints), f"checkpoints={checkpoints} names one twice")):
+        if bad:
+            raise ValueError(f"checkpoints=[...]: {why}")
+    model_path = cfg.model.path if cfg.model is not None else None
+    specs = [resolve_checkpoint(c, model_path, peft_subdir=cfg.vllm.peft_subdir, allow_modified=cfg.allow_modified)
+             for c in checkpoints]
+    settings = model_settings(cfg, specs[0].run_model)
+    for checkpoint, spec in zip(checkpoints, specs):
+        if spec.kind != "adapter":
+            raise ValueError(f"checkpoints=[...]: {checkpoint} is a {spec.kind} model, not an adapter checkpoint")
+        theirs = model_settings(cfg, spec.run_model)
+        differ = sorted(k for k in set(theirs) | set(settings) if theirs.get(k) != settings.get(k))
+        if spec.model_path != specs[0].model_path or differ:
+            raise ValueError(f"checkpoints=[...]: {checkpoint} was trained on {spec.model_path} "
+                             f"({', '.join(f'{k}={theirs.get(k)}' for k in differ) or 'same settings'}), "
+                             f"{checkpoints[0]} on {specs[0].model_path}: score adapters of one base model together")
+    return specs, settings
+
+
+def together_output_dirs(cfg: DictConfig, specs: list) -> list[Path]:
+    """Where each checkpoint's evaluation goes: ``output_dirs``, else where it alone would go by default
+    (``<run>/eval/<time>/``, one time for all)."""
+    if cfg.output_dirs is not None:
+        if len(cfg.output_dirs) != len(specs):
+            raise ValueError(f"output_dirs has {len(cfg.output_dirs)} entries for {len(specs)} checkpoints: give one "
+                             "per checkpoint")
+        return [Path(d) for d in cfg.output_dirs]
+    if cfg.output_dir:
+        raise ValueError("checkpoints=[...] writes one evaluation per checkpoint: use output_dirs=[...] (one each), "
+                         "not output_dir")
+    from hydra.core.hydra_config import HydraConfig
+
+    from recipes.config_store import eval_home
+
+    stamp = Path(HydraConfig.get().runtime.output_dir).name if HydraConfig.initialized() else \
+        time.strftime("%Y-%m-%d_%H-%M-%S")
+    return [Path(eval_home(c)) / stamp for c in cfg.checkpoints]
+
+
+def _alone_cfg(cfg: DictConfig, checkpoint: str, output_dir: Path) -> DictConfig:
+    """The config one checkpoint's own run would have had (what its eval.json and W&B run record)."""
+    one = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    one.checkpoint, one.output_dir, one.checkpoints, one.output_dirs = checkpoint, str(output_dir), None, None
+    return one
 
 
 def log_to_wandb(cfg: DictConfig, summary: dict, output_dir: Path, spec) -> dict:
@@ -291,6 +412,15 @@ def log_to_wandb(cfg: DictConfig, summary: dict, output_dir: Path, spec) -> dict
     return summary
 
 
+def refuse_unmerged_dora(peft_dir: str | None) -> None:
+    """vLLM's LoRA loader refuses a DoRA export (``use_dora``): such an adapter is served merged; say so before
+    any work."""
+    config = Path(peft_dir) / "adapter_config.json" if peft_dir else None
+    if config is not None and config.is_file() and json.loads(config.read_text()).get("use_dora"):
+        raise ValueError(f"backend=vllm merge=false: {peft_dir} is a DoRA adapter, which vLLM serves only merged; "
+                         "use merge=true (or backend=hf)")
+
+
 def require_vllm() -> None:
     """backend=vllm needs the vllm package (CUDA); say so before any work."""
     import importlib.util
@@ -311,8 +441,8 @@ def _version(module: str) -> str | None:
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    summary = run(cfg)
-    if summary.get("tasks_failed"):  # the others are scored and written; the run still says it failed
+    summaries = list(run_together(cfg).values()) if cfg.checkpoints else [run(cfg)]
+    if any(summary.get("tasks_failed") for summary in summaries):  # the others are scored; the run still failed
         sys.exit(1)
 
 

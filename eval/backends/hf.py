@@ -7,11 +7,14 @@
   seeded; a row stops at EOS or as soon as its decoded text holds a stop sequence, and is cut before it;
 * the opt-in speed paths give the default path's tokens: ``kv_cache="static"`` (tested token for token) and
   ``prefix_cache=True`` (a shared few-shot prefix prefilled once; the same math in another float order, so ties
-  at ~1e-6 may differ: ``scripts/bench_generate.py`` counts them).  Measurements: README, Speed.
+  at ~1e-6 may differ: ``scripts/bench_generate.py`` counts them).  Measurements: README, Speed;
+* adapters are served (:mod:`prolora.serving`): one checkpoint or several on one base model, every prompt naming
+  its adapter (``adapters=``), rows of different adapters batched together; a prompt's result is the one it gets
+  served alone (the same code runs one checkpoint and K), and a shared prefix is only shared within an adapter.
 
-The model is loaded by ``prolora.models.load_base_model`` (NF4, 8-bit or full precision), then optionally a
-compact adapter (``prolora.load_adapter``), optionally merged (``prolora.merge``); a merged model directory loads
-like a base model.
+The model is loaded by ``prolora.models.load_base_model`` (NF4, 8-bit or full precision), then optionally
+compact adapters (``prolora.serving.MultiAdapter``, each checkpoint through ``prolora.load_adapter``), or one
+adapter merged (``prolora.merge``); a merged model directory loads like a base model.
 """
 
 from __future__ import annotations
@@ -90,6 +93,11 @@ class HFBackend(Backend):
                  evict_finished: bool = True):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        from prolora.serving import MultiAdapter
+
+        self.served = MultiAdapter.of(model)  # adapters rows may name (None: a plain or merged model)
+        names = self.served.names if self.served is not None else []
+        self.default_adapter = names[0] if len(names) == 1 else None  # what a prompt naming none runs with
         self.batch_size = max(1, int(batch_size))
         if kv_cache not in KV_CACHES:
             raise ValueError(f"kv_cache={kv_cache!r}: use one of {KV_CACHES}")
@@ -122,12 +130,14 @@ class HFBackend(Backend):
     def load(cls, model_path: str, adapter_dir: str | None = None, tokenizer_path: str | None = None,
              precision: str = "nf4", compute_dtype: str = "auto", device: str = "auto", double_quant: bool = True,
              merge: bool = False, merge_from: str = "nf4", batch_size: int = 8, kv_cache: str = "dynamic",
-             cpu_packed_4bit: bool = False, prefix_cache: bool = False, evict_finished: bool = True) -> HFBackend:
+             cpu_packed_4bit: bool = False, prefix_cache: bool = False, evict_finished: bool = True,
+             adapter_dirs: dict[str, str] | None = None) -> HFBackend:
         """``merge=True`` does what the paper's authors did (open-instruct ``merge_lora.py --qlora``, then
         loading the merged model for evaluation): the adapter is loaded onto the base in the precision it
         was trained on (``merge_from``: nf4 for QLoRA), merged (4-bit weights dequantized first), and the
         merged dense model is served in ``precision`` (re-quantized through a temporary save when that is
-        nf4 or 8bit, e.g. MMLU's 8-bit)."""
+        nf4 or 8bit, e.g. MMLU's 8-bit).  Unmerged, ``adapter_dir`` (named by its path) or ``adapter_dirs``
+        (``{name: dir}``, several on one base load) are served compact; prompts name theirs (``adapters=``)."""
         from prolora.models import load_base_model, load_tokenizer
 
         for name, value in (("precision", precision), ("merge_from", merge_from)):
@@ -139,6 +149,8 @@ class HFBackend(Backend):
                                    double_quant=double_quant, compute_dtype=compute_dtype, device=device,
                                    cpu_packed_4bit=cpu_packed_4bit)
 
+        if adapter_dirs and (merge or adapter_dir):
+            raise ValueError("adapter_dirs serves several adapters unmerged: drop merge=true and adapter_dir")
         if adapter_dir and merge:
             import tempfile
 
@@ -153,10 +165,13 @@ class HFBackend(Backend):
                     model = base(tmp, precision)
         else:
             model = base(model_path, precision)
-            if adapter_dir:
-                import prolora
+            dirs = adapter_dirs or ({adapter_dir: adapter_dir} if adapter_dir else {})
+            if dirs:
+                from prolora.serving import MultiAdapter
 
-                model = prolora.load_adapter(model, adapter_dir)
+                served = MultiAdapter(model)
+                for name, directory in dirs.items():
+                    served.load(name, directory)
         return cls(model.eval(), load_tokenizer(tokenizer_path or model_path), batch_size=batch_size, kv_cache=kv_cache,
                    prefix_cache=prefix_cache, evict_finished=evict_finished)
 
@@ -185,15 +200,37 @@ class HFBackend(Backend):
         head = torch.tensor(prefix, dtype=torch.long, device=ids.device).expand(len(rows), -1)
         return torch.cat([head, ids], dim=1), torch.cat([torch.ones_like(head), mask], dim=1)
 
-    def _prefix_kv(self, prefix: list[int]):
+    def _prefix_kv(self, prefix: list[int], adapter: str | None):
+        self._use([adapter])
         ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
         return self._row_cache(self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True))
 
-    def _plan(self, rows: list[list[int]]) -> list[tuple[int, list[int]]]:
-        """``(prefix_len, batch)`` in the order they run: without prefix reuse, length-sorted batches."""
+    def _plan(self, rows: list[list[int]], adapters: list[str | None] | None = None) -> list[tuple[int, list[int]]]:
+        """``(prefix_len, batch)`` in the order they run: without prefix reuse, length-sorted batches (rows of
+        any adapters together); with it, prefix groups within each adapter (a prefix's keys depend on it)."""
         if not self.prefix_cache:
             return [(0, b) for b in self._batches(rows)]
-        return [(length, b) for length, members in prefix_groups(rows) for b in self._batches(rows, members)]
+        adapters = adapters if adapters is not None else [self.default_adapter] * len(rows)
+        plan = []
+        for adapter in dict.fromkeys(adapters):
+            members = [i for i, a in enumerate(adapters) if a == adapter]
+            for length, group in prefix_groups([rows[i] for i in members]):
+                plan += [(length, b) for b in self._batches(rows, [members[j] for j in group])]
+        return plan
+
+    def _use(self, adapters: Sequence[str | None]) -> None:
+        """The adapters of the rows of the next forwards (a plain or merged model: every row None)."""
+        if self.served is not None:
+            self.served.use(adapters)
+        elif any(a is not None for a in adapters):
+            raise ValueError(f"this backend serves no adapters; rows name {sorted(set(adapters) - {None})}")
+
+    def _row_adapters(self, adapters: Sequence[str | None] | None, count: int) -> list[str | None]:
+        if adapters is None:
+            return [self.default_adapter] * count
+        if len(adapters) != count:
+            raise ValueError(f"adapters= names {len(adapters)} adapters for {count} prompts: give one per prompt")
+        return list(adapters)
 
     def _completion_text(self, prompt_ids: list[int], new_ids: list[int], stop: Sequence[str] | None) -> str:
         for j, t in enumerate(new_ids):
@@ -213,16 +250,18 @@ class HFBackend(Backend):
         return cache if cache is not None else out.past_key_values
 
     def _greedy(self, rows: list[list[int]], max_new_tokens: int, stops: Sequence[str], prefix_len: int = 0,
-                prefix_kv=None) -> list[list[int]]:
+                prefix_kv=None, adapters: Sequence[str | None] | None = None) -> list[list[int]]:
         """Greedy new tokens per row (EOS excluded).  Each row's prompt is prefilled ALONE (no padding: the
         causal fast path, and what batch 1 computes; after ``prefix_kv``, the keys/values of a shared prefix of
         ``prefix_len`` tokens, only its own suffix), then the rows decode together, left-padded in the cache and
-        masked, and a finished row leaves the batch."""
+        masked, each with its adapter (``adapters``), and a finished row leaves the batch."""
         from transformers import DynamicCache
 
         kw, device = self._cache_kwarg, self.device
+        adapters = list(adapters) if adapters is not None else [self.default_adapter] * len(rows)
         firsts, caches = [], []
-        for r in rows:
+        for r, adapter in zip(rows, adapters):
+            self._use([adapter])
             kv = copy.deepcopy(prefix_kv) if prefix_len else None
             x = torch.tensor([r[prefix_len:]], dtype=torch.long, device=device)
             positions = torch.arange(prefix_len, len(r), device=device)[None]
@@ -273,6 +312,7 @@ class HFBackend(Backend):
                 active = [active[j] for j in keep]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             last = last + 1
+            self._use([adapters[row] for row in active])
             out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
                              use_cache=True, **{kw: cache})
             cache = self._row_cache(out)
@@ -289,11 +329,14 @@ class HFBackend(Backend):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens=512, temperature=0.0, top_p=1.0, n=1, stop=None, seed=42,
-                 desc="generate") -> list[list[str]]:
+                 desc="generate", adapters=None) -> list[list[str]]:
+        """``adapters``: the adapter of each prompt (None: the backend's one adapter, or the base model)."""
         from transformers import GenerationConfig, StoppingCriteriaList
 
         encoded = [self.encode(p) for p in prompts]
+        per_prompt = self._row_adapters(adapters, len(prompts))
         rows = [ids for ids in encoded for _ in range(n)]  # n samples per prompt, consecutive
+        row_adapters = [a for a in per_prompt for _ in range(n)]
         texts: list[str] = [""] * len(rows)
         sampling = temperature > 0
         config = GenerationConfig(
@@ -310,12 +353,13 @@ class HFBackend(Backend):
             prefix, prefix_kv = None, None
             own_loop = not sampling and self.evict_finished and self.kv_cache == "dynamic"
             stops = [s for s in stop or [] if s]  # an empty stop string stops nothing (vLLM ignores it too)
-            for prefix_len, batch in self._plan(rows):
-                if prefix_len and prefix != rows[batch[0]][:prefix_len]:
-                    prefix = rows[batch[0]][:prefix_len]
-                    prefix_kv = self._prefix_kv(prefix)
+            for prefix_len, batch in self._plan(rows, row_adapters):
+                if prefix_len and prefix != (rows[batch[0]][:prefix_len], row_adapters[batch[0]]):
+                    prefix = (rows[batch[0]][:prefix_len], row_adapters[batch[0]])
+                    prefix_kv = self._prefix_kv(*prefix)
                 if own_loop:
-                    new = self._greedy([rows[i] for i in batch], max_new_tokens, stops, prefix_len, prefix_kv)
+                    new = self._greedy([rows[i] for i in batch], max_new_tokens, stops, prefix_len, prefix_kv,
+                                       [row_adapters[i] for i in batch])
                     for row, gen in zip(batch, new):
                         texts[row] = self._completion_text(rows[row], gen, stop)
                     bar.update(len(batch))
@@ -329,6 +373,7 @@ class HFBackend(Backend):
                     ids, mask = self._pad_left([rows[i] for i in batch])
                 cache = {self._cache_kwarg: kv} if kv is not None else {}
                 criteria = StoppingCriteriaList([_StopOnSequences(self.tokenizer, ids.shape[1], stops)]) if stops else None
+                self._use([row_adapters[i] for i in batch])
                 out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                           stopping_criteria=criteria, **cache)
                 new = out[:, ids.shape[1]:].tolist()
@@ -339,12 +384,15 @@ class HFBackend(Backend):
         return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     @torch.no_grad()
-    def next_token_logprobs(self, prompts, candidate_token_ids, desc="score") -> list[list[float]]:
+    def next_token_logprobs(self, prompts, candidate_token_ids, desc="score", adapters=None) -> list[list[float]]:
+        """``adapters``: the adapter of each prompt (None: the backend's one adapter, or the base model)."""
         rows = [self.encode(p) for p in prompts]
+        row_adapters = self._row_adapters(adapters, len(rows))
         cands = torch.tensor(list(candidate_token_ids), dtype=torch.long)
         result: list[list[float]] = [[] for _ in rows]
         bar = _progress(len(rows), desc)
         for batch in self._batches(rows):
+            self._use([row_adapters[i] for i in batch])
             ids, mask = self._pad_left([rows[i] for i in batch])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1, :]

@@ -16,8 +16,12 @@ declarations, and ``attach`` checks that ``adapter_params`` is exactly what the 
 
 The hooks a method may override, each with a default from ``factors()``:
 
-* ``delta_output(x, base_out)``: the adapter's term of the layer's output (fp32, scaled).  The default builds
-  (A_full, B_full); a method's compact form computes the same from its own tensors (serving, mixed batches);
+* ``delta_output(x, base_out)``: the adapter's term of the layer's output (fp32, scaled).  The default is
+  ``expanded_output`` (builds A_full, B_full); a method's compact form computes the same from its own tensors
+  (``expanded_output`` stays, as the reference the tests and ``scripts/bench_serve.py`` compare against);
+* ``compact_tensors()`` + ``compact_output(x, base_out, tensors)`` (optional, :mod:`prolora.methods._rows`): the
+  compact form as a function of named tensors that may carry a leading row dim, so :mod:`prolora.serving` runs
+  rows of different adapters in one batch; a layer without them is served one adapter at a time;
 * ``merged_weight(dense)``: the weight with the adapter folded in (default ``dense + delta_weight()``);
 * ``extra_peft_tensors()`` and ``Method.peft_config_fields(config)``: what a PEFT export needs beyond the
   rank-r LoRA factors (e.g. DoRA's magnitude vector and ``use_dora``).
@@ -120,6 +124,11 @@ class AdapterLayer(nn.Module):
     def delta_output(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         """The adapter's term of the output, fp32: scaling · (dropout(x) A_fullᵀ) B_fullᵀ (``base_out``, the base
         layer's output, is for methods whose term depends on it)."""
+        return self.expanded_output(x)
+
+    def expanded_output(self, x: torch.Tensor) -> torch.Tensor:
+        """scaling · (dropout(x) A_fullᵀ) B_fullᵀ through the expanded factors: the reference every compact
+        ``delta_output`` equals."""
         a, b = self.factors()
         out = F.linear(F.linear(self.dropout(x.to(a.dtype)), a), b)
         return out * self.scaling if self.scaling != 1.0 else out

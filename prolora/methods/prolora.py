@@ -58,8 +58,26 @@ the sharing rate (m for A, n for B); the rule is always s = max(⌊L/k⌋, 1) wi
 
 Per module these cost u(h+o) + ⌈(r−u)/m⌉h + ⌈(r−u)/n⌉o, the same budget as sharing along hidden.
 
-Expansion is cheap: a tiny index buffer (copies × L) is built once; each forward does one index op per
-matrix, a reshape and a concatenation with the unshared rows, no Python loop over copies.
+Expansion is cheap: a tiny index buffer (copies × L) is built once; ``factors()`` does one index op per matrix,
+a reshape and a concatenation with the unshared rows, no Python loop over copies.
+
+The forward never expands (:class:`~prolora.methods._rows.CompactForm`): with k copies of a chunk of width c,
+x A_sharedᵀ is the sum over copies i of (x_i A_0ᵀ) rolled by i·s along the rank (x_i: x's i-th c-wide slice, the
+last one zero-padded), so one matmul of the (…, k, c) reshaped input against A_0, one gather and a sum give it; on
+B's side a gather of the rank vector into (…, k, r−u) and one matmul against B_0 give the k output slices.  Each
+layout reads its copies through one such gather of activations (index buffers built once per layer, never per
+adapter), at the FLOPs of the expanded product or fewer (without rotation the input slices are summed first):
+
+====================  ==============================================  =============================================
+layout (rolled axis)  A side: y = x A_sharedᵀ                          B side: B_shared y
+====================  ==============================================  =============================================
+hidden (rank)         gather over (x_i A_0ᵀ)_i, sum over i               gather y into (k, r−u), times B_0ᵀ, concat
+hidden (hidden)       gather x's slices, sum over i, times A_0ᵀ          y B_0ᵀ (width c), gather to width o
+rank (rank)           x A_0ᵀ (⌈(r−u)/m⌉), gather to r−u                  pad, gather, sum over copies, times B_0ᵀ
+rank (hidden)         gather k rolled copies of x, times A_0ᵀ, concat    per copy times B_0ᵀ, gather, sum over i
+====================  ==============================================  =============================================
+
+``expanded_output`` (the expanded factors) is kept as the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -69,9 +87,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prolora.config import AdapterConfig, ConfigError, invalid, is_int
+from prolora.methods._rows import CompactForm, linear
 from prolora.methods.base import AdapterLayer, Method, kaiming_bound
 from prolora.methods.registry import register
 
@@ -204,6 +224,28 @@ def trainable_per_module(config: PRoLoRAConfig, h: int, o: int) -> int:
     return config.u * (h + o) + ra * ca + rb * cb
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}  # equal index buffers and mixing matrices, held once per process
+
+
+def _once(value: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """``value`` on ``device``, the same tensor object for every layer that builds an equal one (the buffers of
+    a model's PRoLoRA layers repeat per shape: its layers share them instead of holding copies)."""
+    if value is None or device.type == "meta":
+        return None if value is None else value.to(device)
+    key = (str(device), value.dtype, tuple(value.shape), tuple(value.flatten().tolist()))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = value.to(device)
+    return _CONSTANTS[key]
+
+
+def _mix(n_in: int, n_out: int, src: torch.Tensor, dst: torch.Tensor, identity: bool = True) -> torch.Tensor | None:
+    """The (n_in × n_out) 0/1 matrix M with M[src, dst] = 1 (``v @ M`` adds v[src] into dst); None for the
+    identity (unless ``identity=False``)."""
+    m = torch.zeros(n_in, n_out)
+    m[src.flatten(), dst.flatten()] = 1.0
+    return None if identity and n_in == n_out and torch.equal(m, torch.eye(n_in)) else m
+
+
 class _Expander(nn.Module):
     """Expands one trained chunk X (rank-major: R_c × W_c) into the r−u shared rows (r−u × width)."""
 
@@ -229,7 +271,119 @@ class _Expander(nn.Module):
             i = torch.arange(self.copies).unsqueeze(1)
             j = torch.arange(length).unsqueeze(0)
             idx = (j + sign * i * stride) % length  # (copies, L)
-        self.register_buffer("index", None if idx is None else idx.to(device), persistent=False)
+        self.register_buffer("index", _once(idx, device), persistent=False)
+        self._compact_indices(config, device, idx)
+        self._padded: dict[tuple, torch.Tensor] = {}  # slices(): zero-tailed input buffers by shape (no grad)
+
+    def _compact_indices(self, config: PRoLoRAConfig, device: torch.device, idx: torch.Tensor | None) -> None:
+        """What the compact forward reads the copies through (``left``: the A side, ``right``: the B side).
+        Copies rolled along the rank (or unrolled, shared along the rank): a constant 0/1 matrix that gathers and
+        sums in one product (``*_mix``, (k·(r−u)) × (r−u) at most); rolled along the hidden dim (or unrolled,
+        shared along it): an index into the activations (``*_index``).  None where the step is the identity."""
+        k, rows, cols = self.copies, self.rows, self.cols
+        self.mode = self.roll_axis or self.share_dim  # the axis the copies' index runs along
+        # the paper's layout (copies along the hidden dim, rolled along the rank): the unshared rows ride along
+        self.fused = self.share_dim == "hidden" and self.mode == "rank"
+        self.unshared = config.u
+        length = rows if self.mode == "rank" else cols
+        idx = torch.arange(length).expand(k, length) if idx is None else idx.cpu()
+        inv = idx.argsort(dim=1)  # inv[i, idx[i, j]] = j
+        i = torch.arange(k).unsqueeze(1).expand(k, length)
+        j = torch.arange(length).unsqueeze(0).expand(k, length)
+        left_mix = right_mix = left = right = None
+        if self.fused:  # per copy i: [shared (s) | unshared slices (k·u)] products, see pack_left/pack_right
+            u, n = config.u, rows + k * config.u
+            t = torch.arange(u).unsqueeze(0).expand(k, u)
+            ii = torch.arange(k).unsqueeze(1).expand(k, u)
+            left_mix = _mix(k * n, rows + u, torch.cat([(i * n + idx).flatten(), (ii * n + rows + ii * u + t).flatten()]),
+                            torch.cat([j.flatten(), (rows + t).flatten()]))
+            right_mix = _mix(rows + u, k * n, torch.cat([inv.flatten(), (rows + t).flatten()]),
+                             torch.cat([(i * n + j).flatten(), (ii * n + rows + ii * u + t).flatten()]), identity=False)
+            right_mix = right_mix * (config.alpha / config.r)  # the scaling, folded in
+        elif self.mode == "rank":  # z (R_c) -> y (s); y (s) -> the summed chunk (R_c)
+            keep, src = i * rows + j < self.shared, i * rows + inv  # rows past r−u were cut from the copies
+            left_mix = _mix(rows, self.shared, idx[keep], (i * rows + j)[keep])
+            right_mix = _mix(self.shared, rows, src[src < self.shared], j[src < self.shared])
+        elif self.share_dim == "hidden":  # gather x's slices (k·c); tile/roll y B_0ᵀ (c) out to width
+            left = None if self.roll_axis is None else (i * cols + inv).flatten()
+            right = None if self.roll_axis is None else idx.flatten()[: self.width]  # None: tiled copies
+        else:  # k rolled copies of x (k·W); per-copy outputs (k·W) gathered back
+            left, right = inv.flatten(), (i * cols + idx).flatten()
+        for name, value in (("left_mix", left_mix), ("right_mix", right_mix), ("left_index", left),
+                            ("right_index", right)):
+            self.register_buffer(name, _once(value, device), persistent=False)
+
+    def _pad(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        return x if x.shape[-1] == size else F.pad(x, (0, size - x.shape[-1]))
+
+    @staticmethod
+    def _read(x: torch.Tensor, mix: torch.Tensor | None = None, index: torch.Tensor | None = None) -> torch.Tensor:
+        if mix is not None:
+            return x @ mix
+        return x if index is None else x.index_select(-1, index)
+
+    # -- the paper's layout: unshared rows folded into the chunk products (``fused``)
+    def pack_left(self, a0: torch.Tensor, a_u: torch.Tensor | None) -> torch.Tensor:
+        """W_A (…, c, s + k·u): A_0ᵀ beside the k c-wide slices of A_u (zero-padded to k·c), per slice i the
+        columns s + i·u … s + i·u + u − 1.  The same numbers as (A_u, A_0), rearranged; a leading row dim is kept."""
+        parts = [a0.transpose(-1, -2)]
+        if a_u is not None:
+            lead, k, c = a_u.shape[:-2], self.copies, self.cols
+            slices = self._pad(a_u, k * c).reshape(*lead, self.unshared, k, c)
+            parts.append(slices.permute(*range(len(lead)), -1, -2, -3).reshape(*lead, c, k * self.unshared))
+        return torch.cat(parts, -1)
+
+    def pack_right(self, b0: torch.Tensor, b_u: torch.Tensor | None) -> torch.Tensor:
+        """W_B (…, s + k·u, c): B_0ᵀ above the k c-tall slices of B_u (zero-padded to k·c), transposed."""
+        parts = [b0.transpose(-1, -2)]
+        if b_u is not None:
+            lead, k, c = b_u.shape[:-2], self.copies, self.cols
+            slices = self._pad(b_u.transpose(-1, -2), k * c).reshape(*lead, self.unshared, k, c)
+            parts.append(slices.transpose(-2, -3).reshape(*lead, k * self.unshared, c))
+        return torch.cat(parts, -2)
+
+    def slices(self, x: torch.Tensor) -> torch.Tensor:
+        """x (rows, …, width) as its k c-wide slices (rows, …·k, c), the last one zero-padded.  Without grad the
+        padded copy goes into a buffer kept per input shape (its zero tail written once), one copy per call."""
+        size = self.copies * self.cols
+        if size == x.shape[-1]:
+            return x.reshape(x.shape[0], -1, self.cols)
+        if torch.is_grad_enabled():
+            return F.pad(x, (0, size - x.shape[-1])).reshape(x.shape[0], -1, self.cols)
+        key = (x.shape, x.dtype, x.device)
+        buffer = self._padded.get(key)
+        if buffer is None:
+            buffer = self._padded[key] = x.new_zeros((*x.shape[:-1], size))
+            if len(self._padded) > 8:  # a few shapes at a time (decoding batches shrink row by row)
+                self._padded.pop(next(iter(self._padded)))
+        buffer[..., : x.shape[-1]].copy_(x)
+        return buffer.view(x.shape[0], -1, self.cols)
+
+    def left(self, x: torch.Tensor, a0: torch.Tensor) -> torch.Tensor:
+        """x (…, width) times the expanded shared rows transposed, from the chunk ``a0`` (rank-major, as A_0;
+        one per row allowed): (…, r−u)."""
+        k, rows, cols, lead = self.copies, self.rows, self.cols, x.shape[:-1]
+        if self.share_dim == "hidden":  # copies rolled along the hidden dim or not rolled (CLoRA)
+            xs = self._pad(x, k * cols)
+            return linear(self._read(xs, index=self.left_index).reshape(*lead, k, cols).sum(-2), a0)
+        if self.mode == "rank":
+            return self._read(linear(x, a0), self.left_mix)
+        xs = self._read(x, index=self.left_index).reshape(*lead, k, cols)
+        return linear(xs, a0).reshape(*lead, k * rows)[..., : self.shared]
+
+    def right(self, y: torch.Tensor, b0: torch.Tensor) -> torch.Tensor:
+        """The expanded shared columns times y (…, r−u), from the chunk ``b0`` (o-major, as B_0; one per row
+        allowed): (…, width)."""
+        k, rows, cols, lead = self.copies, self.rows, self.cols, y.shape[:-1]
+        if self.share_dim == "hidden":  # copies rolled along the hidden dim or not rolled (CLoRA)
+            w = linear(y, b0)
+            if self.right_index is None:  # unrotated copies: w tiled k times, cut to width
+                return w.unsqueeze(-2).expand(*lead, k, cols).reshape(*lead, k * cols)[..., : self.width]
+            return w.index_select(-1, self.right_index)
+        if self.mode == "rank":
+            return linear(self._read(y, self.right_mix), b0)
+        w = linear(self._pad(y, k * rows).reshape(*lead, k, rows), b0).reshape(*lead, k * cols)
+        return self._read(w, index=self.right_index).reshape(*lead, k, cols).sum(-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, rows, cols = self.copies, self.rows, self.cols
@@ -244,7 +398,7 @@ class _Expander(nn.Module):
         return y.reshape(k * rows, cols)[: self.shared]
 
 
-class PRoLoRALayer(AdapterLayer):
+class PRoLoRALayer(CompactForm, AdapterLayer):
     """Parameters: ``A_u`` (u × h), ``B_u`` (o × u), ``A_0`` (chunk of A), ``B_0`` (chunk of B, stored
     o-major like B: share hidden (⌈o/n⌉ × r−u), share rank (o × ⌈(r−u)/n⌉)); empty ones are None."""
 
@@ -266,6 +420,11 @@ class PRoLoRALayer(AdapterLayer):
         if self.shared_rank:
             self.expand_A = _Expander(config, h, config.m, self._device)
             self.expand_B = _Expander(config, o, config.n, self._device)
+        self.fused = bool(self.shared_rank) and self.expand_A.fused  # compact_output reads pack()'s W_A, W_B
+        # fused: the A side's gather-and-sum (k_A·(s + k_A·u) -> s + u) times the B side's spread (s + u ->
+        # k_B·(s + k_B·u), scaled), one constant product instead of two
+        mix = self.expand_A.left_mix @ self.expand_B.right_mix if self.fused else None
+        self.register_buffer("mix", _once(mix, self._device), persistent=False)
         if self._device.type != "meta":
             # Same call as LoRA's A (so u = r draws exactly LoRA's numbers), then A_0 with the one bound.
             if u:
@@ -287,6 +446,32 @@ class PRoLoRALayer(AdapterLayer):
         if not self.u:
             return a_shared, b_shared
         return torch.cat([self.A_u, a_shared], 0), torch.cat([self.B_u, b_shared], 1)
+
+    def compact_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: t for k, t in (("A_u", self.A_u), ("B_u", self.B_u), ("A_0", self.A_0), ("B_0", self.B_0))
+                if t is not None}
+
+    def pack(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The paper's layout reads (A_u, A_0) and (B_u, B_0) as one rearranged pair W_A, W_B each."""
+        if not self.fused:
+            return t
+        return {"W_A": self.expand_A.pack_left(t["A_0"], t.get("A_u")),
+                "W_B": self.expand_B.pack_right(t["B_0"], t.get("B_u"))}
+
+    def compact_output(self, x: torch.Tensor, base_out: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        """scaling · (x A_uᵀ B_uᵀ + B_shared(A_shared x)) without building A_shared or B_shared."""
+        if self.fused:  # the slices' products with W_A, one 0/1 mix (scaled), the products with W_B
+            w_a, w_b, rows = t["W_A"], t["W_B"], x.shape[0]
+            xs = self.expand_A.slices(x)  # (rows, T·k_A, c_A)
+            z = torch.bmm(xs, w_a) if w_a.dim() == 3 else xs @ w_a  # (rows, T·k_A, n_A)
+            v = torch.mm(z.view(-1, self.mix.shape[0]), self.mix).view(rows, -1, w_b.shape[-2])  # (rows, T·k_B, n_B)
+            out = torch.bmm(v, w_b) if w_b.dim() == 3 else v @ w_b  # (rows, T·k_B, c_B)
+            return out.view(*x.shape[:-1], -1)[..., : self.out_features]
+        out = linear(linear(x, t["A_u"]), t["B_u"]) if self.u else None
+        if self.shared_rank:
+            shared = self.expand_B.right(self.expand_A.left(x, t["A_0"]), t["B_0"])
+            out = shared if out is None else out + shared
+        return out * self.scaling if self.scaling != 1.0 else out
 
 
 @register

@@ -17,7 +17,8 @@ for B_t), u = 1, v = 0, so ΔW = 0 at the start while every factor is nonzero an
 (the frozen-B-at-zero LoRA trick would not work here: B is shared).  Scaling s = α/r.
 
 A, B_q, B_k, B_v and the per-layer u's live in ``model.prolora_shared["tied_lora"]`` (counted once);
-each q/k/v layer holds its own v.  As a rank-r LoRA: A_full = diag(u) A, B_full = diag(v_t) B_t.
+each q/k/v layer holds its own v.  As a rank-r LoRA: A_full = diag(u) A, B_full = diag(v_t) B_t; compact form:
+``s · v_t ⊙ ((u ⊙ (x Aᵀ)) B_tᵀ)``.
 Trainable parameters: r·d + r·Σ_t o_t + L·(r + Σ_t o_t) for L layers (4,595,712 on LLaMA2-7B at r = 256).
 """
 
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from prolora.config import AdapterConfig, ConfigError, invalid
+from prolora.methods._rows import CompactForm, linear, scale
 from prolora.methods.base import AdapterLayer, Method, SharedModule, weight_device
 from prolora.methods.registry import register
 
@@ -84,7 +86,7 @@ class TiedLoRAShared(SharedModule):
                 nn.init.ones_(self.layer_scale[key])
 
 
-class TiedLoRALayer(AdapterLayer):
+class TiedLoRALayer(CompactForm, AdapterLayer):
     adapter_params = ("out_scale",)
 
     def __init__(self, base_layer: nn.Module, config: TiedLoRAConfig, path: str, shared: TiedLoRAShared):
@@ -97,6 +99,14 @@ class TiedLoRALayer(AdapterLayer):
         u = self.shared.layer_scale[self.layer_key]
         b = self.shared.B[self.module_type]
         return u.unsqueeze(1) * self.shared.A, self.out_scale.unsqueeze(1) * b
+
+    def compact_tensors(self) -> dict[str, torch.Tensor]:
+        return {"A": self.shared.A, "B": self.shared.B[self.module_type],
+                "u": self.shared.layer_scale[self.layer_key], "v": self.out_scale}
+
+    def compact_output(self, x: torch.Tensor, base_out: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = scale(linear(scale(linear(x, t["A"]), t["u"]), t["B"]), t["v"])
+        return out * self.scaling if self.scaling != 1.0 else out
 
 
 @register

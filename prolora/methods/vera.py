@@ -11,7 +11,8 @@ crc32(type name)) with PEFT-VeRA's Kaiming-uniform (a = √5, fan-in of each mat
 non-persistent buffers of ``model.prolora_shared["vera"]`` and are never saved.  Trainable per module:
 λ_d (r, init ``d_init`` = 0.1) and λ_b (o, init 0, so ΔW = 0 at the start).  No α/r scaling.
 
-As a rank-r LoRA: A_full = diag(λ_d) A, B_full = diag(λ_b) B, scaling 1.
+As a rank-r LoRA: A_full = diag(λ_d) A, B_full = diag(λ_b) B, scaling 1.  Compact form (no scaled copy of the
+pair): ``λ_b ⊙ ((λ_d ⊙ (x Aᵀ)) Bᵀ)``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from prolora.config import AdapterConfig, ConfigError, invalid, is_int, is_number
+from prolora.methods._rows import CompactForm, linear, scale
 from prolora.methods.base import AdapterLayer, Method, SharedModule, kaiming_bound, weight_device
 from prolora.methods.registry import register
 
@@ -71,7 +73,7 @@ class VeRAShared(SharedModule):
             self.register_buffer(f"B_{mtype}", b.to(device), persistent=False)
 
 
-class VeRALayer(AdapterLayer):
+class VeRALayer(CompactForm, AdapterLayer):
     adapter_params = ("lambda_d", "lambda_b")
 
     def __init__(self, base_layer: nn.Module, config: VeRAConfig, path: str, shared: VeRAShared):
@@ -85,6 +87,13 @@ class VeRALayer(AdapterLayer):
         a = getattr(self.shared, f"A_{self.module_type}")
         b = getattr(self.shared, f"B_{self.module_type}")
         return self.lambda_d.unsqueeze(1) * a, self.lambda_b.unsqueeze(1) * b
+
+    def compact_tensors(self) -> dict[str, torch.Tensor]:
+        return {"lambda_d": self.lambda_d, "lambda_b": self.lambda_b,
+                "A": getattr(self.shared, f"A_{self.module_type}"), "B": getattr(self.shared, f"B_{self.module_type}")}
+
+    def compact_output(self, x: torch.Tensor, base_out: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        return scale(linear(scale(linear(x, t["A"]), t["lambda_d"]), t["B"]), t["lambda_b"])
 
 
 @register

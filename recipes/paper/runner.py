@@ -9,6 +9,12 @@ training, an ``eval.json`` whose ``status`` is ``complete`` a finished evaluatio
 only when its files agree (the evaluation scored this cell's checkpoint, the training ran its steps).  The record
 carries the metrics, the loss curve and the training's measured ``cost`` (median step time, the first step's peak
 memory and the adapter's own bytes, read off the trainer's ``metrics.jsonl``).
+
+Cells evaluated unmerged on the hf backend (``eval_together`` > 1) are trained one by one and then evaluated in
+groups of up to ``eval_together`` cells of one base model and one evaluation setting (the same evaluation
+directory name), in one ``recipes.evaluate checkpoints=[...]`` pass holding every cell's lock: one base load,
+rows of all checkpoints batched together, each cell's eval.json the one it gets alone.  The authors' protocol
+(merged models) evaluates cell by cell as before.
 """
 
 from __future__ import annotations
@@ -95,14 +101,15 @@ class Runner:
         self.interrupted = interrupted  # set by a device pool on SIGTERM: a step that ends then is not recorded
         self._child: subprocess.Popen | None = None
         self._lock: FileLock | None = None
+        self._group_locks: list[FileLock] = []  # the cells of an evaluation together
         self._info: dict[str, Any] = {}
         self._stop = threading.Event()
 
     # -- locks
     def _write_lock(self) -> None:
-        if self._lock is not None:
-            self._info["heartbeat"] = time.time()
-            self._lock.write(self._info)
+        self._info["heartbeat"] = time.time()
+        for lock in ([self._lock] if self._lock is not None else []) + self._group_locks:
+            lock.write(self._info)
 
     def _acquire(self, cell: Cell) -> bool:
         lock = FileLock(self.dir / f"{cell.id}.lock")
@@ -304,10 +311,86 @@ class Runner:
             self._stop.set()
             self._release()
 
+    # -- evaluating trained cells together
+    def together_key(self, cell: Cell) -> tuple[str, str] | None:
+        """The group a cell is evaluated with (its base model, its evaluation directory's name: tasks, chat,
+        overrides), or None when it is evaluated alone (eval-only, merged, vLLM, ``eval_together`` <= 1)."""
+        merged = any(o.replace(" ", "").lower() == "merge=true" for o in cell.eval_overrides)
+        if cell.eval_only or merged or str(self.cfg.eval_backend) != "hf" or self.together_size() <= 1:
+            return None
+        return cell.model, cell.eval_dir.name
+
+    def together_size(self) -> int:
+        return int(self.cfg.get("eval_together", 1) or 1)
+
+    def train_cell(self, cell: Cell) -> str:
+        """Train one cell under its lock (evaluation deferred to :meth:`evaluate_cells`): trained | failed |
+        running (someone else has it)."""
+        if not self._acquire(cell):
+            return "running"
+        self._stop.clear()
+        hb = threading.Thread(target=self._heartbeat, daemon=True)
+        hb.start()
+        timings: dict[str, float] = {}
+        commands = {"train": train_command(self.cfg, cell)}
+        try:
+            failure = self._stage("train", commands["train"], cell.run_dir, cell.run_dir / "final" / "run.json",
+                                  timings, int(self.cfg.stderr_tail_chars))
+            return self._record(cell, "failed", timings, failure, commands)["status"] if failure else "trained"
+        except (KeyboardInterrupt, Interrupted):
+            self._terminate_child()
+            raise
+        finally:
+            self._stop.set()
+            self._release()
+
+    def evaluate_cells(self, cells: Sequence[Cell]) -> dict[str, str]:
+        """Evaluate trained cells of one group in one pass (one cell: its own command) holding all their
+        locks, then record each; ``{cell id: done | failed | running}``."""
+        held: list[Cell] = []
+        status: dict[str, str] = {}
+        for cell in cells:
+            lock = FileLock(self.dir / f"{cell.id}.lock")
+            if lock.acquire({"host": socket.gethostname(), "stage": "eval_together", "started": time.time()}):
+                self._group_locks.append(lock)
+                held.append(cell)
+            else:
+                status[cell.id] = "running"
+        self._stop.clear()
+        hb = threading.Thread(target=self._heartbeat, daemon=True)
+        hb.start()
+        try:
+            todo = [c for c in held if not eval_complete(c.eval_dir)]
+            timings: dict[str, float] = {}
+            cmd = eval_command(self.cfg, (todo or held)[0]) if len(todo) <= 1 and held else \
+                together_command(self.cfg, todo)
+            failure = None
+            if todo:
+                rc, secs, err = self._step("eval", cmd, todo[0].eval_dir)  # the pass's logs: beside the first's
+                timings = {"eval_s": round(secs, 3), "eval_together": len(todo)}
+                failure = {"stage": "eval", "returncode": rc, "stderr_tail": read_tail(err, int(self.cfg.stderr_tail_chars)),
+                           "stderr_log": str(err)}
+            for cell in held:
+                ok = eval_complete(cell.eval_dir)
+                fail = None if ok else {**(failure or {}), "reason": f"exit code {failure and failure['returncode']} "
+                                        "but no finished eval.json for this cell"}
+                commands = {"train": train_command(self.cfg, cell), "evaluate": cmd}
+                status[cell.id] = self._record(cell, "done" if ok else "failed", timings, fail, commands)["status"]
+            return status
+        except (KeyboardInterrupt, Interrupted):
+            self._terminate_child()
+            raise
+        finally:
+            self._stop.set()
+            for lock in self._group_locks:
+                lock.release()
+            self._group_locks = []
+
     def run(self, cells: Sequence[Cell] | None = None, max_cells: int | None = None,
             dry_run: bool = False) -> dict[str, list[str]]:
         cells = list(self.grid.cells if cells is None else cells)
         outcome: dict[str, list[str]] = {"done": [], "failed": [], "skipped": [], "running": []}
+        pending: dict[tuple[str, str], list[Cell]] = {}  # trained cells waiting for their group's evaluation
         ran = 0
 
         def on_term(signum, frame):  # noqa: ARG001
@@ -333,15 +416,39 @@ class Runner:
                 if dry_run:
                     if not cell.eval_only:
                         self.log("    train: " + " ".join(train_command(self.cfg, cell)))
-                    self.log("    eval:  " + " ".join(eval_command(self.cfg, cell)))
+                    self.log("    eval:  " + " ".join(eval_command(self.cfg, cell))
+                             + (" (with its group, in one pass)" if self.together_key(cell) else ""))
                     continue
-                status = self.run_cell(cell)
+                key = self.together_key(cell)
+                status = self.train_cell(cell) if key else self.run_cell(cell)
+                if status == "trained":
+                    pending.setdefault(key, []).append(cell)
+                    self.log(f"    -> trained, evaluated with its group ({len(pending[key])} so far)")
+                    if len(pending[key]) >= self.together_size():
+                        self._flush(pending.pop(key), outcome)
+                    continue
                 outcome.setdefault(status, []).append(cell.id)
                 self.log(f"    -> {status}")
+            for group in list(pending.values()):
+                self._flush(group, outcome)
         finally:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
         return outcome
 
+    def _flush(self, cells: list[Cell], outcome: dict[str, list[str]]) -> None:
+        self.log(f"evaluating {len(cells)} trained cell(s) together: {', '.join(c.id for c in cells)}")
+        for cid, status in self.evaluate_cells(cells).items():
+            outcome.setdefault(status, []).append(cid)
+            self.log(f"    {cid} -> {status}")
 
 
+def together_command(cfg: DictConfig, cells: Sequence[Cell]) -> list[str]:
+    """``recipes.evaluate`` over several trained cells of one group: their checkpoints and evaluation
+    directories as lists, everything else as each cell's own command has it."""
+    def quoted(path: Path) -> str:
+        return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    own = [a for a in eval_command(cfg, cells[0]) if not a.startswith(("checkpoint=", "output_dir="))]
+    return own + [f"checkpoints=[{','.join(quoted(c.run_dir / 'final') for c in cells)}]",
+                  f"output_dirs=[{','.join(quoted(c.eval_dir) for c in cells)}]"]

@@ -116,3 +116,55 @@ def test_mmlu_predicts_the_most_likely_letter_and_scores_it(monkeypatch):
     result = evaluate([task], _ScriptedLogprobs(table), data_dir=None, log=None)["mmlu"]
     assert [r["prediction"] for r in result.records] == ["B", "D", "A", "B"]
     assert result.metrics["accuracy"] == 75.0 and [r["correct"] for r in result.records] == [True, True, True, False]
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(tmp_path_factory):
+    """Three adapters of three methods on the tiny model, random weights large enough to change the outputs."""
+    import torch
+
+    import prolora
+    from prolora.models import load_base_model
+
+    dirs = {}
+    for i, cfg in enumerate([prolora.PRoLoRAConfig(r=4, u=1, m=2), prolora.LoRAConfig(r=4), prolora.VeRAConfig(r=8)]):
+        model = prolora.attach(load_base_model(str(TINY_DIR), quantize=False, device="cpu"), cfg)
+        gen = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for _, p in model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        dirs[cfg.method] = str(prolora.save_adapter(model, tmp_path_factory.mktemp(cfg.method) / "final"))
+    return dirs
+
+
+def _same_records(together, alone):
+    """The same outputs and predictions; log-probabilities equal to float rounding (another batch)."""
+    assert len(together.records) == len(alone.records)
+    for a, b in zip(together.records, alone.records):
+        if "logprobs" in a:
+            assert a["prediction"] == b["prediction"]
+            assert max(abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"])) < 1e-4
+        else:
+            assert (a["outputs"], a["predictions"]) == (b["outputs"], b["predictions"])
+    assert together.metrics == alone.metrics
+
+
+def test_adapters_scored_together_get_what_each_gets_alone(adapter_dirs):
+    """One pass over three adapters (greedy generation, log-probabilities, and HumanEval's samples, which run
+    one adapter at a time) gives each adapter the records it gets from a backend serving it alone."""
+    from eval.driver import evaluate_task_together
+
+    tasks = [get_task(n, chat=True, **OPTIONS[n]) for n in ("mmlu", "gsm", "demo", "humaneval")]
+    names = list(adapter_dirs.values())
+    together = HFBackend.load(str(TINY_DIR), precision="full", device="cpu", batch_size=4,
+                              adapter_dirs={d: d for d in names})
+    scored = {t.name: evaluate_task_together(t, together, names, FIX, max_new_tokens=8) for t in tasks}
+    outputs = set()
+    for name in names:
+        alone = HFBackend.load(str(TINY_DIR), adapter_dir=name, precision="full", device="cpu", batch_size=4)
+        for task in tasks:
+            _same_records(scored[task.name][name], evaluate(
+                [task], alone, data_dir=FIX, max_new_tokens=8, log=None)[task.name])
+        outputs.add(tuple(r["outputs"][0] for r in scored["gsm"][name].records))
+    assert len(outputs) == 3  # the adapters answer differently: a row scored with another's adapter would show

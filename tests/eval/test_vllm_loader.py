@@ -41,8 +41,11 @@ from prolora.config import ConfigError  # noqa: E402
 from prolora.export import VLLM_RANKS, vllm_rank  # noqa: E402
 from prolora.models import TINY_DIR, build_tiny_llama  # noqa: E402
 
-# every registered method and preset: methods added later are covered without touching this file
-NAMES = [n for m in prolora.METHODS.values() for n in (m.name, *m.presets)]
+# every registered method and preset: methods added later are covered without touching this file.  DoRA's export
+# is PEFT's DoRA format, which vLLM serves only merged (its loader refuses ``use_dora``): tested on its own below.
+ALL_NAMES = [n for m in prolora.METHODS.values() for n in (m.name, *m.presets)]
+UNMERGED_ONLY = {"dora"}
+NAMES = [n for n in ALL_NAMES if n not in UNMERGED_ONLY]
 
 
 def _free_port() -> int:
@@ -177,6 +180,20 @@ def test_vllm_worker_loads_every_methods_export_with_the_same_delta_w(vllm_tiny,
             PEFTHelper.from_local_dir(str(peft_dir), None).validate_legal(LoRAConfig(max_lora_rank=smaller[-1]))
 
 
+def test_vllm_refuses_a_dora_export_and_the_harness_says_so_first(vllm_tiny, tmp_path):
+    """vLLM 0.30's loader refuses ``use_dora``; recipes.evaluate names that before any work (merge=true serves it)."""
+    from recipes.evaluate import refuse_unmerged_dora
+
+    model = adapted_tiny(prolora.make_config("dora"))
+    peft_dir = prolora.export_lora(model, tmp_path / "peft")
+    kwargs = llm_kwargs(str(TINY_DIR), lora_dir=str(peft_dir), dtype="float32")
+    with pytest.raises(ValueError, match="DoRA"):
+        worker_load(vllm_tiny, engine_config(kwargs), peft_dir)
+    with pytest.raises(ValueError, match="merge=true"):
+        refuse_unmerged_dora(str(peft_dir))
+    refuse_unmerged_dora(str(prolora.export_lora(adapted_tiny(prolora.make_config("lora")), tmp_path / "lora")))
+
+
 def test_vllm_refuses_an_export_named_for_another_model(vllm_tiny, tmp_path):
     """The loader test can fail: a module vLLM's Llama does not have is refused by the worker."""
     from safetensors.torch import load_file, save_file
@@ -193,7 +210,8 @@ def test_vllm_refuses_an_export_named_for_another_model(vllm_tiny, tmp_path):
 # ------------------------------------------------------------------------------------------ merged model
 
 
-def test_merged_model_directory_loads_into_vllms_llama(cpu_vllm, vllm_tiny, tmp_path):
+@pytest.mark.parametrize("method", ["prolora", "dora"])
+def test_merged_model_directory_loads_into_vllms_llama(cpu_vllm, vllm_tiny, tmp_path, method):
     """merge=true as recipes.evaluate does it for vLLM: the compact adapter merged into the NF4 base
     (eval.checkpoint.merged_model), saved with the tokenizer; vLLM's loader reads it into its own layout."""
     import warnings
@@ -204,7 +222,7 @@ def test_merged_model_directory_loads_into_vllms_llama(cpu_vllm, vllm_tiny, tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         base = load_base_model(str(TINY_DIR), quantize=True, device="cpu")
-    adapted = prolora.attach(base, prolora.make_config("prolora"))
+    adapted = prolora.attach(base, prolora.make_config(method))
     with torch.no_grad():
         for p in adapted.parameters():
             if p.requires_grad:

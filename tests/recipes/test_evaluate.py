@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -145,3 +146,86 @@ def test_a_damaged_benchmark_file_is_named(tmp_path):
     mmlu.write_text("")
     with pytest.raises(BadBenchmarkFile, match=f"mmlu: {mmlu} does not parse as CSV"):
         get_task("mmlu").load(data)
+
+
+# ----------------------------------------------------------------------------- K checkpoints in one pass
+
+TOGETHER = ["tasks=[mmlu,gsm,demo]", f"data_dir={FIX}", "max_new_tokens=6", "mmlu.precision=null",
+            "gsm.precision=null", "gsm.max_examples=3", "demo.max_examples=4", "device=cpu", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three trained-looking runs (<run>/final with run.json) of three methods on the tiny model."""
+    import torch
+
+    import prolora
+
+    finals = []
+    for i, cfg in enumerate([prolora.PRoLoRAConfig(r=4, u=1, m=2), prolora.LoRAConfig(r=2),
+                             prolora.TiedLoRAConfig(r=8)]):
+        model = prolora.attach(prolora.models.build_tiny_llama(0), cfg)
+        gen = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for _, p in model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        final = tmp_path_factory.mktemp(f"run{i}") / "final"
+        prolora.save_adapter(model, final)
+        (final / "run.json").write_text(json.dumps({"config": {"model": {
+            "name": "tiny", "path": str(TINY_DIR), "quantize": True, "compute_dtype": "float32"}}}))
+        finals.append(final)
+    return finals
+
+
+def _records(out: Path, task: str) -> list[dict]:
+    return [json.loads(line) for line in (out / "predictions" / f"{task}.jsonl").read_text().splitlines()]
+
+
+def test_checkpoints_scored_in_one_pass_equal_each_scored_alone(runs, tmp_path):
+    outs = [tmp_path / f"together{i}" for i in range(len(runs))]
+    summaries = recipe.run_together(_compose(TOGETHER + [f"checkpoints=[{','.join(map(str, runs))}]",
+                                                         f"output_dirs=[{','.join(map(str, outs))}]"]))
+    assert list(summaries) == [str(r) for r in runs]
+    for final, out in zip(runs, outs):
+        alone = recipe.run(_compose(TOGETHER + [f"checkpoint={final}", f"output_dir={tmp_path / 'alone'}"]))
+        together = json.loads((out / "eval.json").read_text())
+        assert together["scores"] == alone["scores"] and together["status"] == "complete"
+        assert together["model"] == alone["model"] and together["model"]["adapter_dir"] == str(final)
+        assert together["config"]["checkpoint"] == str(final) and together["config"]["checkpoints"] is None
+        assert together["scored_together"]["checkpoints"] == [str(r) for r in runs]
+        for task in ("mmlu", "gsm", "demo"):
+            for a, b in zip(_records(out, task), _records(tmp_path / "alone", task)):
+                assert a.get("outputs") == b.get("outputs") and a.get("prediction") == b.get("prediction")
+    answers = {tuple(r["outputs"][0] for r in _records(out, "gsm")) for out in outs}
+    assert len(answers) == len(runs)  # three different adapters answered: rows were not crossed
+
+
+def test_checkpoints_in_one_pass_default_to_where_each_alone_writes(runs, tmp_path):
+    from recipes.config_store import eval_home
+
+    cfg = _compose(TOGETHER[:-1] + ["logger=none", "tasks=[demo]", f"checkpoints=[{runs[0]},{runs[1]}]"])
+    dirs = recipe.together_output_dirs(cfg, [None, None])
+    assert [d.parent for d in dirs] == [Path(eval_home(str(runs[0]))), Path(eval_home(str(runs[1])))]
+    assert dirs[0].name == dirs[1].name  # one time stamp for the pass
+
+
+def test_checkpoints_in_one_pass_refuse_what_cannot_share_a_pass(runs, tmp_path):
+    both = f"checkpoints=[{runs[0]},{runs[1]}]"
+    cases = {"merge=true": "merge=false", "backend=vllm": "use backend=hf", f"checkpoint={runs[0]}": "not both",
+             f"output_dir={tmp_path}": "output_dirs", f"output_dirs=[{tmp_path}]": "one per checkpoint"}
+    for override, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            recipe.run_together(_compose(TOGETHER + [both, override]))
+    with pytest.raises(ValueError, match="names one twice"):
+        recipe.run_together(_compose(TOGETHER + [f"checkpoints=[{runs[0]},{runs[0]}]"]))
+    other = json.loads((runs[2] / "run.json").read_text())
+    other["config"]["model"]["quantize"] = False
+    (runs[2] / "run.json").write_text(json.dumps(other))
+    try:
+        with pytest.raises(ValueError, match="quantize=False.*of one base model"):
+            recipe.run_together(_compose(TOGETHER + [f"checkpoints=[{runs[0]},{runs[2]}]",
+                                                     f"output_dirs=[{tmp_path / 'a'},{tmp_path / 'b'}]"]))
+    finally:
+        other["config"]["model"]["quantize"] = True
+        (runs[2] / "run.json").write_text(json.dumps(other))

@@ -73,7 +73,7 @@ def fake(tmp_path):
     log.touch()
     overrides = ["experiment=demo", f"results_dir={tmp_path / 'results'}", f"runs_dir={tmp_path / 'runs'}",
                  "train_logger=none", f"commands.train=[python,{tmp_path / 'fake_train.py'}]",
-                 f"commands.evaluate=[python,{tmp_path / 'fake_eval.py'}]"]
+                 f"commands.evaluate=[python,{tmp_path / 'fake_eval.py'}]", "eval_together=1"]  # cell by cell
     return tmp_path, overrides, log
 
 

@@ -68,7 +68,8 @@ def grid(tmp_path):
     (tmp_path / "eval.py").write_text(FAKE_EVAL)
     overrides = ["experiment=demo", f"results_dir={tmp_path / 'results'}", f"runs_dir={tmp_path / 'runs'}",
                  "train_logger=none", "render=false", "experiment.max_steps=20",
-                 f"commands.train=[python,{tmp_path / 'train.py'}]", f"commands.evaluate=[python,{tmp_path / 'eval.py'}]"]
+                 f"commands.train=[python,{tmp_path / 'train.py'}]", f"commands.evaluate=[python,{tmp_path / 'eval.py'}]",
+                 "eval_together=1"]  # cell by cell (tests/recipes/test_reproduce.py has the evaluation together)
     return tmp_path, overrides
 
 
@@ -264,3 +265,90 @@ def test_runner_records_through_one_lock_per_cell(grid):
     finally:
         other.release()
     assert Runner(cfg, g, log=lambda m: None).run_cell(cell) == "done"
+
+
+# ----------------------------------------------------------------------------- trained cells evaluated together
+
+QUICK_TRAIN = textwrap.dedent('''
+    import json, os, signal, sys, pathlib
+    args = dict(a.split("=", 1) for a in sys.argv[1:])
+    with open(os.environ["FAKE_LOG"], "a") as f:
+        f.write(f"train {args['method']} seed{args['seed']}\\n")
+    if os.environ.get("FAKE_KILL_SEED") == args["seed"]:  # the grid gets killed while this cell trains
+        os.kill(os.getppid(), signal.SIGKILL)
+        sys.exit(3)
+    out = pathlib.Path(args["output_dir"])
+    (out / "final").mkdir(parents=True, exist_ok=True)
+    (out / "final" / "run.json").write_text(json.dumps({"config": {"seed": int(args["seed"]), "optim": {
+        "lr": float(args["optim.lr"])}}, "steps": int(args["trainer.max_steps"]), "trainable_params": 1}))
+''')
+
+EVAL_ONE_OR_MANY = textwrap.dedent('''
+    import json, os, sys, pathlib
+    args = dict(a.split("=", 1) for a in sys.argv[1:])
+    def listed(v):
+        return [x.strip().strip("'") for x in v.strip("[]").split(",")]
+    pairs = list(zip(listed(args["checkpoints"]), listed(args["output_dirs"]))) if "checkpoints" in args else [
+        (args["checkpoint"], args["output_dir"])]
+    with open(os.environ["FAKE_LOG"], "a") as f:
+        f.write(f"eval {len(pairs)}\\n")
+    for ckpt, out in pairs:
+        seed = json.loads((pathlib.Path(ckpt) / "run.json").read_text())["config"]["seed"]
+        out = pathlib.Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        score = 25.0 + 10 * seed
+        (out / "eval.json").write_text(json.dumps({"status": "complete", "scores": {"demo": score},
+            "model": {"kind": "adapter", "adapter_dir": ckpt}, "tasks": {"demo": {"score": score, "exact_match": score}}}))
+''')
+
+
+@pytest.fixture()
+def together(tmp_path, monkeypatch):
+    (tmp_path / "train.py").write_text(QUICK_TRAIN)
+    (tmp_path / "eval.py").write_text(EVAL_ONE_OR_MANY)
+    log = tmp_path / "calls.log"
+    log.touch()
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    overrides = ["experiment=demo", f"results_dir={tmp_path / 'results'}", f"runs_dir={tmp_path / 'runs'}",
+                 "train_logger=none", "render=false", "experiment.seeds=[1,2]",
+                 f"commands.train=[python,{tmp_path / 'train.py'}]", f"commands.evaluate=[python,{tmp_path / 'eval.py'}]"]
+    return tmp_path, overrides, log
+
+
+def test_trained_cells_of_one_base_and_setting_are_evaluated_in_one_pass(together):
+    tmp, ov, log = together
+    assert reproduce.main([*ov, "--rows", "lora_r2,prolora_r8"]) == 0
+    calls = log.read_text().splitlines()
+    assert calls[:4] == ["train lora seed1", "train lora seed2", "train prolora seed1", "train prolora seed2"]
+    assert calls[4:] == ["eval 4"]  # one pass over the four checkpoints, after their trainings
+    for cid in ("lora_r2__demo__lr0.01__seed2", "prolora_r8_u1_m7_n7__demo__lr0.01__seed1"):
+        rec = _cell(tmp, cid)
+        seed = int(cid[-1])
+        assert rec["status"] == "done" and rec["metrics"] == {"demo_em": 25.0 + 10 * seed}  # its own eval.json
+        assert any(a.startswith("checkpoints=[") for a in rec["commands"]["evaluate"])
+        assert rec["timings"]["eval_together"] == 4
+    assert all(FileLock.holder(p) is None for p in (tmp / "results" / "demo" / "cells").glob("*.lock"))
+    # groups hold at most eval_together cells; the authors' protocol (merged) stays cell by cell
+    assert reproduce.main([*ov, "--rows", "lora_r2,prolora_r8", "experiment.seeds=[3,4,5]", "eval_together=2"]) == 0
+    assert log.read_text().splitlines()[5:] == [
+        "train lora seed3", "train lora seed4", "eval 2", "train lora seed5", "train prolora seed3", "eval 2",
+        "train prolora seed4", "train prolora seed5", "eval 2"]
+    assert reproduce.main([*ov, "--rows", "lora_r2", "experiment.eval_overrides=['merge=true']"]) == 0
+    assert log.read_text().splitlines()[-3:] == ["eval 2", "eval 1", "eval 1"]  # trained already: evaluated only
+
+
+def test_a_grid_killed_before_its_evaluation_together_resumes_without_retraining(together):
+    tmp, ov, log = together
+    first = subprocess.run([sys.executable, "-m", "recipes.reproduce", *ov, "--rows", "lora_r2"], cwd=REPO,
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "FAKE_KILL_SEED": "2"})
+    assert first.returncode == -9, first.stdout + first.stderr  # killed while training the second cell
+    c1, c2 = "lora_r2__demo__lr0.01__seed1", "lora_r2__demo__lr0.01__seed2"
+    assert not (tmp / "results" / "demo" / "cells" / f"{c1}.json").exists()  # trained, not yet evaluated
+    cfg = load_config([*ov])
+    grid = build_grid(cfg, rows=["lora_r2"])
+    assert cell_state(cfg, grid.cell(c1)) == ("to do", "trained")
+    assert reproduce.main([*ov, "--rows", "lora_r2"]) == 0
+    calls = log.read_text().splitlines()
+    assert calls == ["train lora seed1", "train lora seed2", "train lora seed2", "eval 2"]  # cell 1 not retrained
+    assert _cell(tmp, c1)["status"] == _cell(tmp, c2)["status"] == "done"
