@@ -62,7 +62,7 @@ def forms(name: str, layer: AdapterLayer) -> tuple[Callable, Callable]:
     """(expanded, compact) adapter terms of one layer: f(x, base_out)."""
     compact = layer.delta_output
     if name == "vblora":
-        return layer.expanded_output, compact
+        return (lambda x, base: layer.expanded_output(x)), compact
     if name == "dora":
         def uncached(x, base):
             layer._cache = None

@@ -423,7 +423,10 @@ class PRoLoRALayer(CompactForm, AdapterLayer):
         self.fused = bool(self.shared_rank) and self.expand_A.fused  # compact_output reads pack()'s W_A, W_B
         # fused: the A side's gather-and-sum (k_A·(s + k_A·u) -> s + u) times the B side's spread (s + u ->
         # k_B·(s + k_B·u), scaled), one constant product instead of two
-        mix = self.expand_A.left_mix @ self.expand_B.right_mix if self.fused else None
+        mix = None
+        if self.fused:  # one copy of A_0 (k_A = 1, u = 0): the A side's gather is the identity, left_mix None
+            left, right = self.expand_A.left_mix, self.expand_B.right_mix
+            mix = right if left is None else left @ right
         self.register_buffer("mix", _once(mix, self._device), persistent=False)
         if self._device.type != "meta":
             # Same call as LoRA's A (so u = r draws exactly LoRA's numbers), then A_0 with the one bound.

@@ -129,15 +129,11 @@ class VBLoRALayer(AdapterLayer):
         b = mix(self.logits_B, bank, self.topk).transpose(1, 2).reshape(-1, self.logits_B.shape[1])  # (o, r)
         return a, b
 
-    def expanded_output(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        """(dropout(x) Aᵀ) Bᵀ with A and B built from the bank (PEFT's forward)."""
-        return super().delta_output(x, base_out)
-
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """The layer's own forward takes the expanded form (faster here: the module doc); ``delta_output`` is the
         compact one, for callers that must not build A and B."""
         result = self.base_layer(x, *args, **kwargs)
-        return result + self.expanded_output(x, result).to(result.dtype)
+        return result + self.expanded_output(x).to(result.dtype)  # (dropout(x) Aᵀ) Bᵀ, PEFT's forward
 
     def delta_output(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         """The adapter term from bank projections, never forming A or B (module doc)."""

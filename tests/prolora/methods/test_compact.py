@@ -17,6 +17,7 @@ from tests.prolora.conftest import all_method_configs, randomize_trainable
 # with n != m, CLoRA with u > 0 (prolora_nr), Table 4 layouts with u = 0 and r - u not a multiple of m
 LAYOUTS = {
     "u0": PRoLoRAConfig(r=16, u=0, m=5),
+    "one_copy_u0": PRoLoRAConfig(r=4, u=0, m=1),  # k = 1: the A side's gather is the identity
     "u_eq_r": PRoLoRAConfig(r=8, u=8, m=7),
     "one_column_chunks": PRoLoRAConfig(r=5, u=2, m=64, n=32),
     "full_stride_n": PRoLoRAConfig(r=16, u=4, m=3, n=9, stride_from="full"),

@@ -82,7 +82,7 @@ def test_compact_bank_projection_equals_expanded():
     for layer in adapter_layers(model).values():
         x = torch.randn(2, 3, 5, layer.in_features)
         with torch.no_grad():
-            expanded = layer.expanded_output(x, None)
+            expanded = layer.expanded_output(x)
             compact = layer.delta_output(x, None)
         assert compact.shape == (2, 3, 5, layer.out_features)
         torch.testing.assert_close(compact, expanded, rtol=1e-5, atol=1e-5 * expanded.abs().max().item())
