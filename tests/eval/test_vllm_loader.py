@@ -128,14 +128,19 @@ def worker_load(model: torch.nn.Module, config: VllmConfig, peft_dir) -> object:
 R2_FITS = ({}, {"u": 1}, {"u": 0, "m": 2}, {"u": 1, "m": 1})
 
 
+# the defaults the tiny model cannot take: MoS r8's public ranks are drawn from (e - p)·L = 2 vectors' shards on
+# 2 layers; VB-LoRA's vectors of 256 do not divide its widths of 32-192
+TINY_DEFAULTS = {"mos": {"r": 3, "pool_rank": 2, "private_rank": 1, "shards": 2}, "vblora": {"vector_length": 16}}
+
+
 def method_config(name: str, r: int | None):
     """``name`` at its defaults, or at rank ``r`` with the first of ``R2_FITS`` the config accepts."""
     if r is None:
-        return prolora.make_config(name)
+        return prolora.make_config(name, **TINY_DEFAULTS.get(name, {}))
     fields = {f.name for f in dataclasses.fields(prolora.make_config(name))}
     for fit in (f for f in R2_FITS if set(f) <= fields):
         try:
-            return prolora.make_config(name, r=r, **fit)
+            return prolora.make_config(name, **{**TINY_DEFAULTS.get(name, {}), **fit, "r": r})
         except ConfigError as e:
             error = e
     raise error
