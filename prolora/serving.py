@@ -115,7 +115,7 @@ class _Group:
         self.layers = adapter_layers(self.shell)
         self.compact = all(isinstance(layer, CompactForm) for layer in self.layers.values())
         state = adapter_state(self.shell, buffers=True)
-        if len({t.dtype for t in state.values()}) > 1:
+        if self.compact and len({t.dtype for t in state.values()}) > 1:  # one bank row per adapter
             raise ConfigError(f"MultiAdapter: {config.method} saves tensors of several dtypes; serve it with a "
                               "method whose saved tensors share one dtype")
         self.layout: dict[str, tuple[int, tuple[int, ...]]] = {}

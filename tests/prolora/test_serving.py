@@ -17,6 +17,7 @@ from prolora.config import AdapterConfig, ConfigError
 from prolora.methods import METHODS
 from prolora.methods.base import AdapterLayer, Method
 from prolora.serving import MultiAdapter
+from prolora.inject import adapter_state
 from tests.prolora.conftest import randomize_trainable
 
 CONFIGS = {
@@ -28,6 +29,11 @@ CONFIGS = {
     "tied_lora": make_config("tied_lora", r=16),
     "clora": make_config("clora", r=8, m=3),
     "share_rank_rotate_hidden": make_config("share_rank_rotate_hidden", r=8, u=2, m=3),
+    # the methods after PRoLoRA: LoRA-XS row-stacked, MoS, VB-LoRA and DoRA one adapter at a time in the batch
+    "lora_xs": make_config("lora_xs", r=8),
+    "mos": make_config("mos", r=3, pool_rank=2, private_rank=1, shards=2),
+    "vblora": make_config("vblora", r=4, num_vectors=16, vector_length=16),
+    "dora": make_config("dora", r=4),
 }
 
 
@@ -79,8 +85,15 @@ def test_an_adapter_is_held_as_its_saved_tensors(tmp_path, tiny):
         served.load(name, directory)
     memory = served.memory()
     for name, cfg in CONFIGS.items():
-        assert memory.per_adapter[name] == 4 * count_trainable(attach(tiny(), cfg)), name
-    assert memory.adapters == memory.allocated == sum(memory.per_adapter.values())
+        model = attach(tiny(), cfg)
+        saved = adapter_state(model, buffers=True)  # what its checkpoint holds
+        assert memory.per_adapter[name] == sum(t.numel() * t.element_size() for t in saved.values()), name
+        if name not in ("lora_xs", "mos"):  # no saved buffers (LoRA-XS: its SVD factors; MoS: its shard indices)
+            assert memory.per_adapter[name] == 4 * count_trainable(model), name
+    # the banks of row-stacked groups, and the adapters served one at a time (MoS, VB-LoRA, DoRA) beside them
+    assert memory.adapters == memory.allocated
+    assert memory.adapters + memory.one_by_one == sum(memory.per_adapter.values())
+    assert memory.one_by_one == sum(memory.per_adapter[k] for k in ("mos", "vblora", "dora"))
     # a second adapter of a group costs its tensors and nothing else: the group's constants are held once
     before = served.memory()
     served.load("prolora_c", dirs["prolora_a"])  # grows the prolora group's bank from 2 to 4 slots
