@@ -29,6 +29,8 @@ def test_gsm_exact_match_ignores_case_and_punctuation():
 def test_bbh_extraction():
     assert metrics.extract_bbh_answer("Let me think. So the answer is (B). Done") == "(B)"
     assert metrics.extract_bbh_answer("the answer is False.") == "False"
+    # the span ends at the FIRST period after the phrase, not the last one of the output
+    assert metrics.extract_bbh_answer("So the answer is (B). It follows. Q: next.") == "(B)"
     assert metrics.extract_bbh_answer("  True.\n\nQ: next") == "True.\n\nQ: next"
     # trailing punctuation and case do not matter for the match
     pred = metrics.extract_bbh_answer("valid!!")

@@ -242,3 +242,12 @@ def test_non_finite_adapters_are_never_saved_or_loaded(tmp_path, tiny):
     weights.write_bytes(weights.read_bytes()[:64])
     with pytest.raises(ValueError, match=f"load_adapter: {weights} is not a readable safetensors file"):
         load_adapter(tiny(), good)
+
+
+def test_vllm_rank_is_the_smallest_vllm_rank_at_least_r():
+    from prolora.export import VLLM_RANKS, vllm_rank
+
+    assert [vllm_rank(r) for r in (1, 2, 8, 9, 16, 17, 32, 256, 257, 512)] == [1, 8, 8, 16, 16, 32, 32, 256, 320, 512]
+    assert all(vllm_rank(r) == r for r in VLLM_RANKS)  # a vLLM rank is never padded
+    with pytest.raises(ValueError, match="exceeds vLLM's largest"):
+        vllm_rank(513)
