@@ -295,3 +295,31 @@ def test_saved_activation_bytes_counts_what_autograd_keeps_not_the_frozen_weight
     # tanh's output (4 x 16) and the head's input (the same tensor, one storage): 64 floats; x is not saved
     # (the frozen first layer needs no weight gradient) and no weight is counted
     assert n == 4 * 16 * 4
+
+
+def test_the_optimizer_steps_on_gradients_clipped_to_max_grad_norm(tmp_path):
+    """The logged grad_norm is the norm before clipping; the optimizer sees the gradients scaled to max_grad_norm."""
+    from prolora.trainer import Trainer
+
+    batch = _labelled_batch(rows=2)
+    torch.manual_seed(0)
+    model = prolora.attach(build_tiny_llama(), prolora.LoRAConfig(r=4, dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05)  # B = 0 at init would leave A without gradient
+    args = TrainArgs(max_steps=1, batch_size=2, micro_batch_size=2, save_every=0, progress=False, device="cpu",
+                     gradient_checkpointing=False)
+    trainer = Trainer(model, lambda step: [batch], args, OptimArgs(name="adamw", lr=1e-2, max_grad_norm=1e-3),
+                      tmp_path, save_fn=lambda m, d: None, load_fn=lambda m, d: None)
+    seen = []
+    step = trainer.optimizer.step
+
+    def record(*a, **k):
+        seen.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainer.trainable]))))
+        return step(*a, **k)
+
+    trainer.optimizer.step = record
+    row = trainer.train_step()
+    assert row["grad_norm"] > 1e-2  # the raw norm, well above the bound
+    assert seen == [pytest.approx(1e-3, rel=1e-3)]
