@@ -352,3 +352,17 @@ def test_a_grid_killed_before_its_evaluation_together_resumes_without_retraining
     calls = log.read_text().splitlines()
     assert calls == ["train lora seed1", "train lora seed2", "train lora seed2", "eval 2"]  # cell 1 not retrained
     assert _cell(tmp, c1)["status"] == _cell(tmp, c2)["status"] == "done"
+
+
+def test_an_incomplete_eval_json_is_never_consistent():
+    """The record's last check: an eval.json that is not ``complete`` (a task failed, or the run was cut) does not
+    make a cell done, even where it scored the right model."""
+    from types import SimpleNamespace
+
+    from recipes.paper.runner import Runner
+
+    base_cell = SimpleNamespace(eval_only=True)
+    for status in ("partial", "running", None):
+        ev = {"model": {"kind": "base"}, **({"status": status} if status else {})}
+        assert Runner.inconsistency(base_cell, None, ev) == "eval.json is missing or incomplete"
+    assert Runner.inconsistency(base_cell, None, {"status": "complete", "model": {"kind": "base"}}) is None
