@@ -87,14 +87,18 @@ def baseline_passes(copy: Path, mutations: list[dict], timeout: int) -> None:
     print(f"baseline: the named tests pass unmutated ({secs:.0f} s)")
 
 
-def write_report(results: list[dict]) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def write_report(results: list[dict], commit: str, out: Path = OUT) -> dict:
+    """``commit``: the checkout's HEAD when the copy was taken (what the mutations ran on)."""
     counts = {o: sum(r["outcome"] == o for r in results) for o in ("caught", "survived", "not applied", "error",
                                                                   "timeout")}
     report = {"commit": commit, "date": time.strftime("%Y-%m-%d"), "catalogue": str(CATALOGUE.relative_to(REPO)),
               "counts": counts, "mutations": results}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="ID", help="run these mutations only")
     parser.add_argument("--list", action="store_true", help="print the catalogue and exit")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per mutation's tests")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"the report (default {OUT.relative_to(REPO)})")
     args = parser.parse_args(argv)
     mutations = load_catalogue()
     if args.list:
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown mutation id(s) {unknown}; --list shows them")
         mutations = [m for m in mutations if m["id"] in args.only]
+    commit = head_commit()
     with tempfile.TemporaryDirectory(prefix="mutation-pass-") as tmp:
         copy = Path(tmp)
         copy_checkout(copy)
@@ -123,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(try_mutation(copy, m, args.timeout))
             r = results[-1]
             print(f"[{i}/{len(mutations)}] {r['outcome']:<11} {r['id']:<40} {r.get('seconds', '')}", flush=True)
-    report = write_report(results)
-    print(f"{report['counts']}; written to {OUT.relative_to(REPO)}")
+    report = write_report(results, commit, args.out)
+    print(f"{report['counts']}; written to {args.out}")
     return 0 if report["counts"]["caught"] == len(results) else 1
 
 
