@@ -366,3 +366,17 @@ def test_an_incomplete_eval_json_is_never_consistent():
         ev = {"model": {"kind": "base"}, **({"status": status} if status else {})}
         assert Runner.inconsistency(base_cell, None, ev) == "eval.json is missing or incomplete"
     assert Runner.inconsistency(base_cell, None, {"status": "complete", "model": {"kind": "base"}}) is None
+
+
+def test_a_training_of_another_length_is_not_this_cells(tmp_path):
+    """A finished training found in the cell's run directory but run for another number of steps (or seed, or LR)
+    is not recorded as this cell's."""
+    from types import SimpleNamespace
+
+    from recipes.paper.runner import Runner
+
+    cell = SimpleNamespace(eval_only=False, max_steps=40, seed=1, lr=1e-3, run_dir=tmp_path / "run")
+    ev = {"status": "complete", "model": {"kind": "adapter", "adapter_dir": str(tmp_path / "run" / "final")}}
+    for steps, seed, lr in ((80, 1, 1e-3), (40, 2, 1e-3), (40, 1, 2e-4)):
+        run_json = {"steps": steps, "config": {"seed": seed, "optim": {"lr": lr}}}
+        assert "is not this cell's" in (Runner.inconsistency(cell, run_json, ev) or ""), (steps, seed, lr)
