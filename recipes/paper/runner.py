@@ -280,13 +280,16 @@ class Runner:
         return {"stage": stage, "returncode": rc, "reason": why, "stderr_tail": read_tail(err, tail),
                 "stderr_log": str(err)}
 
+    def _start_heartbeat(self) -> None:
+        """Keep the held locks' heartbeats fresh until ``self._stop`` is set (by the step's ``finally``)."""
+        self._stop.clear()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+
     def run_cell(self, cell: Cell) -> str:
         """Run what is missing of one cell; returns done | failed | running (someone else has it)."""
         if not self._acquire(cell):
             return "running"
-        self._stop.clear()
-        hb = threading.Thread(target=self._heartbeat, daemon=True)
-        hb.start()
+        self._start_heartbeat()
         timings: dict[str, float] = {}
         commands: dict[str, list[str]] = {}
         tail = int(self.cfg.stderr_tail_chars)
@@ -328,9 +331,7 @@ class Runner:
         running (someone else has it)."""
         if not self._acquire(cell):
             return "running"
-        self._stop.clear()
-        hb = threading.Thread(target=self._heartbeat, daemon=True)
-        hb.start()
+        self._start_heartbeat()
         timings: dict[str, float] = {}
         commands = {"train": train_command(self.cfg, cell)}
         try:
@@ -356,9 +357,7 @@ class Runner:
                 held.append(cell)
             else:
                 status[cell.id] = "running"
-        self._stop.clear()
-        hb = threading.Thread(target=self._heartbeat, daemon=True)
-        hb.start()
+        self._start_heartbeat()
         try:
             todo = [c for c in held if not eval_complete(c.eval_dir)]
             timings: dict[str, float] = {}

@@ -214,6 +214,18 @@ def test_resume_refuses_a_checkpoint_of_another_identity(tmp_path):
     assert identity_diff({"a": {"b": 1}, "c": 2}, {"a": {"b": 2}, "c": 2}) == ["a.b: 1 -> 2"]
 
 
+def _lora_with_gradients():
+    """The tiny Llama with LoRA r4 (seed 0), every adapter weight moved off its init: B = 0 would leave A without
+    gradient."""
+    torch.manual_seed(0)
+    model = prolora.attach(build_tiny_llama(), prolora.LoRAConfig(r=4, dropout=0.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05)
+    return model
+
+
 def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path):
     """k micro-batches of b rows = one batch of k·b rows (each micro-batch's loss is scaled by 1/k): the same
     loss and the same gradient norm, so the same clipped step.  Rows hold equally many labelled tokens, where the
@@ -227,12 +239,7 @@ def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path):
     halves = [{k: v[:2] for k, v in whole.items()}, {k: v[2:] for k, v in whole.items()}]
     rows = []
     for micro in ([whole], halves):
-        torch.manual_seed(0)
-        model = prolora.attach(build_tiny_llama(), prolora.LoRAConfig(r=4, dropout=0.0))
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(0.05)  # B = 0 at init would leave A without gradient
+        model = _lora_with_gradients()
         args = TrainArgs(max_steps=1, batch_size=4, micro_batch_size=4 // len(micro), save_every=0, progress=False,
                          device="cpu", gradient_checkpointing=False)
         trainer = Trainer(model, lambda step, m=micro: m, args, OptimArgs(name="adamw", lr=1e-2), tmp_path,
@@ -302,12 +309,7 @@ def test_the_optimizer_steps_on_gradients_clipped_to_max_grad_norm(tmp_path):
     from prolora.trainer import Trainer
 
     batch = _labelled_batch(rows=2)
-    torch.manual_seed(0)
-    model = prolora.attach(build_tiny_llama(), prolora.LoRAConfig(r=4, dropout=0.0))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05)  # B = 0 at init would leave A without gradient
+    model = _lora_with_gradients()
     args = TrainArgs(max_steps=1, batch_size=2, micro_batch_size=2, save_every=0, progress=False, device="cpu",
                      gradient_checkpointing=False)
     trainer = Trainer(model, lambda step: [batch], args, OptimArgs(name="adamw", lr=1e-2, max_grad_norm=1e-3),
