@@ -15,6 +15,7 @@ the CPU's available memory).  The :class:`~prolora.trainer.Trainer` runs it on i
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
@@ -98,29 +99,59 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str) -> int:
 
     CUDA: the caching allocator's statistics.  CPU: the allocation events of ``torch.profiler`` (with
     ``profile_memory``) summed in order, so the number is exact and deterministic, unlike a resident set that
-    depends on what malloc kept from earlier work (the profiler slows ``fn`` down; use it only for probes)."""
+    depends on what malloc kept from earlier work (the profiler slows ``fn`` down; use it only for probes).
+    Only blocks ``fn`` allocated count: freeing a block from before (the profiler reports the size of one
+    allocated under an earlier profile, e.g. an earlier probe's garbage) does not lower the peak, and the
+    cyclic garbage collector is run before ``fn`` and held off during it, so when it happens to run (which
+    depends on everything the process did before) cannot move the number either."""
     device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - start
-    from torch.profiler import ProfilerActivity, profile
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            start = torch.cuda.memory_allocated(device)
+            fn()
+            torch.cuda.synchronize(device)
+            return torch.cuda.max_memory_allocated(device) - start
+        from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    finally:
+        if enabled:
+            gc.enable()
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(trace))
         events = json.loads(trace.read_text())["traceEvents"]
+    memory = sorted((e for e in events if e.get("name") == "[memory]"),
+                    key=lambda e: (e["ts"], e["args"].get("Ev Idx", 0)))
+    return _peak_of_own_blocks(e["args"] for e in memory)
+
+
+def _peak_of_own_blocks(events) -> int:
+    """The peak of the bytes held by blocks allocated among ``events`` (the profiler's ``[memory]`` args, with
+    ``Bytes`` > 0 for an allocation and < 0 for a free, at ``Addr``) in time order; a free of a block not
+    allocated among them is ignored."""
+    own: dict[int, int] = {}
     live = peak = 0
-    memory = (e for e in events if e.get("name") == "[memory]")
-    for e in sorted(memory, key=lambda e: (e["ts"], e["args"].get("Ev Idx", 0))):
-        if e["args"].get("Device Type", 0) == 0:
-            live += int(e["args"]["Bytes"])
-            peak = max(peak, live)
+    for e in events:
+        if e.get("Device Type", 0) != 0:
+            continue
+        size, addr = int(e["Bytes"]), e.get("Addr")
+        if size > 0:
+            own[addr] = own.get(addr, 0) + size
+            live += size
+        elif addr in own:
+            freed = min(-size, own[addr])
+            own[addr] -= freed
+            if own[addr] == 0:
+                del own[addr]
+            live -= freed
+        peak = max(peak, live)
     return peak
 
 

@@ -54,3 +54,42 @@ def test_peak_memory_on_cpu_counts_live_tensors():
         return b.sum()
 
     assert 8_000_000 <= peak_memory(work, "cpu") < 8_100_000
+
+
+def test_peak_memory_on_cpu_ignores_blocks_from_before_it():
+    """Freeing memory allocated before the probe does not lower its peak, even a block allocated under an
+    earlier profile (whose size the profiler knows: an earlier probe's garbage, collected during this one, made
+    CI's first probe of a trainer read low and its choice of layers differ from the next probe's)."""
+    held = {}
+
+    def earlier():
+        held["under_a_profile"] = torch.ones(1_000_000)  # 4 MB, allocated while an earlier probe profiled
+
+    peak_memory(earlier, "cpu")
+    held["before"] = torch.ones(1_000_000)
+
+    def work():
+        held.clear()  # frees both 4 MB blocks from before the probe
+        a = torch.ones(500_000)  # 2 MB
+        return (a * 2).sum()  # 4 MB live at the peak
+
+    assert 4_000_000 <= peak_memory(work, "cpu") < 4_100_000
+
+
+def test_peak_memory_does_not_depend_on_when_the_garbage_collector_runs():
+    """A reference cycle made in the probe holds its tensor until the cycle collector runs, which depends on
+    everything the process did before; the probe holds the collector off, so the peak is the same either way."""
+    import gc
+
+    def work():
+        cycle = {"tensor": torch.ones(1_000_000)}  # 4 MB, freed only by the cycle collector
+        cycle["self"] = cycle
+        del cycle
+        threshold = gc.get_threshold()
+        gc.set_threshold(1)  # the next container allocated would start an automatic collection...
+        _ = [[] for _ in range(10)]
+        gc.set_threshold(*threshold)
+        return torch.ones(1_000_000).sum()  # ...which would have freed the 4 MB before these 4 MB
+
+    assert 8_000_000 <= peak_memory(work, "cpu") < 8_100_000
+    assert gc.isenabled()
