@@ -54,7 +54,8 @@ def verify_checkpoint(ckpt: Path, run: dict, allow_modified: bool) -> dict:
 
     result = integrity.verify(ckpt, allow_modified=allow_modified, expected=run.get("checkpoint_sha256"))
     if result.status == "unverified":
-        warnings.warn(f"{ckpt} records no sha256 of its files (written before checkpoints did): it is used "
+        warnings.warn(f"{ckpt} records no sha256 of its files (no {integrity.MANIFEST}: saved outside a training run, "
+                      "or by one from before runs recorded them): it is used "
                       "without verifying that its files are the ones training wrote", stacklevel=3)
     elif result.status == "modified":
         warnings.warn(f"{ckpt}: used although modified since training (allow_modified=true): "

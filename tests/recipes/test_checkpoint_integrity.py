@@ -92,7 +92,8 @@ def test_a_checkpoint_from_before_the_hashes_is_scored_with_a_warning(trained, t
     (final / "run.json").write_text(json.dumps(run))
     out = _evaluate(final, tmp_path / "old")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"warning: {final} records no sha256 of its files (written before checkpoints did)" in out.stderr
+    assert f"warning: {final} records no sha256 of its files (no checksums.json: saved outside a training run, or " \
+           "by one from before runs recorded them)" in out.stderr
     ev = json.loads((tmp_path / "old" / "eval.json").read_text())
     assert ev["checkpoint_integrity"]["status"] == "unverified"
 
