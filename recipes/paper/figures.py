@@ -148,12 +148,48 @@ def pareto_markdown(points: list[ScorePoint]) -> str:
     return "\n".join(lines) + "\n"
 
 
+DODGE = 0.006  # log10 units between the centres of points drawn side by side (1.4% on the axis)
+
+
+def dodged_x(params: list[float], step: float = DODGE) -> list[float]:
+    """Where to draw points at ``params`` on a log axis so that no two sit closer than ``step`` (log10): in the
+    order of ``params``, runs of points closer than that are spread ``step`` apart around the run's mean position
+    (runs that then touch are merged and spread again), so rows at one count (every method solved to one budget)
+    stay visible side by side; a point with no neighbour that close is drawn where it is."""
+    import math
+
+    order = sorted(range(len(params)), key=lambda i: (params[i], i))
+    logs = [math.log10(max(params[i], 1)) for i in order]
+    runs: list[list[int]] = []  # indices into ``order``; each run is spread around its mean log
+    for j in range(len(order)):
+        runs.append([j])
+        while len(runs) > 1:
+            left, right = runs[-2], runs[-1]
+            if _spread(logs, right, step)[0] - _spread(logs, left, step)[-1] >= step - 1e-12:
+                break
+            runs[-2:] = [left + right]
+    x = [0.0] * len(params)
+    for run in runs:
+        for j, at in zip(run, _spread(logs, run, step)):
+            x[order[j]] = params[order[j]] if len(run) == 1 else 10 ** at
+    return x
+
+
+def _spread(logs: list[float], run: list[int], step: float) -> list[float]:
+    centre = sum(logs[j] for j in run) / len(run)
+    return [centre + (n - (len(run) - 1) / 2) * step for n in range(len(run))]
+
+
 def pareto(points: list[ScorePoint], out: Path, title: str, baseline: float | None = None) -> bool:
     """Score against trainable parameters (log x), one point per row: thick bars the item interval, thin bars the
-    seed interval, the front as a step line, ``baseline`` (the base model's score) dashed; False when no point."""
+    seed interval, the front as a step line, ``baseline`` (the base model's score) dashed; False when no point.
+    Rows at (nearly) the same count are drawn side by side (:func:`dodged_x`; the note under the axis says so),
+    the front's line at the true counts."""
     drawn = [p for p in points if p.mean is not None]
     if not drawn:
         return False
+    xs = dodged_x([p.params for p in drawn])
+    dodged = any(abs(x - p.params) > 1e-9 * p.params for x, p in zip(xs, drawn))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,13 +200,13 @@ def pareto(points: list[ScorePoint], out: Path, title: str, baseline: float | No
     colors = {lab: matplotlib.colormaps["tab10"](i % 10) for i, lab in enumerate(labels)}
     markers = {b: m for b, m in zip(sorted({p.budget for p in drawn}), "osD^v")}
     fig, ax = plt.subplots(figsize=(8, 5))
-    for p in drawn:
+    for p, x in zip(drawn, xs):
         c = colors[p.label]
         if p.seed_low is not None:
-            ax.plot([p.params, p.params], [p.seed_low, p.seed_high], color=c, lw=0.8, alpha=0.6)
+            ax.plot([x, x], [p.seed_low, p.seed_high], color=c, lw=0.8, alpha=0.6)
         if p.item_low is not None:
-            ax.plot([p.params, p.params], [p.item_low, p.item_high], color=c, lw=3, alpha=0.8)
-        ax.scatter([p.params], [p.mean], color=c, marker=markers[p.budget], s=45, zorder=3, edgecolor="black", lw=0.5)
+            ax.plot([x, x], [p.item_low, p.item_high], color=c, lw=3, alpha=0.8)
+        ax.scatter([x], [p.mean], color=c, marker=markers[p.budget], s=45, zorder=3, edgecolor="black", lw=0.5)
     ax.step([p.params for p in front], [p.mean for p in front], where="post", color="black", lw=1, ls="-",
             label="non-dominated front")
     if baseline is not None:
@@ -183,7 +219,9 @@ def pareto(points: list[ScorePoint], out: Path, title: str, baseline: float | No
     highs = [x for p in drawn for x in (p.mean, p.item_high, p.seed_high) if x is not None]
     ax.set_ylim(max(min(lows) - 5, -5), min(max(highs) + 5, 105))  # a 3-seed t-interval can leave 0..100
     ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_xlabel("trainable parameters (log scale)" + (
+        "; rows at nearly the same count drawn side by side (exact counts: the table)" if dodged else ""),
+        fontsize=9 if dodged else None)
     ax.set_ylabel(COLUMNS[drawn[0].column].header)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")

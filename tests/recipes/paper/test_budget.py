@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from recipes.paper import render
-from recipes.paper.figures import ScorePoint, pareto_front
+from recipes.paper.figures import DODGE, ScorePoint, dodged_x, pareto_front
 from recipes.paper.grid import build_grid, load_config, make_variant
 from recipes.paper.plan import plan_text
 
@@ -81,6 +81,21 @@ def _cell(root: Path, grid, row_id: str, seed: int, correct: np.ndarray, step_s:
     cells = root / "budget" / "cells"
     cells.mkdir(parents=True, exist_ok=True)
     (cells / f"{cell.id}.json").write_text(json.dumps(rec))
+
+
+def test_rows_at_one_count_are_drawn_side_by_side_and_lone_rows_where_they_are():
+    """Every method solved to one budget lands at (nearly) one count: drawn there, they hide each other. Each run
+    of close points is spread DODGE apart around its mean, in the order of the counts, and runs that then touch
+    are spread together; a point with no close neighbour keeps its exact count."""
+    params = [610_560, 610_560, 195_840, 610_560, 600_000, 460_800, 590_000]
+    x = dodged_x(params)
+    logs = np.log10(x)
+    assert x[2] == 195_840 and x[5] == 460_800  # alone: exactly where they are
+    cluster = [6, 4, 0, 1, 3]  # 590k, 600k, then the three 610,560 in their given order
+    assert np.all(np.diff(logs[cluster]) > DODGE * (1 - 1e-9))  # spread, order kept
+    assert np.allclose(np.diff(logs[cluster]), DODGE)  # one run: the 610,560 spread reached 600k, that run 590k
+    assert logs[cluster].mean() == pytest.approx(np.log10(params)[cluster].mean())  # centred on the run
+    assert dodged_x([]) == [] and dodged_x([5.0]) == [5.0]
 
 
 def test_render_marks_against_lora_draws_the_pareto_view_and_the_costs(budget, tmp_path):
