@@ -11,10 +11,12 @@ What it guarantees:
 
 * **each row is its adapter alone**: a row's output is what that row gives run alone with its adapter (tests on
   the tiny model, fp32 and 4-bit, against ``prolora.load_adapter``'s attached model);
-* **compact residency**: adapters of one config form a group whose saved tensors (exactly what
-  ``prolora.save_adapter`` writes: trainable tensors and saved buffers, fp32) are stacked along a slot dim, so an
-  adapter costs its saved tensors' bytes; what every adapter of a group shares (the method's layers, their index
-  buffers, VeRA's frozen pair regenerated from its seed) is held once per group (:meth:`MultiAdapter.memory`);
+* **compact residency**: adapters of one config form a group whose trained tensors (what
+  ``prolora.save_adapter`` writes of them, fp32) are stacked along a slot dim, so an adapter costs its trained
+  tensors' bytes; what every adapter of a group shares (the method's layers, their index buffers, VeRA's frozen
+  pair regenerated from its seed, and frozen tensors saved with each adapter, LoRA-XS's SVD factors, where they
+  are equal to the bit) is held once per group (:meth:`MultiAdapter.memory`).  An adapter whose saved frozen
+  tensors differ from every group's (factors computed on another machine) gets a group of its own;
 * **one pass per group**: a layer runs each group in the batch once, with its adapters' tensors gathered per row
   (the :mod:`prolora.methods._rows` protocol of the compact forms); rows of different methods and ranks are
   different groups of the same batch.  The gathering (and packing) happens in :meth:`MultiAdapter.use`, once
@@ -105,9 +107,11 @@ def _config_key(config: AdapterConfig) -> str:
 
 class _Group:
     """The adapters of one config.  ``layers``: the method's layers attached to a shell of the base linears (the
-    math, its constants and index buffers, once); ``bank``: one row per slot holding an adapter's saved tensors
-    side by side (``layout``: key -> offset, shape), so the rows of a batch gather their adapters in one step.
-    A method without a compact form keeps one attached shell per adapter instead (``instances``)."""
+    math, its constants and index buffers, once); ``bank``: one row per slot holding an adapter's trained tensors
+    side by side (``layout``: key -> offset, shape), so the rows of a batch gather their adapters in one step;
+    ``frozen``: the saved buffers (not trained: LoRA-XS's SVD factors) every adapter of the group has bit for bit,
+    held once (None until the first adapter).  A method without a compact form keeps one attached shell per
+    adapter instead (``instances``)."""
 
     def __init__(self, config: AdapterConfig, leaves: dict[str, nn.Module]):
         self.config = config
@@ -115,21 +119,25 @@ class _Group:
         self.layers = adapter_layers(self.shell)
         self.compact = all(isinstance(layer, CompactForm) for layer in self.layers.values())
         state = adapter_state(self.shell, buffers=True)
-        if self.compact and len({t.dtype for t in state.values()}) > 1:  # one bank row per adapter
-            raise ConfigError(f"MultiAdapter: {config.method} saves tensors of several dtypes; serve it with a "
-                              "method whose saved tensors share one dtype")
+        self.shapes = {key: tuple(t.shape) for key, t in state.items()}  # what a checkpoint holds
+        trained = set(adapter_state(self.shell, buffers=False)) if self.compact else set(state)
+        self.frozen_keys = [key for key in state if key not in trained]
+        self.frozen: dict[str, torch.Tensor] | None = None
+        banked = {key: t for key, t in state.items() if key in trained}
+        if self.compact and len({t.dtype for t in banked.values()}) > 1:  # one bank row per adapter
+            raise ConfigError(f"MultiAdapter: {config.method} trains tensors of several dtypes; serve it with a "
+                              "method whose trained tensors share one dtype")
         self.layout: dict[str, tuple[int, tuple[int, ...]]] = {}
         numel = 0
-        for key, t in state.items():
+        for key, t in banked.items():
             self.layout[key] = (numel, tuple(t.shape))
             numel += t.numel()
-        self.shapes = {key: shape for key, (_, shape) in self.layout.items()}
-        self.slot_bytes = sum(t.numel() * t.element_size() for t in state.values())
+        self.slot_bytes = sum(t.numel() * t.element_size() for t in banked.values())
         ids = {id(t): k for k, t in state.items()}
-        # per layer: role -> the key of a saved tensor, or the (group-wide) tensor itself
+        # per layer: role -> the key of a saved tensor (banked or frozen), or the (group-wide) tensor itself
         self.roles = {path: {role: ids.get(id(t), t) for role, t in layer.compact_tensors().items()}
                       for path, layer in self.layers.items()} if self.compact else {}
-        first = next(iter(state.values()))
+        first = next(iter(banked.values()))
         self.bank = first.detach().new_empty((0, numel)) if self.compact else None
         self.slots: dict[str, int] = {}
         self.free: list[int] = []
@@ -140,13 +148,20 @@ class _Group:
     def _scratch(self, on: bool) -> None:
         """The template's own copies of the saved tensors exist only while a checkpoint is read through it."""
         for key, t in adapter_state(self.shell, buffers=True).items():
-            t.data = t.data.new_empty(self.layout[key][1] if on else (0,))
+            t.data = t.data.new_empty(self.shapes[key] if on else (0,))
 
     @property
     def capacity(self) -> int:
         return 0 if self.bank is None else self.bank.shape[0]
 
+    def takes(self, state: dict[str, torch.Tensor]) -> bool:
+        """Whether an adapter with these saved tensors can join: its frozen ones equal the group's to the bit
+        (or the group has none yet)."""
+        return self.frozen is None or all(torch.equal(self.frozen[k], state[k]) for k in self.frozen_keys)
+
     def put(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        if self.frozen is None and self.frozen_keys:
+            self.frozen = {key: state[key].detach().clone() for key in self.frozen_keys}
         slot = self.free.pop() if self.free else len(self.slots)
         if self.bank is not None:
             if slot >= self.capacity:
@@ -162,6 +177,8 @@ class _Group:
     def drop(self, name: str) -> None:
         self.free.append(self.slots.pop(name))
         self.instances.pop(name, None)
+        if not self.slots:
+            self.frozen = None  # the next adapter sets them anew
 
     # -- rows
     def rows_tensors(self, slots: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
@@ -172,6 +189,7 @@ class _Group:
         gathered = self.bank.index_select(0, slots)
         views = {key: gathered[:, offset:offset + math.prod(shape)].view(len(slots), *shape)
                  for key, (offset, shape) in self.layout.items()}
+        views.update(self.frozen or {})  # the same for every row: not stacked
         return {path: self.layers[path].pack({role: views[src] if isinstance(src, str) else src
                                               for role, src in roles.items()})
                 for path, roles in self.roles.items()}
@@ -196,7 +214,7 @@ class _Group:
         shared = getattr(self.shell, "prolora_shared", None)
         for t in shared.buffers() if shared is not None else ():
             found[id(t)] = t
-        return [t for key, t in found.items() if key not in saved]
+        return [t for key, t in found.items() if key not in saved] + list((self.frozen or {}).values())
 
     def _delta_one_by_one(self, path, x, base_out, slots):
         """The term of adapters without a compact form: each adapter's own layer on its rows."""
@@ -225,10 +243,10 @@ class _Term:
 
 @dataclass
 class Memory:
-    """What the served adapters hold, in bytes: ``per_adapter`` (each name: its saved tensors), ``adapters`` (their
-    sum), ``allocated`` (the banks with their free slots), ``shared`` (per group, not per adapter: index buffers
-    and frozen tensors of the methods' layers), ``one_by_one`` (adapters served without a compact form: their
-    attached layers' tensors)."""
+    """What the served adapters hold, in bytes: ``per_adapter`` (each name: its trained tensors; served one by one:
+    its saved tensors), ``adapters`` (the compact ones' sum), ``allocated`` (the banks with their free slots),
+    ``shared`` (per group, not per adapter: index buffers and frozen tensors of the methods' layers, LoRA-XS's
+    SVD factors), ``one_by_one`` (adapters served without a compact form: their attached layers' tensors)."""
 
     per_adapter: dict[str, int]
     adapters: int
@@ -272,10 +290,22 @@ class MultiAdapter:
 
     # ------------------------------------------------------------------ adapters
     def _group(self, config: AdapterConfig) -> _Group:
+        """The first group of ``config`` (its template reads checkpoints of that config)."""
         key = _config_key(config)
         if key not in self.groups:
             self.groups[key] = _Group(config, self._leaves(config))
         return self.groups[key]
+
+    def _group_taking(self, config: AdapterConfig, state: dict[str, torch.Tensor]) -> _Group:
+        """The group of ``config`` whose frozen saved tensors are this adapter's (a new one if none is)."""
+        key = _config_key(config)
+        family = [g for k, g in self.groups.items() if k == key or k.startswith(key + "#")]
+        for group in family:
+            if group.takes(state):
+                return group
+        group = _Group(config, self._leaves(config))
+        self.groups[f"{key}#{len(family)}"] = group
+        return group
 
     def _leaves(self, config: AdapterConfig) -> dict[str, nn.Module]:
         """The base linears ``config`` targets, each wrapped in the model by a :class:`ServedLinear` (once)."""
@@ -308,9 +338,12 @@ class MultiAdapter:
         group._scratch(True)
         try:
             load_adapter(group.shell, directory)
-            group.put(name, adapter_state(group.shell, buffers=True))
+            state = adapter_state(group.shell, buffers=True)
+            group = self._group_taking(group.config, state)
+            group.put(name, state)
         finally:
-            group._scratch(False)
+            for g in self.groups.values():
+                g._scratch(False)
         self.owner[name] = group
         self._forget_plans()
 
@@ -339,6 +372,7 @@ class MultiAdapter:
             if tuple(t.shape) != group.shapes[key] or not torch.isfinite(t).all():
                 raise ConfigError(f"MultiAdapter.add({name!r}): {key} has shape {tuple(t.shape)} (expected "
                                   f"{group.shapes[key]}) or non-finite values")
+        group = self._group_taking(config, state)
         group.put(name, state)
         self.owner[name] = group
         self._forget_plans()

@@ -87,8 +87,9 @@ def test_an_adapter_is_held_as_its_saved_tensors(tmp_path, tiny):
     for name, cfg in CONFIGS.items():
         model = attach(tiny(), cfg)
         saved = adapter_state(model, buffers=True)  # what its checkpoint holds
-        assert memory.per_adapter[name] == sum(t.numel() * t.element_size() for t in saved.values()), name
-        if name not in ("lora_xs", "mos"):  # no saved buffers (LoRA-XS: its SVD factors; MoS: its shard indices)
+        if name in ("mos", "vblora", "dora"):  # one by one: its attached layers (MoS: with its shard indices)
+            assert memory.per_adapter[name] == sum(t.numel() * t.element_size() for t in saved.values()), name
+        else:  # row-stacked: its trained tensors only (LoRA-XS's saved SVD factors are held once per group)
             assert memory.per_adapter[name] == 4 * count_trainable(model), name
     # the banks of row-stacked groups, and the adapters served one at a time (MoS, VB-LoRA, DoRA) beside them
     assert memory.adapters == memory.allocated
@@ -102,6 +103,48 @@ def test_an_adapter_is_held_as_its_saved_tensors(tmp_path, tiny):
     slot = before.per_adapter["prolora_a"]
     assert after.adapters - before.adapters == 2 * slot and after.allocated - before.allocated == 2 * slot
     assert after.shared == before.shared > 0
+
+
+def test_frozen_tensors_saved_with_each_adapter_are_held_once_where_equal(tmp_path, tiny):
+    """LoRA-XS saves its SVD factors with every adapter: adapters of one base have them bit for bit, so a group
+    holds them once and an adapter costs its r x r matrices; an adapter whose factors differ (computed on another
+    machine) gets a group of its own, and every row is still its adapter alone."""
+    cfg = CONFIGS["lora_xs"]
+    dirs = _save(tmp_path, tiny, {"a": cfg, "b": cfg})
+    model = load_adapter(tiny(), dirs["a"])
+    factors = {k: t for k, t in adapter_state(model, buffers=True).items() if k.endswith("_svd")}
+    factor_bytes = sum(t.numel() * t.element_size() for t in factors.values())
+    trained = 4 * count_trainable(model)
+    assert factor_bytes > 10 * trained
+    served = MultiAdapter(tiny())
+    served.load("a", dirs["a"])
+    one = served.memory()
+    served.load("b", dirs["b"])
+    two = served.memory()
+    assert two.per_adapter == {"a": trained, "b": trained}
+    assert two.shared == one.shared and factor_bytes <= one.shared < factor_bytes + 1024  # the factors, once
+    # another machine's factors: ulp-level differences make them another group, held beside the first
+    other = {k: (t.nextafter(torch.tensor(math.inf)) if k.endswith("_svd") else t)
+             for k, t in adapter_state(model, buffers=True).items()}
+    served.add("c", cfg, other)
+    three = served.memory()
+    assert three.shared == two.shared + factor_bytes and three.per_adapter["c"] == trained
+    assert served.owner["c"] is not served.owner["a"] and served.owner["a"] is served.owner["b"]
+    ids = torch.randint(3, 200, (3, 6), generator=torch.Generator().manual_seed(3))
+    moved = load_adapter(tiny(), dirs["a"]).eval()
+    with torch.no_grad():
+        for name, buffer in moved.named_buffers():
+            if name.endswith("_svd"):
+                buffer.copy_(buffer.nextafter(torch.tensor(math.inf)))
+        served.use(["a", "b", "c"])
+        mixed = served.model(ids).logits
+        for row, want_model in enumerate([load_adapter(tiny(), dirs["a"]).eval(),
+                                          load_adapter(tiny(), dirs["b"]).eval(), moved]):
+            want = want_model(ids[row:row + 1]).logits
+            assert _rel(mixed[row:row + 1], want) < 1e-5, row
+    # the last adapter of a group gone, its factors go with it; the next adapter brings its own
+    served.remove("c")
+    assert served.memory().shared == two.shared
 
 
 def test_removing_an_adapter_frees_its_slot_for_the_next(tmp_path, tiny):
