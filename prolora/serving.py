@@ -332,18 +332,17 @@ class MultiAdapter:
         from prolora.export import load_adapter, read_adapter_config
 
         self._free_name(name)
-        group = self._group(read_adapter_config(directory))
-        if not group.compact:
-            return self._load_instance(name, group, directory)
-        group._scratch(True)
+        template = self._group(read_adapter_config(directory))
+        if not template.compact:
+            return self._load_instance(name, template, directory)
+        template._scratch(True)
         try:
-            load_adapter(group.shell, directory)
-            state = adapter_state(group.shell, buffers=True)
-            group = self._group_taking(group.config, state)
+            load_adapter(template.shell, directory)
+            state = adapter_state(template.shell, buffers=True)
+            group = self._group_taking(template.config, state)
             group.put(name, state)
         finally:
-            for g in self.groups.values():
-                g._scratch(False)
+            template._scratch(False)
         self.owner[name] = group
         self._forget_plans()
 
