@@ -23,6 +23,8 @@ import time
 import tomllib
 from pathlib import Path
 
+from recipes import git_commit
+
 REPO = Path(__file__).resolve().parents[1]
 CATALOGUE = REPO / "tests" / "quality" / "mutations.toml"
 OUT = REPO / "results" / "quality" / "mutation_pass.json"
@@ -87,12 +89,8 @@ def baseline_passes(copy: Path, mutations: list[dict], timeout: int) -> None:
     print(f"baseline: the named tests pass unmutated ({secs:.0f} s)")
 
 
-def head_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-
-def write_report(results: list[dict], commit: str, out: Path = OUT) -> dict:
-    """``commit``: the checkout's HEAD when the copy was taken (what the mutations ran on)."""
+def write_report(results: list[dict], commit: str | None, out: Path = OUT) -> dict:
+    """``commit``: the checkout's commit when the copy was taken (``-dirty``: the copy held uncommitted edits)."""
     counts = {o: sum(r["outcome"] == o for r in results) for o in ("caught", "survived", "not applied", "error",
                                                                   "timeout")}
     report = {"commit": commit, "date": time.strftime("%Y-%m-%d"), "catalogue": str(CATALOGUE.relative_to(REPO)),
@@ -119,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown mutation id(s) {unknown}; --list shows them")
         mutations = [m for m in mutations if m["id"] in args.only]
-    commit = head_commit()
+    commit = git_commit()  # the copy below takes the tracked files as they are now
     with tempfile.TemporaryDirectory(prefix="mutation-pass-") as tmp:
         copy = Path(tmp)
         copy_checkout(copy)

@@ -156,8 +156,6 @@ def dodged_x(params: list[float], step: float = DODGE) -> list[float]:
     order of ``params``, runs of points closer than that are spread ``step`` apart around the run's mean position
     (runs that then touch are merged and spread again), so rows at one count (every method solved to one budget)
     stay visible side by side; a point with no neighbour that close is drawn where it is."""
-    import math
-
     order = sorted(range(len(params)), key=lambda i: (params[i], i))
     logs = [math.log10(max(params[i], 1)) for i in order]
     runs: list[list[int]] = []  # indices into ``order``; each run is spread around its mean log
